@@ -1,0 +1,45 @@
+"""runrec-cluster: record every R&D run while it happens, on local, Slurm and Ray."""
+
+from .api import Executor, RunHandle, load
+from .capture.data import Dataset
+from .errors import (
+    AmbiguousRunId,
+    BackendError,
+    ConfigError,
+    CorruptRecord,
+    DatasetError,
+    JobFailed,
+    JobTimeout,
+    RecordNotFound,
+    RunrecError,
+    StoreError,
+)
+from .record import SCHEMA_VERSION, FailureCause, RunRecord, RunState
+from .run import Run, current_run
+from .store import Store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AmbiguousRunId",
+    "BackendError",
+    "ConfigError",
+    "CorruptRecord",
+    "Dataset",
+    "DatasetError",
+    "Executor",
+    "FailureCause",
+    "JobFailed",
+    "JobTimeout",
+    "RecordNotFound",
+    "Run",
+    "RunHandle",
+    "RunRecord",
+    "RunState",
+    "RunrecError",
+    "Store",
+    "__version__",
+    "current_run",
+    "load",
+]

@@ -1,0 +1,375 @@
+"""The submit facade: ``Executor`` and ``RunHandle``, written once for every backend.
+
+``Executor.submit`` / ``map_array`` / ``submit_command`` capture code, config, inputs and the
+launch environment on the submitting host and write the launch record *before* anything runs;
+then the backend launches the jobs and their scheduler ids are appended to the record.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from .backends import JobSpec, get_backend
+from .capture import config as cfg
+from .capture.env import capture_env
+from .capture.git import capture_code
+from .errors import BackendError, ConfigError, JobFailed, JobTimeout, RunrecError
+from .record import (
+    CodeInfo,
+    EnvInfo,
+    Entrypoint,
+    Execution,
+    Failure,
+    FailureCause,
+    InputRef,
+    Resources,
+    RunRecord,
+    RunState,
+    to_patch,
+)
+from .redact import redact_argv
+from .run import hash_input
+from .store import Store, layout
+
+
+def _store(store: Store | str | os.PathLike[str] | None) -> Store:
+    if isinstance(store, Store):
+        return store
+    return Store(store)
+
+
+def load(store: Store | str | os.PathLike[str] | None, run_id: str) -> RunRecord:
+    """The record of a run (any unique prefix of its id works)."""
+    return _store(store).load(run_id)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return str(os.getuid())
+
+
+def _function_name(fn: Callable[..., Any]) -> str:
+    mod = getattr(fn, "__module__", None) or "?"
+    qual = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__
+    return f"{mod}:{qual}"
+
+
+class Executor:
+    """Submits functions and commands to a backend, recording every run.
+
+    Generic resources (``timeout_min``, ``cpus``, ``mem_gb``, ``gpus``, ``nodes``) map to each
+    backend's own; backend-only options carry its prefix (``slurm_partition``, ``ray_runtime_env``,
+    ``local_max_parallel``). ``hardware`` names a hardware class (see docs/hardware-classes.md).
+    """
+
+    def __init__(
+        self,
+        backend: str = "local",
+        store: Store | str | os.PathLike[str] | None = None,
+        name: str = "",
+        *,
+        timeout_min: float | None = None,
+        cpus: int | None = None,
+        mem_gb: float | None = None,
+        gpus: int | None = None,
+        nodes: int | None = None,
+        hardware: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        hash_progress: Callable[[int, int], None] | None = None,
+        **options: Any,
+    ) -> None:
+        self.store = _store(store)
+        self.store.ensure_writable()
+        self.hash_progress = hash_progress
+        self.name = name
+        self.cwd = os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd()
+        for key, val in (("timeout_min", timeout_min), ("cpus", cpus), ("mem_gb", mem_gb), ("gpus", gpus), ("nodes", nodes)):
+            if val is not None and (not isinstance(val, (int, float)) or isinstance(val, bool) or val <= 0 and key != "gpus" or val < 0):
+                raise ConfigError(f"{key}={val!r} is not a valid amount; give a positive number.")
+        self.resources = Resources(timeout_min=timeout_min, cpus=cpus, mem_gb=mem_gb, gpus=gpus, nodes=nodes)
+        cls = get_backend(backend)
+        bad = [k for k in options if not k.startswith(cls.option_prefix) or (cls.known_options and k not in cls.known_options)]
+        if bad:
+            known = ", ".join(sorted(cls.known_options)) or "none"
+            raise ConfigError(
+                f"unknown option(s) {', '.join(sorted(bad))} for backend {backend!r}; "
+                f"its options start with {cls.option_prefix!r} ({known})."
+            )
+        self.hardware_name = hardware
+        hw = None
+        if hardware is not None:
+            from .hardware import load_hardware_class
+
+            hw = load_hardware_class(hardware, self.cwd)
+        self.options = dict(options)
+        self.backend = cls(self.store, self.resources, self.options, hw)
+
+    def __repr__(self) -> str:
+        return f"Executor(backend={self.backend.name!r}, store={self.store.root!r})"
+
+    # -- public ------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        inputs: Sequence[Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> RunHandle:
+        """Submit ``fn(*args, **kwargs)`` as one recorded run."""
+        return self._submit_functions(fn, [(args, kwargs)], inputs, tags, name, sweep=False)[0]
+
+    def map_array(
+        self,
+        fn: Callable[..., Any],
+        params: Iterable[Mapping[str, Any]],
+        *,
+        inputs: Sequence[Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> list[RunHandle]:
+        """A sweep: one run per dict of keyword arguments, all sharing one sweep id."""
+        calls = []
+        for i, p in enumerate(params):
+            if not isinstance(p, Mapping):
+                raise ConfigError(f"map_array element {i} is {type(p).__name__}, not a dict of keyword arguments: {p!r}.")
+            calls.append(((), dict(p)))
+        if not calls:
+            raise ConfigError("map_array got no parameter sets; pass a non-empty list of dicts.")
+        return self._submit_functions(fn, calls, inputs, tags, name, sweep=True)
+
+    def submit_command(
+        self,
+        argv: Sequence[str],
+        *,
+        inputs: Sequence[Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        name: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> RunHandle:
+        """Submit a command (its exit code is recorded; 0 is success)."""
+        if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ConfigError(f"submit_command takes a list of strings, e.g. ['python', 'train.py']; got {argv!r}.")
+        run_cwd = os.path.abspath(os.fspath(cwd)) if cwd is not None else self.cwd
+        ctx = self._context(inputs)
+        config = cfg.command_config(list(argv))
+        ep = Entrypoint(kind="command", argv=redact_argv(list(argv)), cwd=run_cwd)
+        # the real argv (secrets included) is needed to run it: it travels in a blob that
+        # only the job reads, never in the record
+        real = ep if ep.argv == list(argv) else None
+        if real is None:
+            import cloudpickle
+
+            blob = self.store.put_blob(cloudpickle.dumps(list(argv)))
+            ep = Entrypoint(kind="command", argv=ep.argv, cwd=run_cwd, call_blob=blob)
+        run_id = layout.new_id()
+        self._write_launch(run_id, ctx, ep, config, tags, name or os.path.basename(argv[0]), None, None)
+        return self._launch([JobSpec(run_id, "command", run_cwd, self.store.log_dir(run_id))])[0]
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _context(self, inputs: Sequence[Any] | None) -> dict[str, Any]:
+        code: CodeInfo = capture_code(self.cwd, self.store.put_blob)
+        env: EnvInfo
+        env, _ = capture_env(self.store.put_obj)
+        refs: list[InputRef] = []
+        for ds in inputs or []:
+            refs.append(hash_input(self.store, ds, progress=self.hash_progress))
+        return {"code": code, "env": env, "inputs": refs, "user": _user(), "host": socket.gethostname()}
+
+    def _submit_functions(self, fn, calls, inputs, tags, name, *, sweep: bool):  # type: ignore[no-untyped-def]
+        if not callable(fn):
+            raise ConfigError(f"submit needs a callable, got {type(fn).__name__}: {fn!r}.")
+        import cloudpickle
+
+        configs = [cfg.function_config(fn, a, k) for a, k in calls]  # refuse bad values first
+        blobs = []
+        for a, k in calls:
+            try:
+                blobs.append(self.store.put_blob(cloudpickle.dumps((fn, a, k))))
+            except Exception as exc:
+                raise ConfigError(
+                    f"cannot serialize the call to {_function_name(fn)} ({type(exc).__name__}: {exc}). "
+                    "Pass picklable arguments, or open files and connections inside the job."
+                ) from exc
+        ctx = self._context(inputs)
+        sweep_id = layout.new_id() if sweep else None
+        fname = _function_name(fn)
+        specs = []
+        for i, (conf, blob) in enumerate(zip(configs, blobs, strict=True)):
+            run_id = layout.new_id()
+            ep = Entrypoint(kind="function", function=fname, cwd=self.cwd, call_blob=blob)
+            self._write_launch(run_id, ctx, ep, conf, tags, name or getattr(fn, "__name__", "run"), sweep_id, i if sweep else None)
+            specs.append(JobSpec(run_id, "function", self.cwd, self.store.log_dir(run_id), sweep_index=i if sweep else None))
+        return self._launch(specs)
+
+    def _write_launch(self, run_id, ctx, ep, config, tags, name, sweep_id, sweep_index) -> None:  # type: ignore[no-untyped-def]
+        clean_tags = {}
+        for k, v in (tags or {}).items():
+            if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)):
+                raise ConfigError(f"tag {k!r}={v!r}: tags are string keys with string values.")
+            clean_tags[k] = str(v)
+        now = datetime.now(UTC)
+        execution = Execution(
+            backend=self.backend.name,
+            resources=self.resources,
+            options={k: cfg.plain(k, v) for k, v in self.options.items()},
+            hardware=self.hardware_name,
+            log_dir=self.store.log_dir(run_id),
+        )
+        patch = to_patch(
+            run_id=run_id,
+            name=self.name or name,
+            sweep_id=sweep_id,
+            sweep_index=sweep_index,
+            user=ctx["user"],
+            submit_host=ctx["host"],
+            tags=clean_tags,
+            created_at=now,
+            code=ctx["code"],
+            entrypoint=ep,
+            config=config,
+            inputs=ctx["inputs"],
+            launch_env=ctx["env"],
+            execution=execution,
+            submitted_at=now,
+        )
+        patch["state"] = RunState.SUBMITTED.value
+        patch["state_source"] = "submitter"
+        patch["attempt"] = 1
+        self.store.write_version(run_id, "launch", patch, role="submitter")
+
+    def _launch(self, specs: list[JobSpec]) -> list[RunHandle]:
+        try:
+            infos = self.backend.launch(specs)
+        except RunrecError as exc:
+            self._record_launch_failure(specs, str(exc))
+            raise
+        except Exception as exc:
+            msg = f"{self.backend.name} backend failed to launch: {type(exc).__name__}: {exc}"
+            self._record_launch_failure(specs, msg)
+            raise BackendError(msg + ". The launch records are kept and marked failed.") from exc
+        for spec, info in zip(specs, infos, strict=True):
+            if info:
+                self.store.write_version(spec.run_id, "dispatch", {"execution": {"scheduler": info}}, role="submitter")
+        return [RunHandle(self.store, s.run_id, self.backend) for s in specs]
+
+    def _record_launch_failure(self, specs: list[JobSpec], msg: str) -> None:
+        for s in specs:
+            f = Failure(cause=FailureCause.INFRASTRUCTURE, type="LaunchError", message=msg, source="submitter")
+            self.store.write_version(
+                s.run_id, "end",
+                to_patch(state=RunState.FAILED, state_source="backend", failure=f, ended_at=datetime.now(UTC)),
+                role="submitter",
+            )
+
+
+def backend_for(store: Store, rec: RunRecord) -> Any:
+    """The backend object that can check or cancel a recorded run (None if unavailable)."""
+    if rec.execution is None:
+        return None
+    try:
+        cls = get_backend(rec.execution.backend)
+    except ConfigError:
+        return None
+    return cls(store, rec.execution.resources, dict(rec.execution.options))
+
+
+def refresh(store: Store, rec: RunRecord, backend: Any = None) -> RunRecord:
+    """If a non-terminal run's job is gone without finishing, record the backend's verdict
+    (a new version) and return the updated record."""
+    if rec.state.is_terminal():
+        return rec
+    b = backend if backend is not None else backend_for(store, rec)
+    if b is None:
+        return rec
+    try:
+        patch = b.check(rec)
+    except RunrecError:
+        return rec
+    if not patch:
+        return rec
+    store.write_version(rec.run_id, "reconcile", patch, role="reconcile")
+    return store.load(rec.run_id)
+
+
+class RunHandle:
+    """A submitted run. ``state``/``record()`` re-read the store; ``wait``/``result`` block."""
+
+    def __init__(self, store: Store, run_id: str, backend: Any = None) -> None:
+        self.store = store
+        self.run_id = run_id
+        self._backend = backend
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.run_id!r})"
+
+    def record(self) -> RunRecord:
+        return refresh(self.store, self.store.load(self.run_id), self._backend)
+
+    @property
+    def state(self) -> RunState:
+        return self.record().state
+
+    def done(self) -> bool:
+        return self.state.is_terminal()
+
+    def wait(self, timeout: float | None = None) -> RunRecord:
+        """Block until the run ends; ``JobTimeout`` (with the reason) when ``timeout`` runs out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            rec = self.record()
+            if rec.state.is_terminal():
+                return rec
+            if deadline is not None and time.monotonic() >= deadline:
+                why = ""
+                if rec.state == RunState.SUBMITTED and self._backend is not None:
+                    why = f": {self._backend.describe_pending(rec)}"
+                raise JobTimeout(
+                    f"run {self.run_id} is still {rec.state.value} after {timeout:g} s{why}. "
+                    f"Wait longer, or inspect it with `runrec show {self.run_id}`."
+                )
+            time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 1.0)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The function's return value (a command's exit code); re-raises the job's failure as
+        ``JobFailed`` with the recorded traceback."""
+        rec = self.wait(timeout)
+        if rec.state != RunState.SUCCEEDED:
+            f = rec.failure
+            detail = f"{f.type}: {f.message}" if f else rec.state.value
+            tb = f"\n--- traceback recorded in the job ---\n{f.traceback}" if f and f.traceback else ""
+            raise JobFailed(f"run {self.run_id} {rec.state.value} ({f.cause.value if f else '?'}): {detail}{tb}", run_id=self.run_id, failure=f)
+        if rec.entrypoint is not None and rec.entrypoint.kind == "command":
+            return rec.exit_code
+        if rec.result is None:
+            return None
+        data = self.store.get_blob(rec.result.blob)
+        if rec.result.format == "msgpack":
+            import msgspec
+
+            return msgspec.msgpack.decode(data)
+        import cloudpickle  # the user's own explicit request for their result
+
+        return cloudpickle.loads(data)
+
+    def cancel(self) -> None:
+        rec = self.store.load(self.run_id)
+        if rec.state.is_terminal():
+            return
+        b = self._backend or backend_for(self.store, rec)
+        if b is None:
+            raise BackendError(f"cannot cancel run {self.run_id}: its backend is not available here.")
+        b.cancel(rec)

@@ -1,0 +1,107 @@
+"""The effective config: bound arguments with defaults applied, plus generated values.
+
+Every key carries its provenance: ``default`` (from the signature), ``given`` (passed at
+submit, or on the command line), ``generated`` (logged inside the job with ``run.log_config``).
+A value that cannot be stored is refused at submit, naming the key, before anything runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from datetime import date, datetime
+from typing import Any
+
+import msgspec
+
+from ..errors import ConfigError
+from ..record import ConfigEntry
+from ..redact import redact_value
+
+
+def _hook(obj: Any) -> Any:
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    item = getattr(obj, "item", None)  # numpy scalars
+    if callable(item) and getattr(obj, "shape", None) == ():
+        return item()
+    raise NotImplementedError
+
+
+def plain(key: str, value: Any) -> Any:
+    """A storable (msgpack) form of a config value, or ConfigError naming the key."""
+    try:
+        out = msgspec.to_builtins(value, builtin_types=(datetime, date), enc_hook=_hook)
+        msgspec.msgpack.encode(out)
+    except (TypeError, NotImplementedError, msgspec.EncodeError, OverflowError) as exc:
+        raise ConfigError(
+            f"config value {key!r} of type {type(value).__name__} cannot be recorded ({exc}). "
+            "Pass plain values (numbers, strings, booleans, lists, dicts, paths), or build the "
+            "object inside the job and record its settings with run.log_config()."
+        ) from None
+    return redact_value(key, out)
+
+
+def entries(values: Mapping[str, Any], source: str) -> dict[str, ConfigEntry]:
+    out = {}
+    for k, v in values.items():
+        if not isinstance(k, str):
+            raise ConfigError(f"config key {k!r} is not a string; use string keys.")
+        out[k] = ConfigEntry(value=plain(k, v), source=source)  # type: ignore[arg-type]
+    return out
+
+
+def function_config(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, ConfigEntry]:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return entries({f"arg{i}": a for i, a in enumerate(args)} | dict(kwargs), "given")
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise ConfigError(
+            f"the arguments do not match {name}{sig}: {exc}. Fix the call to submit()/map_array()."
+        ) from None
+    out: dict[str, ConfigEntry] = {}
+    for pname, param in sig.parameters.items():
+        if pname in bound.arguments:
+            value = bound.arguments[pname]
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                out.update(entries(value, "given"))
+            else:
+                out.update(entries({pname: list(value) if param.kind is inspect.Parameter.VAR_POSITIONAL else value}, "given"))
+        elif param.default is not inspect.Parameter.empty:
+            out.update(entries({pname: param.default}, "default"))
+    return out
+
+
+def _coerce(s: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(s)
+        except ValueError:
+            pass
+    if s.lower() in ("true", "false"):
+        return s.lower() == "true"
+    return s
+
+
+def command_config(argv: list[str]) -> dict[str, ConfigEntry]:
+    """``--key value`` and ``--key=value`` pairs of a command line, as given config."""
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--") and len(a) > 2:
+            key, eq, val = a[2:].partition("=")
+            if eq:
+                values[key] = _coerce(val)
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                values[key] = _coerce(argv[i + 1])
+                i += 1
+            else:
+                values[key] = True
+        i += 1
+    return entries(values, "given")

@@ -1,0 +1,168 @@
+"""Datasets and artifacts by content hash.
+
+A file's digest is ``sha256:<hex>`` of its bytes. A directory's digest is
+``sha256-tree:<hex>``: sha256 over its sorted manifest lines ``<relpath>\\0<size>\\0<file digest>\\n``
+(symlinks are followed; special files are skipped). Unchanged files are not re-hashed: a cache
+keyed on (path, size, mtime_ns, inode) lives in the store (``cache/datasets/``), so a stat is
+enough to re-check a dataset whose files did not change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import msgspec
+
+from ..errors import DatasetError
+
+CHUNK = 1 << 20
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+class Dataset:
+    """An input dataset: a file or a directory, hashed at submit.
+
+    ``version`` is your own label (e.g. ``"v2-cleaned"``); the content hash is the identity.
+    """
+
+    kind = "dataset"
+
+    def __init__(self, path: str | os.PathLike[str], version: str | None = None) -> None:
+        self.path = os.fspath(path)
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.path!r}{', version=' + repr(self.version) if self.version else ''})"
+
+
+class CacheEntry(msgspec.Struct, array_like=True):
+    size: int
+    mtime_ns: int
+    ino: int
+    digest: str
+
+
+class DatasetCache(msgspec.Struct):
+    root: str
+    files: dict[str, CacheEntry] = {}
+
+
+@dataclass
+class HashResult:
+    path: str
+    digest: str
+    size: int
+    file_count: int
+    is_dir: bool
+    manifest: list[tuple[str, int, str]] | None
+    hashed_bytes: int  # bytes actually read (0 when everything came from the cache)
+
+
+def hash_file(path: str, progress: Callable[[int], None] | None = None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(CHUNK * 4)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            if progress:
+                progress(n)
+    return "sha256:" + h.hexdigest()
+
+
+def _walk(root: str) -> list[tuple[str, os.stat_result]]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.stat(full)
+            except OSError as exc:
+                raise DatasetError(
+                    f"cannot read {full} in dataset {root}: {exc.strerror}. "
+                    "Fix the file's permissions or remove it from the dataset."
+                ) from exc
+            if not os.path.isfile(full):
+                continue
+            out.append((os.path.relpath(full, root), st))
+    out.sort(key=lambda x: x[0])
+    return out
+
+
+def hash_path(
+    path: str,
+    *,
+    cache: DatasetCache | None = None,
+    progress: Progress | None = None,
+    workers: int = 2,
+) -> tuple[HashResult, DatasetCache]:
+    """Hash a file or directory. Returns the result and the updated cache."""
+    full = os.path.abspath(path)
+    if not os.path.exists(full):
+        raise DatasetError(
+            f"dataset {path!r} does not exist (looked at {full}). Check the path, or create the "
+            "data before submitting."
+        )
+    is_dir = os.path.isdir(full)
+    if is_dir:
+        entries = _walk(full)
+    else:
+        try:
+            entries = [("", os.stat(full))]
+        except OSError as exc:
+            raise DatasetError(f"cannot stat dataset {full}: {exc.strerror}.") from exc
+    old = cache.files if (cache is not None and cache.root == full) else {}
+    new_cache: dict[str, CacheEntry] = {}
+    todo: list[tuple[str, os.stat_result]] = []
+    digests: dict[str, str] = {}
+    for rel, st in entries:
+        c = old.get(rel)
+        if c is not None and (c.size, c.mtime_ns, c.ino) == (st.st_size, st.st_mtime_ns, st.st_ino):
+            digests[rel] = c.digest
+            new_cache[rel] = c
+        else:
+            todo.append((rel, st))
+    total = sum(st.st_size for _, st in todo)
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    def one(item: tuple[str, os.stat_result]) -> tuple[str, str]:
+        rel, _st = item
+        target = os.path.join(full, rel) if rel else full
+        try:
+            return rel, hash_file(target, tick)
+        except OSError as exc:
+            raise DatasetError(f"cannot read {target}: {exc.strerror}.") from exc
+
+    if len(todo) > 1 and workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(one, todo))
+    else:
+        results = [one(t) for t in todo]
+    for (rel, st), (_, d) in zip(todo, results, strict=True):
+        digests[rel] = d
+        new_cache[rel] = CacheEntry(st.st_size, st.st_mtime_ns, st.st_ino, d)
+    size = sum(st.st_size for _, st in entries)
+    if is_dir:
+        manifest = [(rel, st.st_size, digests[rel]) for rel, st in entries]
+        h = hashlib.sha256()
+        for rel, sz, d in manifest:
+            h.update(f"{rel}\0{sz}\0{d}\n".encode())
+        digest = "sha256-tree:" + h.hexdigest()
+    else:
+        manifest = None
+        digest = digests[""]
+    return (
+        HashResult(full, digest, size, len(entries), is_dir, manifest, total),
+        DatasetCache(root=full, files=new_cache),
+    )

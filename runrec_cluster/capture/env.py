@@ -1,0 +1,74 @@
+"""Environment capture: Python, platform, installed distributions, selected variables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from importlib import metadata
+
+from ..record import EnvInfo
+from ..redact import redact_value
+
+ENV_PREFIXES = (
+    "CUDA_", "NCCL_", "OMP_", "MKL_", "OPENBLAS_", "SLURM_", "RAY_", "TORCH_", "XLA_", "JAX_",
+    "NVIDIA_", "HF_", "TF_", "PYTORCH_", "RUNREC_",
+)
+ENV_NAMES = frozenset({
+    "PYTHONHASHSEED", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_DEFAULT_ENV", "CONDA_PREFIX",
+    "LD_LIBRARY_PATH", "CUBLAS_WORKSPACE_CONFIG", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+    "MASTER_ADDR", "MASTER_PORT",
+})
+
+
+def packages() -> dict[str, str]:
+    """Every installed distribution visible to this interpreter: {name: version}."""
+    out: dict[str, str] = {}
+    for dist in metadata.distributions():
+        try:
+            name = dist.metadata["Name"]
+        except Exception:
+            continue
+        if name:
+            out.setdefault(_norm(name), dist.version or "")
+    return dict(sorted(out.items()))
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def selected_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = os.environ if environ is None else environ
+    out = {}
+    for k in sorted(env):
+        if k.startswith(ENV_PREFIXES) or k in ENV_NAMES:
+            out[k] = redact_value(k, env[k])
+    return out
+
+
+def capture_env(put_obj: Callable[[object], str] | None = None) -> tuple[EnvInfo, dict[str, str]]:
+    pkgs = packages()
+    blob = put_obj(pkgs) if put_obj is not None else None
+    info = EnvInfo(
+        python_version=platform.python_version(),
+        python_executable=sys.executable,
+        platform=platform.platform(),
+        hostname=socket.gethostname(),
+        packages_blob=blob,
+        package_count=len(pkgs),
+        env_vars=selected_env(),
+    )
+    return info, pkgs
+
+
+def package_drift(launch: Mapping[str, str], node: Mapping[str, str]) -> dict[str, list[str | None]]:
+    """{name: [launch version, node version]} for every package that differs."""
+    out: dict[str, list[str | None]] = {}
+    for name in sorted(set(launch) | set(node)):
+        a, b = launch.get(name), node.get(name)
+        if a != b:
+            out[name] = [a, b]
+    return out

@@ -1,0 +1,67 @@
+"""Every exception runrec-cluster raises on purpose.
+
+    RunrecError                 root: catch this to catch everything below
+    ├── ConfigError             bad input from the user: arguments, config values, settings
+    │   └── DatasetError        a dataset or artifact path that cannot be read or hashed
+    ├── StoreError              the store cannot be opened, read or written
+    │   ├── RecordNotFound      no run matches the id or prefix
+    │   ├── AmbiguousRunId      a prefix matches several runs
+    │   └── CorruptRecord       a record or blob file does not decode or match its hash
+    ├── BackendError            a scheduler or execution backend refused or failed
+    │   └── JobTimeout          wait(timeout=...) ran out before the run ended
+    └── JobFailed               the run itself failed; result() raises this
+
+Every message says what failed, with which input, and what to do next.
+Errors from libraries are translated at the boundary (``raise StoreError(...) from exc``).
+"""
+
+from __future__ import annotations
+
+
+class RunrecError(Exception):
+    """Root of every error raised on purpose by runrec-cluster."""
+
+
+class ConfigError(RunrecError):
+    """Bad input: an argument, a config value, a setting."""
+
+
+class DatasetError(ConfigError):
+    """A dataset or artifact path that cannot be read or hashed."""
+
+
+class StoreError(RunrecError):
+    """The store cannot be opened, read or written."""
+
+
+class RecordNotFound(StoreError):
+    """No run matches the given id or prefix."""
+
+
+class AmbiguousRunId(StoreError):
+    """A run id prefix matches more than one run."""
+
+
+class CorruptRecord(StoreError):
+    """A record or blob file does not decode, or does not match its hash."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class BackendError(RunrecError):
+    """An execution backend (local, slurm, ray) refused or failed."""
+
+
+class JobTimeout(BackendError):
+    """wait(timeout=...) ran out before the run reached a terminal state."""
+
+
+class JobFailed(RunrecError):
+    """The run failed; carries the recorded failure (type, message, traceback text)."""
+
+    def __init__(self, message: str, *, run_id: str, failure: object | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.failure = failure

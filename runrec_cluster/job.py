@@ -1,0 +1,299 @@
+"""The job side, the same on every backend: complete the record where the job runs.
+
+``execute(store_root, run_id)`` is what a backend calls on the compute node (the local backend
+in a fresh interpreter, Slurm through submitit, Ray inside a task). It captures the node, marks
+the run running, runs the function or command, and records the outcome: result, or failure with
+its traceback as text. Only this module (and an explicit rerun) unpickles the call.
+
+Run as ``python -m runrec_cluster.job STORE RUN_ID`` for the local backend.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from . import proc
+from .capture import env as envcap
+from .capture import node as nodecap
+from .record import Failure, FailureCause, NodeInfo, ResultRef, RunRecord, RunState, to_patch
+from .run import Run, _set_current
+from .store import Store, codec
+
+TIMEOUT_EXIT = 124
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def node_facts(store: Store, rec: RunRecord, *, rank: int = 0, features: list[str] | None = None) -> NodeInfo:
+    """Capture this node and its package drift against the launch environment."""
+    import msgspec.structs
+
+    node = nodecap.capture_node(rank=rank, features=features)
+    pkgs = envcap.packages()
+    drift: dict[str, list[str | None]] = {}
+    if rec.launch_env is not None and rec.launch_env.packages_blob:
+        try:
+            launch_pkgs = store.get_obj(rec.launch_env.packages_blob, dict[str, str])
+            drift = envcap.package_drift(launch_pkgs, pkgs)
+        except Exception:
+            drift = {}
+    return msgspec.structs.replace(
+        node,
+        packages_blob=store.put_obj(pkgs),
+        package_drift=drift,
+        env_vars=envcap.selected_env(),
+    )
+
+
+def _encode_result(store: Store, value: Any) -> ResultRef:
+    tname = f"{type(value).__module__}.{type(value).__qualname__}"
+    summary = repr(value)
+    if len(summary) > 200:
+        summary = summary[:197] + "..."
+    try:
+        blob = store.put_blob(codec.encode_raw(value))
+        return ResultRef(blob=blob, format="msgpack", type=tname, summary=summary)
+    except (TypeError, msgspec.EncodeError, OverflowError):
+        import cloudpickle
+
+        blob = store.put_blob(cloudpickle.dumps(value))
+        return ResultRef(blob=blob, format="pickle", type=tname, summary=summary)
+
+
+class _Watchdog:
+    """Our own time limit (backends without one: local, ray). Records TIMEOUT, then exits."""
+
+    def __init__(self, store: Store, run_id: str, timeout_s: float, child: list[subprocess.Popen[bytes]]):
+        self.store, self.run_id, self.timeout_s, self.child = store, run_id, timeout_s, child
+        self.timer = threading.Timer(timeout_s, self._fire)
+        self.timer.daemon = True
+
+    def start(self) -> None:
+        self.timer.start()
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+    def _fire(self) -> None:
+        for p in self.child:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        failure = Failure(
+            cause=FailureCause.TIMEOUT,
+            type="Timeout",
+            message=f"the run exceeded its time limit of {self.timeout_s:g} s (timeout_min) and was stopped by runrec",
+            source="job",
+        )
+        try:
+            self.store.write_version(
+                self.run_id,
+                "end",
+                to_patch(state=RunState.FAILED, state_source="job", failure=failure, ended_at=_now()),
+                role="job",
+            )
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(TIMEOUT_EXIT)
+
+
+def execute(
+    store_root: str,
+    run_id: str,
+    *,
+    scheduler: dict[str, Any] | None = None,
+    rank: int = 0,
+    attempt: int | None = None,
+    enforce_timeout: bool = True,
+    features: list[str] | None = None,
+    hardware_check: Any = None,
+) -> Any:
+    """Run a recorded job here. Returns the function's result (or the command's exit code);
+    re-raises the function's exception after recording it."""
+    store = Store(store_root)
+    rec = store.load(run_id)
+    node = node_facts(store, rec, rank=rank, features=features)
+    patch: dict[str, Any] = to_patch(nodes=[node])
+    if hardware_check is not None:
+        patch["execution"] = hardware_check(rec, node)
+    if scheduler:
+        patch.setdefault("execution", {})["scheduler"] = scheduler
+    if rank == 0:
+        patch.update(
+            to_patch(
+                state=RunState.RUNNING,
+                state_source="job",
+                started_at=_now(),
+                process=proc.identity(),
+            )
+        )
+        patch["attempt"] = attempt or rec.attempt
+    store.write_version(run_id, "start" if rank == 0 else "node", patch, role="job")
+    run = Run(store, run_id, rank=rank)
+    _set_current(run)
+    os.environ["RUNREC_STORE"] = store.root
+    os.environ["RUNREC_RUN_ID"] = run_id
+    children: list[subprocess.Popen[bytes]] = []
+    timeout_min = rec.execution.resources.timeout_min if rec.execution else None
+    dog = _Watchdog(store, run_id, timeout_min * 60, children) if (enforce_timeout and timeout_min) else None
+    if dog:
+        dog.start()
+    ep = rec.entrypoint
+    try:
+        if ep is None:
+            raise RuntimeError(f"run {run_id} has no entrypoint in its launch record")
+        if ep.kind == "command":
+            return _run_command(store, run, rec, children)
+        import cloudpickle
+
+        if ep.call_blob is None:
+            raise RuntimeError(f"run {run_id} has no recorded call")
+        fn, args, kwargs = cloudpickle.loads(store.get_blob(ep.call_blob))
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            if dog:
+                dog.cancel()
+            _record_failure(store, run_id, rank, exc)
+            raise
+        if dog:
+            dog.cancel()
+        if rank == 0:
+            end_node = msgspec.structs.replace(node, runtime=nodecap.runtime_libs())
+            store.write_version(
+                run_id,
+                "end",
+                to_patch(
+                    state=RunState.SUCCEEDED,
+                    state_source="job",
+                    ended_at=_now(),
+                    result=_encode_result(store, value),
+                    nodes=[end_node],
+                ),
+                role="job",
+            )
+        return value
+    finally:
+        if dog:
+            dog.cancel()
+        _set_current(None)
+
+
+def _record_failure(store: Store, run_id: str, rank: int, exc: BaseException) -> None:
+    if isinstance(exc, KeyboardInterrupt):
+        cause, state = FailureCause.CANCELLED, RunState.CANCELLED
+    elif isinstance(exc, MemoryError):
+        cause, state = FailureCause.OUT_OF_MEMORY, RunState.FAILED
+    elif isinstance(exc, (FileNotFoundError, UnicodeDecodeError)) or type(exc).__name__ in ("ParserError", "EmptyDataError"):
+        cause, state = FailureCause.DATA_PROBLEM, RunState.FAILED
+    else:
+        cause, state = FailureCause.CODE_ERROR, RunState.FAILED
+    failure = Failure(
+        cause=cause,
+        type=f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+        source="job",
+    )
+    if rank != 0:
+        store.write_version(run_id, "rank-failure", {"warnings": [f"rank {rank} failed: {failure.type}: {failure.message}"]}, role="job")
+        return
+    store.write_version(
+        run_id,
+        "end",
+        to_patch(state=state, state_source="job", failure=failure, ended_at=_now()),
+        role="job",
+    )
+
+
+def _run_command(store: Store, run: Run, rec: RunRecord, children: list[subprocess.Popen[bytes]]) -> int:
+    ep = rec.entrypoint
+    assert ep is not None
+    env = dict(os.environ)
+    env["RUNREC_STORE"] = store.root
+    env["RUNREC_RUN_ID"] = rec.run_id
+    env["RUNREC_RANK"] = str(run.rank)
+    argv = list(ep.argv)
+    if ep.call_blob:  # the unredacted command line, kept out of the record
+        import cloudpickle
+
+        argv = cloudpickle.loads(store.get_blob(ep.call_blob))
+    try:
+        p = subprocess.Popen(argv, cwd=ep.cwd or None, env=env, start_new_session=True)
+    except OSError as exc:
+        failure = Failure(
+            cause=FailureCause.CODE_ERROR,
+            type=type(exc).__name__,
+            message=f"cannot start {ep.argv[0]!r}: {exc.strerror or exc}",
+            source="job",
+        )
+        store.write_version(rec.run_id, "end", to_patch(state=RunState.FAILED, state_source="job", failure=failure, ended_at=_now()), role="job")
+        return 127
+    children.append(p)
+
+    def forward(signum: int, _frame: Any) -> None:
+        try:
+            os.killpg(p.pid, signum)
+        except OSError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+        try:
+            signal.signal(sig, forward)
+        except ValueError:  # not the main thread
+            pass
+    rc = p.wait()
+    if run.rank != 0:
+        return rc
+    patch: dict[str, Any] = {"exit_code": rc, "ended_at": _now()}
+    if rc == 0:
+        patch.update(to_patch(state=RunState.SUCCEEDED, state_source="job"))
+    else:
+        if rc < 0:
+            failure = Failure(cause=FailureCause.KILLED, type="Signal", message=f"the command was killed by signal {-rc} ({_signame(-rc)})", signal=-rc, source="job")
+        else:
+            failure = Failure(cause=FailureCause.EXIT_CODE, type="ExitCode", message=f"the command exited with code {rc}", exit_code=rc, source="job")
+        patch.update(to_patch(state=RunState.FAILED, state_source="job", failure=failure))
+    store.write_version(rec.run_id, "end", patch, role="job")
+    return rc
+
+
+def _signame(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m runrec_cluster.job STORE RUN_ID", file=sys.stderr)
+        return 2
+    try:
+        out = execute(args[0], args[1])
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    store = Store(args[0])
+    rec = store.load(args[1])
+    if rec.entrypoint and rec.entrypoint.kind == "command":
+        return int(out) if isinstance(out, int) and out >= 0 else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

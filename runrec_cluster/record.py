@@ -1,0 +1,436 @@
+"""The run record: msgspec Structs, the run states, and how versions fold into a record.
+
+A run is stored as a sequence of immutable *versions* (``RecordVersion``), each written by one
+process (the submitter, the job, the backend, a reconcile) as its own file. A version carries a
+*patch*: a mapping from top-level ``RunRecord`` field names to new values. ``fold`` applies the
+patches in order to produce the ``RunRecord`` a reader sees. No version is ever rewritten, so
+concurrent writers never lose each other's updates and the history stays readable.
+
+Schema evolution (as in msgspec's guide): new fields get defaults, a field never changes type,
+readers skip unknown fields. ``SCHEMA_VERSION`` counts changes; a record written by a newer
+schema still decodes (unknown fields are ignored) and is shown with a warning.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Base(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Base of every persisted Struct."""
+
+
+class RunState(str, enum.Enum):
+    """Where a run is in its life. ``is_terminal()`` says whether it can still change.
+
+    - SUBMITTED: the launch record exists; the job has not started (queued, pending).
+    - RUNNING: the job started on a node and wrote its node facts.
+    - SUCCEEDED: the job returned (function) or exited 0 (command).
+    - FAILED: the job raised, exited non-zero, or was killed (see ``Failure.cause``).
+    - CANCELLED: cancelled by a person or by the scheduler on request.
+    - UNKNOWN: the backend reported a state we do not know; never guessed.
+    """
+
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+    def is_terminal(self) -> bool:
+        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
+
+
+class FailureCause(str, enum.Enum):
+    """Why a run did not succeed, from what was recorded (the job, the backend, the scheduler)."""
+
+    CODE_ERROR = "code_error"  # the function raised
+    EXIT_CODE = "exit_code"  # a command exited non-zero
+    KILLED = "killed"  # killed by a signal, or the process vanished (kill -9)
+    OUT_OF_MEMORY = "out_of_memory"
+    TIMEOUT = "timeout"
+    NODE_FAILURE = "node_failure"
+    PREEMPTED = "preempted"
+    CANCELLED = "cancelled"
+    WORKER_CRASHED = "worker_crashed"
+    DATA_PROBLEM = "data_problem"
+    INFRASTRUCTURE = "infrastructure"
+    UNKNOWN = "unknown"
+
+
+# Who wrote a state. A terminal state written by a more direct witness wins over one inferred.
+StateSource = Literal["job", "backend", "scheduler", "inferred", "submitter"]
+SOURCE_AUTHORITY: dict[str, int] = {
+    "job": 4,
+    "backend": 3,
+    "scheduler": 2,
+    "inferred": 1,
+    "submitter": 0,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts of the record
+# ---------------------------------------------------------------------------------------------
+
+
+class UntrackedFile(Base, frozen=True, kw_only=True):
+    path: str
+    size: int
+    digest: str | None = None  # "sha256:<hex>"
+    included: bool = False  # True when its content is part of the recorded patch
+    reason: str | None = None  # why not included: "binary", "too large", "unreadable"
+
+
+class Submodule(Base, frozen=True, kw_only=True):
+    path: str
+    commit: str
+
+
+class CodeInfo(Base, frozen=True, kw_only=True):
+    """Where the code came from. ``is_repo=False`` when the working directory is no git repo."""
+
+    is_repo: bool
+    root: str | None = None
+    remote_url: str | None = None  # credentials stripped
+    branch: str | None = None  # None on a detached HEAD
+    detached: bool = False
+    commit: str | None = None  # None in a repository with no commit yet
+    dirty: bool = False
+    untracked: list[UntrackedFile] = []
+    patch_blob: str | None = None  # blob digest of `git diff HEAD --binary` + untracked text files
+    patch_size: int = 0
+    submodules: list[Submodule] = []
+    error: str | None = None  # why something could not be captured (never a crash)
+
+
+class Entrypoint(Base, frozen=True, kw_only=True):
+    kind: Literal["function", "command"]
+    function: str | None = None  # "module:qualname"
+    argv: list[str] = []
+    cwd: str = ""
+    call_blob: str | None = None  # pickled (fn, args, kwargs); only the job and rerun unpickle it
+
+
+class ConfigEntry(Base, frozen=True, kw_only=True):
+    value: Any
+    source: Literal["default", "given", "generated"]
+
+
+class InputRef(Base, frozen=True, kw_only=True):
+    """A dataset or an artifact consumed by the run."""
+
+    kind: Literal["dataset", "artifact"] = "dataset"
+    path: str = ""
+    digest: str = ""  # "sha256:<hex>" of a file, or of the tree manifest for a directory
+    size: int = 0
+    file_count: int = 1
+    is_dir: bool = False
+    version: str | None = None  # the user's own label
+    manifest_blob: str | None = None  # for a directory: the (relpath, size, digest) list
+    added_by: Literal["submit", "job"] = "submit"
+
+
+class ArtifactRef(Base, frozen=True, kw_only=True):
+    name: str
+    path: str
+    digest: str
+    size: int
+    file_count: int = 1
+    is_dir: bool = False
+    logged_at: datetime | None = None
+
+
+class EnvInfo(Base, frozen=True, kw_only=True):
+    python_version: str
+    python_executable: str
+    platform: str
+    hostname: str = ""
+    packages_blob: str | None = None  # msgpack {name: version}, content-addressed
+    package_count: int = 0
+    env_vars: dict[str, str] = {}  # selected, secrets redacted
+
+
+class Resources(Base, frozen=True, kw_only=True):
+    timeout_min: float | None = None
+    cpus: int | None = None
+    mem_gb: float | None = None
+    gpus: int | None = None
+    nodes: int | None = None
+
+
+class Execution(Base, frozen=True, kw_only=True):
+    backend: str
+    resources: Resources = msgspec.field(default_factory=Resources)
+    options: dict[str, Any] = {}  # backend-only options as given (slurm_*, ray_*, local_*)
+    hardware: str | None = None  # requested hardware class
+    hardware_match: bool | None = None  # the node matched the class's expectation
+    hardware_mismatches: list[str] = []
+    scheduler: dict[str, Any] = {}  # job ids, array ids, node ids, pids: filled by the backend
+    log_dir: str | None = None
+
+
+class GPUInfo(Base, frozen=True, kw_only=True):
+    index: int
+    name: str
+    uuid: str
+    memory_total_mb: int | None = None
+    compute_capability: str | None = None
+    mig_mode: str | None = None
+    pci_bus_id: str | None = None
+
+
+class RuntimeLibs(Base, frozen=True, kw_only=True):
+    """CUDA-side libraries as actually loaded in the job process."""
+
+    cuda_runtime: str | None = None
+    cudnn: str | None = None
+    nccl: str | None = None
+    frameworks: dict[str, str] = {}  # torch / jax / cupy version, when imported
+    sources: dict[str, str] = {}  # where each value came from ("torch", "/proc/self/maps: ...")
+    loaded_libraries: list[str] = []
+
+
+class NodeInfo(Base, frozen=True, kw_only=True):
+    hostname: str
+    rank: int = 0
+    os: str = ""
+    kernel: str = ""
+    cpu_model: str = ""
+    cpu_count: int = 0
+    cpus_allowed: int = 0
+    memory_total_mb: int = 0
+    gpu_status: str = ""  # "ok", "no NVIDIA driver (...)", "no GPU"
+    gpus: list[GPUInfo] = []
+    nvidia_driver: str | None = None
+    cuda_driver: str | None = None
+    cuda_visible_devices: str | None = None
+    runtime: RuntimeLibs | None = None
+    python_executable: str = ""
+    python_version: str = ""
+    packages_blob: str | None = None
+    package_drift: dict[str, list[str | None]] = {}  # name -> [launch version, node version]
+    env_vars: dict[str, str] = {}
+    features: list[str] = []  # scheduler node features (slurm), custom resources (ray)
+    captured_at: datetime | None = None
+
+
+class Failure(Base, frozen=True, kw_only=True):
+    cause: FailureCause
+    type: str = ""  # exception class, or the scheduler state
+    message: str = ""
+    traceback: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    by: str | None = None  # who cancelled, when known
+    source: str = "job"
+
+
+class ResultRef(Base, frozen=True, kw_only=True):
+    blob: str
+    format: Literal["msgpack", "pickle"]
+    type: str = ""
+    summary: str = ""  # a short repr, for people
+
+
+class Process(Base, frozen=True, kw_only=True):
+    """A process identity that survives PID reuse: PID + start time + boot id + host."""
+
+    host: str
+    pid: int
+    start_ticks: int
+    boot_id: str
+
+
+class RunRecord(Base, frozen=True, kw_only=True):
+    """What a reader sees of a run: every version folded in order."""
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    name: str = ""
+    sweep_id: str | None = None
+    sweep_index: int | None = None
+    user: str = ""
+    submit_host: str = ""
+    tags: dict[str, str] = {}
+    created_at: datetime | None = None
+    code: CodeInfo | None = None
+    entrypoint: Entrypoint | None = None
+    config: dict[str, ConfigEntry] = {}
+    inputs: list[InputRef] = []
+    launch_env: EnvInfo | None = None
+    execution: Execution | None = None
+    nodes: list[NodeInfo] = []
+    state: RunState = RunState.SUBMITTED
+    state_source: str = "submitter"
+    attempt: int = 1
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    process: Process | None = None
+    failure: Failure | None = None
+    exit_code: int | None = None
+    metrics: dict[str, Any] = {}
+    artifacts: list[ArtifactRef] = []
+    result: ResultRef | None = None
+    warnings: list[str] = []
+
+    @property
+    def node(self) -> NodeInfo | None:
+        """The rank-0 node (the only one for single-node runs)."""
+        return self.nodes[0] if self.nodes else None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.ended_at
+        if end is None:
+            return None
+        return (end - self.started_at).total_seconds()
+
+
+class Writer(Base, frozen=True, kw_only=True):
+    host: str
+    pid: int
+    role: str  # "submitter", "job", "backend", "reconcile", "cli"
+
+
+class RecordVersion(Base, frozen=True, kw_only=True):
+    """One immutable update of one run, as stored in one file."""
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    seq: int
+    written_at: datetime
+    writer: Writer
+    event: str  # "launch", "dispatch", "start", "config", "metrics", "artifact", "end", ...
+    patch: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Folding versions into a record
+# ---------------------------------------------------------------------------------------------
+
+# dict fields merge key by key (recursively for nested dicts)
+_DICT_FIELDS = frozenset({"tags", "config", "metrics", "execution"})
+# list fields append, later entries with the same key replace earlier ones
+_LIST_KEYS: dict[str, tuple[str, ...]] = {
+    "inputs": ("kind", "path", "digest"),
+    "artifacts": ("name",),
+    "nodes": ("rank", "hostname"),
+    "warnings": (),
+}
+_STATE_FIELDS = frozenset({"state", "state_source", "failure", "ended_at", "exit_code"})
+_STATE_RANK = {"submitted": 0, "unknown": 0, "running": 1}
+
+
+def _deep_merge(old: Any, new: Any) -> Any:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = dict(old)
+        for k, v in new.items():
+            out[k] = _deep_merge(out.get(k), v) if k in out else v
+        return out
+    return new
+
+
+def _merge_list(old: list[Any], new: list[Any], key: tuple[str, ...]) -> list[Any]:
+    if not key:
+        return old + [x for x in new if x not in old]
+    out = list(old)
+    index = {tuple(_get(x, k) for k in key): i for i, x in enumerate(out)}
+    for item in new:
+        k = tuple(_get(item, f) for f in key)
+        if k in index:
+            out[index[k]] = item
+        else:
+            index[k] = len(out)
+            out.append(item)
+    return out
+
+
+def _get(x: Any, k: str) -> Any:
+    return x.get(k) if isinstance(x, dict) else None
+
+
+def _rank(state: str) -> int:
+    return _STATE_RANK.get(state, 2)
+
+
+def _state_wins(cur: dict[str, Any], patch: dict[str, Any]) -> bool:
+    """Whether a patch's state replaces the current one.
+
+    Attempts move forward only (a requeue starts a new attempt and resets the state). Within an
+    attempt a state never moves backwards (running never undoes succeeded, whatever the clocks
+    say); once terminal, a later terminal state wins only from a more direct witness (the job
+    beats the backend beats the scheduler beats an inference).
+    """
+    new_attempt = patch.get("attempt", cur.get("attempt", 1))
+    cur_attempt = cur.get("attempt", 1)
+    if new_attempt > cur_attempt:
+        return True
+    if new_attempt < cur_attempt:
+        return False
+    old_state = cur.get("state", "submitted")
+    new_state = patch["state"]
+    old_rank, new_rank = _rank(old_state), _rank(new_state)
+    if old_rank < 2:
+        return new_rank >= old_rank
+    if new_rank < 2:
+        return False
+    old_auth = SOURCE_AUTHORITY.get(cur.get("state_source", "submitter"), 0)
+    new_auth = SOURCE_AUTHORITY.get(patch.get("state_source", "submitter"), 0)
+    return new_auth > old_auth
+
+
+def fold_patches(patches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Apply patches (already in order) to an empty record; returns plain builtins."""
+    cur: dict[str, Any] = {}
+    for patch in patches:
+        if "state" in patch:
+            if _state_wins(cur, patch):
+                if patch.get("attempt", cur.get("attempt", 1)) > cur.get("attempt", 1):
+                    for f in ("failure", "ended_at", "exit_code", "result", "started_at"):
+                        cur.pop(f, None)
+                for f in _STATE_FIELDS | {"attempt"}:
+                    if f in patch:
+                        cur[f] = patch[f]
+        for field, value in patch.items():
+            if field in _STATE_FIELDS or field == "attempt":
+                continue
+            if field in _DICT_FIELDS and isinstance(value, dict):
+                cur[field] = _deep_merge(cur.get(field, {}), value)
+            elif field in _LIST_KEYS and isinstance(value, list):
+                cur[field] = _merge_list(cur.get(field, []), value, _LIST_KEYS[field])
+            elif field == "started_at" and "started_at" in cur:
+                continue  # the first start of the attempt stays
+            else:
+                cur[field] = value
+    return cur
+
+
+def fold(versions: list[RecordVersion]) -> RunRecord:
+    """The record a reader sees: versions sorted by (seq, written_at, writer) and folded."""
+    ordered = sorted(versions, key=lambda v: (v.seq, v.written_at, v.writer.host, v.writer.pid))
+    merged = fold_patches([v.patch for v in ordered])
+    if not ordered:
+        raise ValueError("a run needs at least one version")
+    merged.setdefault("run_id", ordered[0].run_id)
+    merged["schema_version"] = max(v.schema_version for v in ordered)
+    return msgspec.convert(merged, RunRecord, strict=False)
+
+
+def to_patch(**fields: Any) -> dict[str, Any]:
+    """Builtins for a patch: Structs and enums become plain msgpack-friendly values."""
+    return {
+        k: msgspec.to_builtins(v, builtin_types=(datetime,))
+        for k, v in fields.items()
+        if v is not None
+    }

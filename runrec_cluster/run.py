@@ -1,0 +1,139 @@
+"""Inside a job: ``current_run()`` and what a job can add to its own record."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from .capture import config as cfg
+from .capture.data import Dataset, DatasetCache, hash_path
+from .errors import ConfigError, DatasetError
+from .record import ArtifactRef, InputRef, to_patch
+from .store import Store, codec, fs, layout
+
+_current: Run | None = None
+
+
+class Run:
+    """The run this process is executing. Every call appends a version to its record, at once:
+    a crash a second later loses nothing that was logged."""
+
+    def __init__(self, store: Store, run_id: str, *, rank: int = 0) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.rank = rank
+
+    def __repr__(self) -> str:
+        return f"Run({self.run_id!r}, store={self.store.root!r})"
+
+    @property
+    def record(self):  # type: ignore[no-untyped-def]
+        return self.store.load(self.run_id)
+
+    def log_config(self, values: Mapping[str, Any]) -> None:
+        """Values generated in the job (a drawn seed, a derived size) join the effective config,
+        marked ``generated``."""
+        entries = cfg.entries(values, "generated")
+        self.store.write_version(self.run_id, "config", to_patch(config=entries), role="job")
+
+    def log_metrics(self, values: Mapping[str, Any]) -> None:
+        """Summary metrics; a later value of the same key replaces the earlier one."""
+        if self.rank != 0:
+            return  # the result and metrics come from rank 0
+        clean = {}
+        for k, v in values.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"metric name {k!r} is not a string.")
+            clean[k] = cfg.plain(k, v)
+        self.store.write_version(self.run_id, "metrics", {"metrics": clean}, role="job")
+
+    def log_artifact(self, path: str | os.PathLike[str], name: str | None = None) -> ArtifactRef:
+        """Record an output file or directory: its size and content hash."""
+        p = os.fspath(path)
+        art_name = name or os.path.basename(os.path.normpath(p))
+        if not art_name or "\n" in art_name:
+            raise ConfigError(f"artifact name {art_name!r} is not usable; give name='...'.")
+        try:
+            res, _ = hash_path(p)
+        except DatasetError as exc:
+            raise DatasetError(f"artifact {art_name!r}: {exc}") from None
+        ref = ArtifactRef(
+            name=art_name,
+            path=res.path,
+            digest=res.digest,
+            size=res.size,
+            file_count=res.file_count,
+            is_dir=res.is_dir,
+            logged_at=datetime.now(UTC),
+        )
+        self.store.write_version(self.run_id, "artifact", to_patch(artifacts=[ref]), role="job")
+        return ref
+
+    def use_input(self, dataset: Dataset) -> InputRef:
+        """Record an input discovered inside the job."""
+        ref = hash_input(self.store, dataset, added_by="job")
+        self.store.write_version(self.run_id, "input", to_patch(inputs=[ref]), role="job")
+        return ref
+
+
+def hash_input(store: Store, dataset: Any, *, added_by: str = "submit", progress=None) -> InputRef:  # type: ignore[no-untyped-def]
+    """Hash a dataset using (and refreshing) the store's hash cache."""
+    if not isinstance(dataset, Dataset):
+        if isinstance(dataset, (str, os.PathLike)):
+            dataset = Dataset(dataset)
+        else:
+            raise ConfigError(
+                f"inputs must be rr.Dataset(...) or paths, got {type(dataset).__name__}: {dataset!r}."
+            )
+    import hashlib
+
+    full = os.path.abspath(dataset.path)
+    key = hashlib.sha256(full.encode()).hexdigest()
+    cache_file = layout.dataset_cache_path(store.root, key)
+    cache = None
+    try:
+        cache = codec.decode(fs.read_bytes(cache_file), DatasetCache, cache_file)
+    except Exception:  # a missing or broken cache only costs a re-hash
+        cache = None
+    res, new_cache = hash_path(dataset.path, cache=cache, progress=progress)
+    if res.hashed_bytes or cache is None or len(new_cache.files) != len(cache.files):
+        try:
+            fs.write_atomic(cache_file, codec.encode(new_cache), mode=0o664)
+        except Exception:
+            pass  # the cache is an optimisation; a read-only cache dir is fine
+    manifest_blob = store.put_obj(res.manifest) if res.manifest is not None else None
+    return InputRef(
+        kind="dataset",
+        path=res.path,
+        digest=res.digest,
+        size=res.size,
+        file_count=res.file_count,
+        is_dir=res.is_dir,
+        version=dataset.version,
+        manifest_blob=manifest_blob,
+        added_by=added_by,  # type: ignore[arg-type]
+    )
+
+
+def current_run() -> Run | None:
+    """The run this process is executing, or None outside a recorded job.
+
+    In a command job (``submit_command``) the child process finds its run through the
+    ``RUNREC_STORE`` and ``RUNREC_RUN_ID`` environment variables.
+    """
+    global _current
+    if _current is not None:
+        return _current
+    run_id = os.environ.get("RUNREC_RUN_ID")
+    root = os.environ.get("RUNREC_STORE")
+    if run_id and root and layout.RUN_ID_RE.match(run_id):
+        _current = Run(Store(root), run_id, rank=int(os.environ.get("RUNREC_RANK", "0") or 0))
+        return _current
+    return None
+
+
+def _set_current(run: Run | None) -> None:
+    global _current
+    _current = run

@@ -1,0 +1,282 @@
+"""The store: a directory of immutable record versions and content-addressed blobs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import socket
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import AmbiguousRunId, CorruptRecord, RecordNotFound, StoreError
+from ..record import SCHEMA_VERSION, RecordVersion, RunRecord, Writer, fold
+from . import codec, fs, layout
+
+DEFAULT_STORE = "runrec-store"
+
+
+def default_store_path(cwd: str | None = None) -> str:
+    """$RUNREC_STORE, else ``[tool.runrec] store`` of the nearest pyproject.toml (relative to
+    that file), else ./runrec-store."""
+    env = os.environ.get("RUNREC_STORE")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    here = os.path.abspath(cwd or os.getcwd())
+    d = here
+    while True:
+        pp = os.path.join(d, "pyproject.toml")
+        if os.path.isfile(pp):
+            try:
+                with open(pp, "rb") as f:
+                    data = tomllib.load(f)
+            except (OSError, tomllib.TOMLDecodeError):
+                data = {}
+            store = data.get("tool", {}).get("runrec", {}).get("store")
+            if isinstance(store, str) and store:
+                return os.path.abspath(os.path.join(d, os.path.expanduser(store)))
+            break  # the nearest pyproject.toml decides
+        if os.path.isdir(os.path.join(d, ".git")):
+            break
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    return os.path.join(here, DEFAULT_STORE)
+
+
+@dataclass(frozen=True)
+class ReadProblem:
+    """A file that could not be read while listing; listing goes on without it."""
+
+    path: str
+    message: str
+
+
+class Store:
+    """A run store rooted at a directory (local disk, NFS or Lustre).
+
+    ``Store()`` uses the default location (see ``default_store_path``). ``fsync=True`` (or
+    ``RUNREC_FSYNC=1``) makes every write durable across power loss; without it a write is
+    still atomic and survives any process crash.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, fsync: bool | None = None):
+        self.root = os.path.abspath(os.fspath(path)) if path is not None else default_store_path()
+        if fsync is None:
+            fsync = os.environ.get("RUNREC_FSYNC", "") not in ("", "0", "false", "no")
+        self.fsync = fsync
+        self._host = socket.gethostname()
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r})"
+
+    def __fspath__(self) -> str:
+        return self.root
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def ensure_writable(self) -> None:
+        """Create the store if needed and prove it is writable; clear error otherwise."""
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise StoreError(
+                f"store path {self.root} exists and is not a directory. "
+                "Pass --store / RUNREC_STORE pointing to a directory."
+            )
+        fs.makedirs(os.path.join(self.root, "runs"))
+        fs.makedirs(os.path.join(self.root, "blobs"))
+        meta = os.path.join(self.root, layout.META_FILE)
+        if not os.path.exists(meta):
+            fs.write_atomic(
+                meta,
+                codec.encode({"format": layout.STORE_FORMAT, "created_at": _now()}),
+                fsync=self.fsync,
+            )
+        probe = os.path.join(self.root, "runs", f"{layout.TMP_PREFIX}probe-{secrets.token_hex(4)}")
+        try:
+            with open(probe, "wb"):
+                pass
+            os.unlink(probe)
+        except OSError as exc:
+            raise StoreError(
+                f"store {self.root} is not writable ({exc.strerror}). Check its permissions, "
+                "or point --store / RUNREC_STORE to a writable directory."
+            ) from exc
+
+    def exists(self) -> bool:
+        return os.path.isdir(os.path.join(self.root, "runs"))
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def put_blob(self, data: bytes) -> str:
+        """Store bytes once, by content; returns ``sha256:<hex>``."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = layout.blob_path(self.root, digest)
+        if not os.path.exists(path):
+            fs.write_atomic(path, codec.compress(data), fsync=self.fsync)
+        return digest
+
+    def get_blob(self, digest: str) -> bytes:
+        path = layout.blob_path(self.root, digest)
+        try:
+            raw = fs.read_bytes(path)
+        except FileNotFoundError as exc:
+            raise CorruptRecord(
+                f"blob {digest} is missing from {self.root} (expected at {path}). "
+                "Run `runrec fsck`; the store may have been copied incompletely.",
+                path=path,
+            ) from exc
+        data = codec.decompress(raw, path)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise CorruptRecord(f"blob {path} does not match its hash {digest}.", path=path)
+        return data
+
+    def put_obj(self, obj: Any) -> str:
+        """A msgpack blob (never a pickle)."""
+        return self.put_blob(codec.encode_raw(obj))
+
+    def get_obj(self, digest: str, type: Any = Any) -> Any:
+        import msgspec
+
+        return msgspec.msgpack.decode(self.get_blob(digest), type=type)
+
+    # -- versions ----------------------------------------------------------------------------
+
+    def write_version(
+        self, run_id: str, event: str, patch: dict[str, Any], *, role: str = "submitter"
+    ) -> RecordVersion:
+        """Append one immutable version to a run. Never overwrites anything."""
+        d = layout.run_dir(self.root, run_id)
+        seq = self._next_seq(d)
+        version = RecordVersion(
+            schema_version=SCHEMA_VERSION,
+            run_id=run_id,
+            seq=seq,
+            written_at=_now(),
+            writer=Writer(host=self._host, pid=os.getpid(), role=role),
+            event=event,
+            patch=patch,
+        )
+        writer = secrets.token_hex(6)
+        fs.write_atomic(
+            os.path.join(d, layout.version_name(seq, writer)),
+            codec.encode(version),
+            fsync=self.fsync,
+        )
+        return version
+
+    def _next_seq(self, d: str) -> int:
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            fs.makedirs(d)
+            return 1
+        except OSError as exc:
+            raise StoreError(f"cannot list {d}: {exc.strerror}. Check the store.") from exc
+        top = 0
+        for n in names:
+            m = layout.VERSION_RE.match(n)
+            if m:
+                top = max(top, int(m.group(1)))
+        return top + 1
+
+    def version_files(self, run_id: str) -> list[str]:
+        d = layout.run_dir(self.root, run_id)
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return []
+        return sorted(os.path.join(d, n) for n in names if layout.VERSION_RE.match(n))
+
+    def versions(
+        self, run_id: str, problems: list[ReadProblem] | None = None
+    ) -> list[RecordVersion]:
+        """Every readable version of a run. With ``problems``, unreadable files are reported
+        there and skipped; without it, the first one raises ``CorruptRecord``."""
+        out = []
+        for path in self.version_files(run_id):
+            try:
+                v = codec.decode(fs.read_bytes(path), RecordVersion, path)
+            except CorruptRecord as exc:
+                if problems is None:
+                    raise
+                problems.append(ReadProblem(path, str(exc)))
+                continue
+            except OSError as exc:
+                if problems is None:
+                    raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
+                problems.append(ReadProblem(path, f"cannot read: {exc.strerror}"))
+                continue
+            if v.run_id != run_id:
+                msg = f"{path}: holds run {v.run_id}, not {run_id}; moved by hand?"
+                if problems is None:
+                    raise CorruptRecord(msg, path=path)
+                problems.append(ReadProblem(path, msg))
+                continue
+            out.append(v)
+        return out
+
+    def load(self, run_id_or_prefix: str, problems: list[ReadProblem] | None = None) -> RunRecord:
+        run_id = self.resolve(run_id_or_prefix)
+        vs = self.versions(run_id, problems)
+        if not vs:
+            raise RecordNotFound(
+                f"run {run_id} has no readable record in {self.root}. See `runrec fsck`."
+            )
+        return fold(vs)
+
+    # -- run ids -----------------------------------------------------------------------------
+
+    def run_ids(self) -> Iterator[str]:
+        base = layout.runs_dir(self.root)
+        try:
+            shards = sorted(os.listdir(base))
+        except FileNotFoundError:
+            return
+        for shard in shards:
+            if shard.startswith("."):
+                continue
+            try:
+                names = sorted(os.listdir(os.path.join(base, shard)))
+            except NotADirectoryError:
+                continue
+            for n in names:
+                if layout.RUN_ID_RE.match(n):
+                    yield n
+
+    def resolve(self, prefix: str) -> str:
+        """A full run id from an id or any unique prefix (like git)."""
+        p = layout.normalize_prefix(prefix)
+        if len(p) == layout.RUN_ID_LEN:
+            if os.path.isdir(layout.run_dir(self.root, p)):
+                return p
+            raise RecordNotFound(f"no run {p} in store {self.root}. List runs with `runrec ls`.")
+        if len(p) >= layout.SHARD_LEN:
+            d = os.path.join(layout.runs_dir(self.root), p[: layout.SHARD_LEN])
+            try:
+                candidates = [n for n in os.listdir(d) if n.startswith(p)]
+            except FileNotFoundError:
+                candidates = []
+        else:
+            candidates = [r for r in self.run_ids() if r.startswith(p)]
+        if not candidates:
+            raise RecordNotFound(
+                f"no run id starts with {p!r} in store {self.root}. List runs with `runrec ls`."
+            )
+        if len(candidates) > 1:
+            shown = ", ".join(sorted(candidates)[:5])
+            raise AmbiguousRunId(
+                f"run id prefix {p!r} matches {len(candidates)} runs ({shown}"
+                f"{', ...' if len(candidates) > 5 else ''}). Give more characters."
+            )
+        return candidates[0]
+
+    def log_dir(self, run_id: str) -> str:
+        return layout.log_dir(self.root, run_id)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
