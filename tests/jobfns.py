@@ -1,0 +1,55 @@
+"""Functions the tests submit as jobs (pickled by value, see conftest)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def add(a, b=10):
+    return a + b
+
+
+def train(lr, epochs=3, data=None):
+    import runrec_cluster as rr
+
+    run = rr.current_run()
+    run.log_config({"seed": 1234})
+    run.log_metrics({"acc": round(1 - lr, 6), "epochs_done": epochs})
+    return {"lr": lr, "acc": round(1 - lr, 6)}
+
+
+def fail(msg):
+    def inner():
+        raise ValueError(msg)
+
+    inner()
+
+
+def sleep_then(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def write_pid_and_sleep(path, seconds):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return "woke"
+
+
+def with_artifact(out):
+    import runrec_cluster as rr
+
+    with open(out, "wb") as f:
+        f.write(b"model-bytes" * 100)
+    rr.current_run().log_artifact(out, name="model")
+    return "ok"
+
+
+def returns_object():
+    class Thing:
+        def __init__(self):
+            self.x = 5
+
+    return Thing()
