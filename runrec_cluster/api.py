@@ -288,19 +288,30 @@ def backend_for(store: Store, rec: RunRecord) -> Any:
 def refresh(store: Store, rec: RunRecord, backend: Any = None) -> RunRecord:
     """If a non-terminal run's job is gone without finishing, record the backend's verdict
     (a new version) and return the updated record."""
-    if rec.state.is_terminal():
-        return rec
-    b = backend if backend is not None else backend_for(store, rec)
-    if b is None:
-        return rec
-    try:
-        patch = b.check(rec)
-    except RunrecError:
-        return rec
-    if not patch:
-        return rec
-    store.write_version(rec.run_id, "reconcile", patch, role="reconcile")
-    return store.load(rec.run_id)
+    return refresh_many(store, [rec], backend)[0]
+
+
+def refresh_many(store: Store, recs: list[RunRecord], backend: Any = None) -> list[RunRecord]:
+    """``refresh`` for many records, asking each backend once (one sacct call, not one per run)."""
+    groups: dict[str, list[RunRecord]] = {}
+    for r in recs:
+        if not r.state.is_terminal() and r.execution is not None:
+            groups.setdefault(r.execution.backend, []).append(r)
+    if not groups:
+        return recs
+    updated: dict[str, RunRecord] = {}
+    for name, group in groups.items():
+        b = backend if (backend is not None and backend.name == name) else backend_for(store, group[0])
+        if b is None:
+            continue
+        try:
+            patches = b.check_many(group)
+        except RunrecError:
+            continue
+        for run_id, patch in patches.items():
+            store.write_version(run_id, "reconcile", patch, role="reconcile")
+            updated[run_id] = store.load(run_id, problems=[])
+    return [updated.get(r.run_id, r) for r in recs]
 
 
 class RunHandle:

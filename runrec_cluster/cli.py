@@ -65,16 +65,20 @@ def cli() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_all(store, warn=True):  # type: ignore[no-untyped-def]
-    """Every readable record; unreadable files are reported as warnings, the rest listed."""
-    from .api import refresh
+def _load_all(store, warn=True, check=True):  # type: ignore[no-untyped-def]
+    """Every readable record; unreadable files are reported as warnings, the rest listed.
+    Runs that are not terminal are checked with their backend (the job may be gone)."""
+    from .api import refresh_many
     from .record import fold
     from .store import ReadProblem
 
     out = []
+    damaged = set()
     for run_id in store.run_ids():
         problems: list[ReadProblem] = []
         vs = store.versions(run_id, problems)
+        if problems:
+            damaged.add(run_id)  # never infer a verdict from a partly unreadable history
         for p in problems:
             if warn:
                 _warn(f"skipped unreadable record file {p.path}: {p.message}")
@@ -86,12 +90,10 @@ def _load_all(store, warn=True):  # type: ignore[no-untyped-def]
             if warn:
                 _warn(f"run {run_id} does not fold into a record ({exc}); see `runrec fsck`")
             continue
-        if not rec.state.is_terminal():
-            try:
-                rec = refresh(store, rec)
-            except RunrecError:
-                pass
         out.append(rec)
+    if check:
+        fresh = {r.run_id: r for r in refresh_many(store, [r for r in out if r.run_id not in damaged])}
+        out = [fresh.get(r.run_id, r) for r in out]
     return out
 
 

@@ -35,7 +35,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def node_facts(store: Store, rec: RunRecord, *, rank: int = 0, features: list[str] | None = None) -> NodeInfo:
+def node_facts(store: Store, rec: RunRecord, *, rank: int = 0, features: list[str] | None = None, node_name: str = "") -> NodeInfo:
     """Capture this node and its package drift against the launch environment."""
     import msgspec.structs
 
@@ -53,6 +53,7 @@ def node_facts(store: Store, rec: RunRecord, *, rank: int = 0, features: list[st
         packages_blob=store.put_obj(pkgs),
         package_drift=drift,
         env_vars=envcap.selected_env(),
+        scheduler_node=node_name,
     )
 
 
@@ -119,13 +120,14 @@ def execute(
     attempt: int | None = None,
     enforce_timeout: bool = True,
     features: list[str] | None = None,
+    node_name: str = "",
     hardware_check: Any = None,
 ) -> Any:
     """Run a recorded job here. Returns the function's result (or the command's exit code);
     re-raises the function's exception after recording it."""
     store = Store(store_root)
     rec = store.load(run_id)
-    node = node_facts(store, rec, rank=rank, features=features)
+    node = node_facts(store, rec, rank=rank, features=features, node_name=node_name)
     patch: dict[str, Any] = to_patch(nodes=[node])
     if hardware_check is not None:
         patch["execution"] = hardware_check(rec, node)

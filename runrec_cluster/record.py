@@ -167,7 +167,7 @@ class Resources(Base, frozen=True, kw_only=True):
 
 
 class Execution(Base, frozen=True, kw_only=True):
-    backend: str
+    backend: str = ""
     resources: Resources = msgspec.field(default_factory=Resources)
     options: dict[str, Any] = {}  # backend-only options as given (slurm_*, ray_*, local_*)
     hardware: str | None = None  # requested hardware class
@@ -219,6 +219,7 @@ class NodeInfo(Base, frozen=True, kw_only=True):
     package_drift: dict[str, list[str | None]] = {}  # name -> [launch version, node version]
     env_vars: dict[str, str] = {}
     features: list[str] = []  # scheduler node features (slurm), custom resources (ray)
+    scheduler_node: str = ""  # the scheduler's name for the node (Slurm node, Ray node id)
     captured_at: datetime | None = None
 
 
@@ -325,7 +326,7 @@ _DICT_FIELDS = frozenset({"tags", "config", "metrics", "execution"})
 _LIST_KEYS: dict[str, tuple[str, ...]] = {
     "inputs": ("kind", "path", "digest"),
     "artifacts": ("name",),
-    "nodes": ("rank", "hostname"),
+    "nodes": ("rank", "hostname", "scheduler_node"),
     "warnings": (),
 }
 _STATE_FIELDS = frozenset({"state", "state_source", "failure", "ended_at", "exit_code"})

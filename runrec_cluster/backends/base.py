@@ -47,6 +47,16 @@ class Backend:
         without finishing its record (killed, out of memory, node failure...), else None."""
         return None
 
+    def check_many(self, recs: list[RunRecord]) -> dict[str, dict[str, Any]]:
+        """``check`` for many records at once: {run_id: patch}. Backends with a scheduler to
+        ask override this to ask once."""
+        out = {}
+        for r in recs:
+            patch = self.check(r)
+            if patch:
+                out[r.run_id] = patch
+        return out
+
     def cancel(self, rec: RunRecord) -> None:
         raise NotImplementedError
 

@@ -141,9 +141,9 @@ def _supervise(root: str, parallel: int, triples: list[tuple[str, str, str]]) ->
             if rc is None:
                 continue
             del running[pid]
-            rec = store.load(run_id)
-            if rec.state.is_terminal():
-                continue
+            rec = store.load(run_id, problems=[])
+            if rec.state.is_terminal() and rec.state_source != "inferred":
+                continue  # the job finished its own record (an inference is improved on below)
             if rc < 0:
                 try:
                     name = signal.Signals(-rc).name
