@@ -291,6 +291,16 @@ def refresh(store: Store, rec: RunRecord, backend: Any = None) -> RunRecord:
     return refresh_many(store, [rec], backend)[0]
 
 
+def forget_check_times() -> None:
+    """Make the next check ask the schedulers now (``runrec reconcile``), not rate-limited."""
+    try:
+        from .backends import slurm
+
+        slurm._last_check.clear()
+    except ImportError:
+        pass
+
+
 def refresh_many(store: Store, recs: list[RunRecord], backend: Any = None) -> list[RunRecord]:
     """``refresh`` for many records, asking each backend once (one sacct call, not one per run)."""
     groups: dict[str, list[RunRecord]] = {}

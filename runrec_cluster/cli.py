@@ -430,16 +430,26 @@ def _parse_opt(v: str) -> Any:
 @click.option("--gpus", type=int, default=None)
 @click.option("--nodes", type=int, default=None)
 @click.option("--hardware", default=None, help="A hardware class from [tool.runrec.hardware.<name>].")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A backend option, e.g. slurm_partition=debug; repeatable.")
+@click.option("--slurm-partition", default=None, help="Slurm partition (-p).")
+@click.option("--slurm-constraint", default=None, help="Slurm node features (--constraint).")
+@click.option("--slurm-gres", default=None, help="Slurm generic resources, e.g. gpu:1.")
+@click.option("--slurm-account", default=None)
+@click.option("--slurm-qos", default=None)
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Any backend option, e.g. slurm_exclude=n3 or ray_max_retries=0; repeatable.")
 @click.option("--wait", is_flag=True, help="Wait for the run to end; exit 1 when it fails.")
 @click.argument("command", nargs=-1, required=True)
-def submit_cmd(store_path, backend, name, inputs, tags, timeout_min, cpus, mem_gb, gpus, nodes, hardware, options, wait, command):  # type: ignore[no-untyped-def]
+def submit_cmd(store_path, backend, name, inputs, tags, timeout_min, cpus, mem_gb, gpus, nodes, hardware, slurm_partition, slurm_constraint, slurm_gres, slurm_account, slurm_qos, options, wait, command):  # type: ignore[no-untyped-def]
     """Submit a command as a recorded run:  runrec submit [OPTIONS] -- CMD [ARGS]..."""
     from .api import Executor
     from .capture.data import Dataset
 
     store = _open_store(store_path, must_exist=False)
     opts = {k: _parse_opt(v) for k, v in _kv(options, "--option").items()}
+    for key, val in (("slurm_partition", slurm_partition), ("slurm_constraint", slurm_constraint), ("slurm_gres", slurm_gres), ("slurm_account", slurm_account), ("slurm_qos", slurm_qos)):
+        if val is not None:
+            if backend != "slurm":
+                raise click.UsageError(f"--{key.replace('_', '-')} needs --backend slurm.")
+            opts[key] = val
     with _progress() as cb:
         ex = Executor(backend=backend, store=store, name=name or "", timeout_min=timeout_min, cpus=cpus, mem_gb=mem_gb, gpus=gpus, nodes=nodes, hardware=hardware, hash_progress=cb, **opts)
         h = ex.submit_command(list(command), inputs=[Dataset(p) for p in inputs], tags=_kv(tags, "--tag"), name=name)
@@ -451,6 +461,29 @@ def submit_cmd(store_path, backend, name, inputs, tags, timeout_min, cpus, mem_g
         c.print(f"run {h.run_id} {_state_text(rec)}")
         if rec.state.value != "succeeded":
             sys.exit(1)
+
+
+@cli.command("reconcile")
+@_store_opt
+@click.argument("runs", nargs=-1)
+def reconcile_cmd(store_path, runs):  # type: ignore[no-untyped-def]
+    """Ask each backend about runs that are not terminal, and record its verdict (out of
+    memory, timeout, cancelled, node failure, killed...) as a new version of the record."""
+    from . import api
+
+    store = _open_store(store_path)
+    if runs:
+        recs = [store.load(r) for r in runs]
+    else:
+        recs = _load_all(store, check=False)
+    open_recs = [r for r in recs if not r.state.is_terminal()]
+    api.forget_check_times()
+    after = api.refresh_many(store, open_recs)
+    changed = [(a, b) for a, b in zip(open_recs, after, strict=True) if (a.state, a.failure) != (b.state, b.failure)]
+    c = _console()
+    for old, new in changed:
+        c.print(f"{new.run_id}  {old.state.value} -> {_esc(_state_text(new))}: {_esc(new.failure.message if new.failure else '')}")
+    c.print(f"checked {len(open_recs)} open run(s); {len(changed)} updated; {len(open_recs) - len(changed)} still open.")
 
 
 @cli.command("demo")

@@ -48,3 +48,25 @@ def run_cli(*args: str, cwd=None, env=None, input=None):
     e = dict(os.environ)
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "runrec_cluster", *args], cwd=cwd, env=e, capture_output=True, text=True, input=input, timeout=300)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests under integration/slurm and integration/ray carry the slurm / ray marker."""
+    for item in items:
+        path = str(item.fspath)
+        for kind in ("slurm", "ray"):
+            if f"{os.sep}integration{os.sep}{kind}{os.sep}" in path:
+                item.add_marker(getattr(pytest.mark, kind))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Where the clusters are required (the test command, CI), a skipped Slurm or Ray test is a
+    failure, never a silent pass."""
+    outcome = yield
+    rep = outcome.get_result()
+    required = os.environ.get("RUNREC_REQUIRE_CLUSTERS") == "1"
+    if required and rep.skipped and (item.get_closest_marker("slurm") or item.get_closest_marker("ray")):
+        rep.outcome = "failed"
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.longrepr = f"integration test skipped while RUNREC_REQUIRE_CLUSTERS=1: {reason}"
