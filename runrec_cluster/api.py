@@ -22,8 +22,8 @@ from .capture.git import capture_code
 from .errors import BackendError, ConfigError, JobFailed, JobTimeout, RunrecError
 from .record import (
     CodeInfo,
-    EnvInfo,
     Entrypoint,
+    EnvInfo,
     Execution,
     Failure,
     FailureCause,
@@ -31,6 +31,7 @@ from .record import (
     Resources,
     RunRecord,
     RunState,
+    needs_verdict,
     to_patch,
 )
 from .redact import redact_argv
@@ -285,6 +286,17 @@ def backend_for(store: Store, rec: RunRecord) -> Any:
     return cls(store, rec.execution.resources, dict(rec.execution.options))
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        import sys
+
+        print(f"warning: {msg}", file=sys.stderr)
+
+
 def refresh(store: Store, rec: RunRecord, backend: Any = None) -> RunRecord:
     """If a non-terminal run's job is gone without finishing, record the backend's verdict
     (a new version) and return the updated record."""
@@ -301,11 +313,13 @@ def forget_check_times() -> None:
         pass
 
 
-def refresh_many(store: Store, recs: list[RunRecord], backend: Any = None) -> list[RunRecord]:
-    """``refresh`` for many records, asking each backend once (one sacct call, not one per run)."""
+def refresh_many(store: Store, recs: list[RunRecord], backend: Any = None, *, strict: bool = False) -> list[RunRecord]:
+    """``refresh`` for many records, asking each backend once (one sacct call, not one per run).
+    A backend that cannot be asked (scheduler down) leaves its runs as they are, with a warning
+    on stderr; with ``strict`` it raises instead (``runrec reconcile``)."""
     groups: dict[str, list[RunRecord]] = {}
     for r in recs:
-        if not r.state.is_terminal() and r.execution is not None:
+        if needs_verdict(r) and r.execution is not None:
             groups.setdefault(r.execution.backend, []).append(r)
     if not groups:
         return recs
@@ -316,7 +330,10 @@ def refresh_many(store: Store, recs: list[RunRecord], backend: Any = None) -> li
             continue
         try:
             patches = b.check_many(group)
-        except RunrecError:
+        except RunrecError as exc:
+            if strict:
+                raise
+            _warn_once(f"could not ask the {name} backend about {len(group)} open run(s): {exc}")
             continue
         for run_id, patch in patches.items():
             store.write_version(run_id, "reconcile", patch, role="reconcile")
@@ -338,6 +355,16 @@ class RunHandle:
     def record(self) -> RunRecord:
         return refresh(self.store, self.store.load(self.run_id), self._backend)
 
+    def _settled(self, rec: RunRecord) -> bool:
+        """Terminal, and (under a scheduler) a bare KILLED has had a moment to get its cause."""
+        if not rec.state.is_terminal():
+            return False
+        if needs_verdict(rec) and rec.execution is not None and rec.execution.backend == "slurm":
+            if not hasattr(self, "_killed_seen"):
+                self._killed_seen = time.monotonic()
+            return time.monotonic() - self._killed_seen > 20
+        return True
+
     @property
     def state(self) -> RunState:
         return self.record().state
@@ -351,7 +378,7 @@ class RunHandle:
         delay = 0.05
         while True:
             rec = self.record()
-            if rec.state.is_terminal():
+            if self._settled(rec):
                 return rec
             if deadline is not None and time.monotonic() >= deadline:
                 why = ""

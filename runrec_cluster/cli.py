@@ -476,9 +476,11 @@ def reconcile_cmd(store_path, runs):  # type: ignore[no-untyped-def]
         recs = [store.load(r) for r in runs]
     else:
         recs = _load_all(store, check=False)
-    open_recs = [r for r in recs if not r.state.is_terminal()]
+    from .record import needs_verdict
+
+    open_recs = [r for r in recs if needs_verdict(r)]
     api.forget_check_times()
-    after = api.refresh_many(store, open_recs)
+    after = api.refresh_many(store, open_recs, strict=True)
     changed = [(a, b) for a, b in zip(open_recs, after, strict=True) if (a.state, a.failure) != (b.state, b.failure)]
     c = _console()
     for old, new in changed:

@@ -386,9 +386,31 @@ def _state_wins(cur: dict[str, Any], patch: dict[str, Any]) -> bool:
         return new_rank >= old_rank
     if new_rank < 2:
         return False
+    if _refines(cur.get("failure"), patch.get("failure")):
+        return True
     old_auth = SOURCE_AUTHORITY.get(cur.get("state_source", "submitter"), 0)
     new_auth = SOURCE_AUTHORITY.get(patch.get("state_source", "submitter"), 0)
     return new_auth > old_auth
+
+
+# A process that saw its job die of a signal records KILLED without knowing why; the
+# scheduler's specific cause (out of memory, timeout...) refines it, whoever wrote first.
+_SPECIFIC_CAUSES = frozenset({"out_of_memory", "timeout", "node_failure", "preempted", "cancelled"})
+
+
+def _refines(old: Any, new: Any) -> bool:
+    return (
+        isinstance(old, dict) and isinstance(new, dict)
+        and old.get("cause") == "killed" and new.get("cause") in _SPECIFIC_CAUSES
+    )
+
+
+def needs_verdict(rec: RunRecord) -> bool:
+    """Not terminal, or ended KILLED without a cause: worth asking the backend about."""
+    if not rec.state.is_terminal():
+        return True
+    f = rec.failure
+    return f is not None and f.cause == FailureCause.KILLED and f.source != "scheduler"
 
 
 def fold_patches(patches: list[dict[str, Any]]) -> dict[str, Any]:

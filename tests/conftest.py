@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import cloudpickle
@@ -11,6 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import jobfns  # noqa: E402
+from helpers import git  # noqa: E402
 
 # job functions travel by value, so job processes need not import the tests package
 cloudpickle.register_pickle_by_value(jobfns)
@@ -25,11 +25,6 @@ def store(tmp_path):
     return s
 
 
-def git(cwd, *args: str) -> str:
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@x", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@x")
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture
 def repo(tmp_path):
     """A real git repository with one commit."""
@@ -41,13 +36,6 @@ def repo(tmp_path):
     git(d, "add", ".")
     git(d, "commit", "-qm", "first")
     return d
-
-
-def run_cli(*args: str, cwd=None, env=None, input=None):
-    """The real `runrec` entry point in a subprocess."""
-    e = dict(os.environ)
-    e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "runrec_cluster", *args], cwd=cwd, env=e, capture_output=True, text=True, input=input, timeout=300)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -53,3 +53,30 @@ def returns_object():
             self.x = 5
 
     return Thing()
+
+
+def allocate_mb(mb):
+    block = bytearray(mb * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(5)
+    return len(block)
+
+
+def sleep_unless_restarted(seconds):
+    n = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    if n == 0:
+        time.sleep(seconds)
+    return f"restarted {n}"
+
+
+def env_var(name):
+    return os.environ.get(name)
+
+
+def rank_info():
+    import runrec_cluster as rr
+
+    rank = int(os.environ.get("SLURM_PROCID", "0"))
+    rr.current_run().log_metrics({"rank0_only": 1.0} if rank == 0 else {"from_rank": float(rank)})
+    return {"rank": rank, "node": os.environ.get("SLURMD_NODENAME")}

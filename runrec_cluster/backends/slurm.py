@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import BackendError, ConfigError
-from ..record import Failure, FailureCause, NodeInfo, RunRecord, RunState, to_patch
+from ..record import Failure, FailureCause, NodeInfo, RunRecord, RunState, needs_verdict, to_patch
 from .base import Backend, JobSpec
 
 SLURM_OPTIONS = {
@@ -264,7 +264,7 @@ class SlurmBackend(Backend):
         """sacct rows (job and steps) grouped by the job id we recorded."""
         if not job_ids:
             return {}
-        fields = ["JobID", "JobIDRaw", "State", "ExitCode", "DerivedExitCode", "Reason", "NodeList", "Start", "End", "Partition", "Restarts"]
+        fields = ["JobID", "JobIDRaw", "State", "ExitCode", "DerivedExitCode", "Reason", "NodeList", "Start", "End", "Partition"]
         out = _run(["sacct", "-n", "-P", "--delimiter=\x1f", "-D", "-j", ",".join(sorted(set(job_ids))), f"--format={','.join(fields)}"])
         rows: dict[str, list[dict[str, str]]] = {}
         for line in out.splitlines():
@@ -284,8 +284,10 @@ class SlurmBackend(Backend):
         todo = {}
         for r in recs:
             jid = r.execution.scheduler.get("job_id") if r.execution else None
-            if not jid or r.state.is_terminal():
+            if not jid or not needs_verdict(r):
                 continue
+            if r.state.is_terminal() and r.ended_at and (datetime.now(UTC) - r.ended_at).total_seconds() > 3600:
+                continue  # an old bare KILLED: the scheduler has said all it will
             last = _last_check.get(r.run_id)
             if last and now - last[0] < _CHECK_INTERVAL_S:
                 continue
@@ -349,6 +351,9 @@ def verdict(rec: RunRecord, rows: list[dict[str, str]]) -> dict[str, Any] | None
     ):
         return None  # still settling: poll again
     our_state, cause = mapped
+    if rec.state.is_terminal() and cause not in (FailureCause.OUT_OF_MEMORY, FailureCause.TIMEOUT, FailureCause.NODE_FAILURE, FailureCause.PREEMPTED, FailureCause.CANCELLED):
+        if not any(s["State"].startswith("OUT_OF_MEMORY") for s in steps):
+            return None  # the job's own KILLED stands: the scheduler knows no more
     exit_code = sig = None
     ec = main["ExitCode"]
     if ":" in ec:

@@ -4,7 +4,7 @@ import os
 import shutil
 import subprocess
 
-from conftest import git
+from helpers import git
 
 from runrec_cluster.capture.git import UNTRACKED_TEXT_CAP, capture_code
 

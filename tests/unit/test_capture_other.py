@@ -7,7 +7,13 @@ from runrec_cluster.capture.data import Dataset, hash_path
 from runrec_cluster.capture.env import package_drift, packages, selected_env
 from runrec_cluster.capture.node import capture_node, gpu_info, runtime_libs
 from runrec_cluster.errors import ConfigError, DatasetError
-from runrec_cluster.redact import REDACTED, redact_argv, redact_text, redact_value, strip_url_credentials
+from runrec_cluster.redact import (
+    REDACTED,
+    redact_argv,
+    redact_text,
+    redact_value,
+    strip_url_credentials,
+)
 from runrec_cluster.run import hash_input
 
 

@@ -3,7 +3,13 @@ import os
 import pytest
 
 import runrec_cluster as rr
-from runrec_cluster.errors import AmbiguousRunId, ConfigError, CorruptRecord, RecordNotFound, StoreError
+from runrec_cluster.errors import (
+    AmbiguousRunId,
+    ConfigError,
+    CorruptRecord,
+    RecordNotFound,
+    StoreError,
+)
 from runrec_cluster.store import default_store_path, layout
 
 

@@ -7,7 +7,7 @@ import sys
 import jobfns
 import jsonschema
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 import runrec_cluster as rr
 from runrec_cluster.record import SCHEMA_VERSION

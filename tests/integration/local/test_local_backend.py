@@ -105,7 +105,7 @@ def test_kill_9_of_job_and_supervisor_is_inferred_by_the_next_reader(ex, store, 
     os.kill(sup, signal.SIGKILL)
     os.kill(int(pidfile.read_text()), signal.SIGKILL)
     time.sleep(0.3)
-    from conftest import run_cli
+    from helpers import run_cli
 
     out = run_cli("ls", "--store", store.root)
     assert out.returncode == 0 and "killed" in out.stdout
