@@ -39,6 +39,7 @@ __all__ = [
     "RunState",
     "RunrecError",
     "Store",
+    "StoreError",
     "__version__",
     "current_run",
     "load",

@@ -59,7 +59,9 @@ def _user() -> str:
 
 def _function_name(fn: Callable[..., Any]) -> str:
     mod = getattr(fn, "__module__", None) or "?"
-    qual = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__
+    qual = (
+        getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__
+    )
     return f"{mod}:{qual}"
 
 
@@ -92,12 +94,31 @@ class Executor:
         self.hash_progress = hash_progress
         self.name = name
         self.cwd = os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd()
-        for key, val in (("timeout_min", timeout_min), ("cpus", cpus), ("mem_gb", mem_gb), ("gpus", gpus), ("nodes", nodes)):
-            if val is not None and (not isinstance(val, (int, float)) or isinstance(val, bool) or val <= 0 and key != "gpus" or val < 0):
+        for key, val in (
+            ("timeout_min", timeout_min),
+            ("cpus", cpus),
+            ("mem_gb", mem_gb),
+            ("gpus", gpus),
+            ("nodes", nodes),
+        ):
+            if val is not None and (
+                not isinstance(val, (int, float))
+                or isinstance(val, bool)
+                or val <= 0
+                and key != "gpus"
+                or val < 0
+            ):
                 raise ConfigError(f"{key}={val!r} is not a valid amount; give a positive number.")
-        self.resources = Resources(timeout_min=timeout_min, cpus=cpus, mem_gb=mem_gb, gpus=gpus, nodes=nodes)
+        self.resources = Resources(
+            timeout_min=timeout_min, cpus=cpus, mem_gb=mem_gb, gpus=gpus, nodes=nodes
+        )
         cls = get_backend(backend)
-        bad = [k for k in options if not k.startswith(cls.option_prefix) or (cls.known_options and k not in cls.known_options)]
+        bad = [
+            k
+            for k in options
+            if not k.startswith(cls.option_prefix)
+            or (cls.known_options and k not in cls.known_options)
+        ]
         if bad:
             known = ", ".join(sorted(cls.known_options)) or "none"
             raise ConfigError(
@@ -143,7 +164,9 @@ class Executor:
         calls = []
         for i, p in enumerate(params):
             if not isinstance(p, Mapping):
-                raise ConfigError(f"map_array element {i} is {type(p).__name__}, not a dict of keyword arguments: {p!r}.")
+                raise ConfigError(
+                    f"map_array element {i} is {type(p).__name__}, not a dict of keyword arguments: {p!r}."
+                )
             calls.append(((), dict(p)))
         if not calls:
             raise ConfigError("map_array got no parameter sets; pass a non-empty list of dicts.")
@@ -160,7 +183,9 @@ class Executor:
     ) -> RunHandle:
         """Submit a command (its exit code is recorded; 0 is success)."""
         if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
-            raise ConfigError(f"submit_command takes a list of strings, e.g. ['python', 'train.py']; got {argv!r}.")
+            raise ConfigError(
+                f"submit_command takes a list of strings, e.g. ['python', 'train.py']; got {argv!r}."
+            )
         run_cwd = os.path.abspath(os.fspath(cwd)) if cwd is not None else self.cwd
         ctx = self._context(inputs)
         config = cfg.command_config(list(argv))
@@ -174,7 +199,9 @@ class Executor:
             blob = self.store.put_blob(cloudpickle.dumps(list(argv)))
             ep = Entrypoint(kind="command", argv=ep.argv, cwd=run_cwd, call_blob=blob)
         run_id = layout.new_id()
-        self._write_launch(run_id, ctx, ep, config, tags, name or os.path.basename(argv[0]), None, None)
+        self._write_launch(
+            run_id, ctx, ep, config, tags, name or os.path.basename(argv[0]), None, None
+        )
         return self._launch([JobSpec(run_id, "command", run_cwd, self.store.log_dir(run_id))])[0]
 
     # -- internals ---------------------------------------------------------------------------
@@ -186,7 +213,13 @@ class Executor:
         refs: list[InputRef] = []
         for ds in inputs or []:
             refs.append(hash_input(self.store, ds, progress=self.hash_progress))
-        return {"code": code, "env": env, "inputs": refs, "user": _user(), "host": socket.gethostname()}
+        return {
+            "code": code,
+            "env": env,
+            "inputs": refs,
+            "user": _user(),
+            "host": socket.gethostname(),
+        }
 
     def _submit_functions(self, fn, calls, inputs, tags, name, *, sweep: bool):  # type: ignore[no-untyped-def]
         if not callable(fn):
@@ -210,8 +243,25 @@ class Executor:
         for i, (conf, blob) in enumerate(zip(configs, blobs, strict=True)):
             run_id = layout.new_id()
             ep = Entrypoint(kind="function", function=fname, cwd=self.cwd, call_blob=blob)
-            self._write_launch(run_id, ctx, ep, conf, tags, name or getattr(fn, "__name__", "run"), sweep_id, i if sweep else None)
-            specs.append(JobSpec(run_id, "function", self.cwd, self.store.log_dir(run_id), sweep_index=i if sweep else None))
+            self._write_launch(
+                run_id,
+                ctx,
+                ep,
+                conf,
+                tags,
+                name or getattr(fn, "__name__", "run"),
+                sweep_id,
+                i if sweep else None,
+            )
+            specs.append(
+                JobSpec(
+                    run_id,
+                    "function",
+                    self.cwd,
+                    self.store.log_dir(run_id),
+                    sweep_index=i if sweep else None,
+                )
+            )
         return self._launch(specs)
 
     def _write_launch(self, run_id, ctx, ep, config, tags, name, sweep_id, sweep_index) -> None:  # type: ignore[no-untyped-def]
@@ -262,15 +312,28 @@ class Executor:
             raise BackendError(msg + ". The launch records are kept and marked failed.") from exc
         for spec, info in zip(specs, infos, strict=True):
             if info:
-                self.store.write_version(spec.run_id, "dispatch", {"execution": {"scheduler": info}}, role="submitter")
+                self.store.write_version(
+                    spec.run_id, "dispatch", {"execution": {"scheduler": info}}, role="submitter"
+                )
         return [RunHandle(self.store, s.run_id, self.backend) for s in specs]
 
     def _record_launch_failure(self, specs: list[JobSpec], msg: str) -> None:
         for s in specs:
-            f = Failure(cause=FailureCause.INFRASTRUCTURE, type="LaunchError", message=msg, source="submitter")
+            f = Failure(
+                cause=FailureCause.INFRASTRUCTURE,
+                type="LaunchError",
+                message=msg,
+                source="submitter",
+            )
             self.store.write_version(
-                s.run_id, "end",
-                to_patch(state=RunState.FAILED, state_source="backend", failure=f, ended_at=datetime.now(UTC)),
+                s.run_id,
+                "end",
+                to_patch(
+                    state=RunState.FAILED,
+                    state_source="backend",
+                    failure=f,
+                    ended_at=datetime.now(UTC),
+                ),
                 role="submitter",
             )
 
@@ -313,7 +376,9 @@ def forget_check_times() -> None:
         pass
 
 
-def refresh_many(store: Store, recs: list[RunRecord], backend: Any = None, *, strict: bool = False) -> list[RunRecord]:
+def refresh_many(
+    store: Store, recs: list[RunRecord], backend: Any = None, *, strict: bool = False
+) -> list[RunRecord]:
     """``refresh`` for many records, asking each backend once (one sacct call, not one per run).
     A backend that cannot be asked (scheduler down) leaves its runs as they are, with a warning
     on stderr; with ``strict`` it raises instead (``runrec reconcile``)."""
@@ -325,7 +390,11 @@ def refresh_many(store: Store, recs: list[RunRecord], backend: Any = None, *, st
         return recs
     updated: dict[str, RunRecord] = {}
     for name, group in groups.items():
-        b = backend if (backend is not None and backend.name == name) else backend_for(store, group[0])
+        b = (
+            backend
+            if (backend is not None and backend.name == name)
+            else backend_for(store, group[0])
+        )
         if b is None:
             continue
         try:
@@ -388,7 +457,9 @@ class RunHandle:
                     f"run {self.run_id} is still {rec.state.value} after {timeout:g} s{why}. "
                     f"Wait longer, or inspect it with `runrec show {self.run_id}`."
                 )
-            time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
+            time.sleep(
+                delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
+            )
             delay = min(delay * 1.5, 1.0)
 
     def result(self, timeout: float | None = None) -> Any:
@@ -398,8 +469,16 @@ class RunHandle:
         if rec.state != RunState.SUCCEEDED:
             f = rec.failure
             detail = f"{f.type}: {f.message}" if f else rec.state.value
-            tb = f"\n--- traceback recorded in the job ---\n{f.traceback}" if f and f.traceback else ""
-            raise JobFailed(f"run {self.run_id} {rec.state.value} ({f.cause.value if f else '?'}): {detail}{tb}", run_id=self.run_id, failure=f)
+            tb = (
+                f"\n--- traceback recorded in the job ---\n{f.traceback}"
+                if f and f.traceback
+                else ""
+            )
+            raise JobFailed(
+                f"run {self.run_id} {rec.state.value} ({f.cause.value if f else '?'}): {detail}{tb}",
+                run_id=self.run_id,
+                failure=f,
+            )
         if rec.entrypoint is not None and rec.entrypoint.kind == "command":
             return rec.exit_code
         if rec.result is None:
@@ -419,5 +498,7 @@ class RunHandle:
             return
         b = self._backend or backend_for(self.store, rec)
         if b is None:
-            raise BackendError(f"cannot cancel run {self.run_id}: its backend is not available here.")
+            raise BackendError(
+                f"cannot cancel run {self.run_id}: its backend is not available here."
+            )
         b.cancel(rec)

@@ -92,7 +92,9 @@ def _load_all(store, warn=True, check=True):  # type: ignore[no-untyped-def]
             continue
         out.append(rec)
     if check:
-        fresh = {r.run_id: r for r in refresh_many(store, [r for r in out if r.run_id not in damaged])}
+        fresh = {
+            r.run_id: r for r in refresh_many(store, [r for r in out if r.run_id not in damaged])
+        }
         out = [fresh.get(r.run_id, r) for r in out]
     return out
 
@@ -143,7 +145,13 @@ def _state_text(rec) -> str:  # type: ignore[no-untyped-def]
     return s
 
 
-_STATE_STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "submitted": "blue"}
+_STATE_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "submitted": "blue",
+}
 
 
 def _ls_row(rec) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -166,11 +174,20 @@ def _ls_row(rec) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 
 @cli.command("ls")
 @_store_opt
-@click.option("--state", "states", multiple=True, help="Only runs in this state (submitted, running, succeeded, failed, cancelled, unknown); repeatable.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    help="Only runs in this state (submitted, running, succeeded, failed, cancelled, unknown); repeatable.",
+)
 @click.option("--name", default=None, help="Only runs whose name contains this text.")
 @click.option("--sweep", default=None, help="Only runs of this sweep (id or prefix).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most N runs (newest).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document (a list of runs) for tools.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Show at most N runs (newest)."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON document (a list of runs) for tools."
+)
 def ls_cmd(store_path, states, name, sweep, limit, as_json):  # type: ignore[no-untyped-def]
     """List runs, newest last."""
     from .record import RunState
@@ -178,7 +195,10 @@ def ls_cmd(store_path, states, name, sweep, limit, as_json):  # type: ignore[no-
     valid = {s.value for s in RunState}
     for s in states:
         if s not in valid:
-            raise click.BadParameter(f"{s!r} is not a state; choose from {', '.join(sorted(valid))}.", param_hint="--state")
+            raise click.BadParameter(
+                f"{s!r} is not a state; choose from {', '.join(sorted(valid))}.",
+                param_hint="--state",
+            )
     store = _open_store(store_path)
     recs = _load_all(store)
     if states:
@@ -269,7 +289,13 @@ def show_cmd(store_path, run):  # type: ignore[no-untyped-def]
 @_store_opt
 @click.argument("run")
 @click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None, help="Write to this file instead of stdout.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write to this file instead of stdout.",
+)
 def export_cmd(store_path, run, fmt, output):  # type: ignore[no-untyped-def]
     """Export one run as a plain JSON document, its blobs (diff, packages) inlined."""
     store = _open_store(store_path)
@@ -286,14 +312,23 @@ def export_cmd(store_path, run, fmt, output):  # type: ignore[no-untyped-def]
 
 
 @cli.command("schema")
-@click.option("--of", "of", type=click.Choice(["record", "version"]), default="record", show_default=True, help="The folded run record, or one stored version file.")
+@click.option(
+    "--of",
+    "of",
+    type=click.Choice(["record", "version"]),
+    default="record",
+    show_default=True,
+    help="The folded run record, or one stored version file.",
+)
 def schema_cmd(of):  # type: ignore[no-untyped-def]
     """Print the JSON Schema of the record, generated from the Structs."""
     import msgspec
 
     from .record import RecordVersion, RunRecord
 
-    click.echo(json.dumps(msgspec.json.schema(RunRecord if of == "record" else RecordVersion), indent=2))
+    click.echo(
+        json.dumps(msgspec.json.schema(RunRecord if of == "record" else RecordVersion), indent=2)
+    )
 
 
 @cli.command("history")
@@ -310,7 +345,13 @@ def history_cmd(store_path, run):  # type: ignore[no-untyped-def]
     for col in ("seq", "written", "event", "writer", "fields"):
         t.add_column(col)
     for v in vs:
-        t.add_row(str(v.seq), _fmt_time(v.written_at), v.event, _esc(f"{v.writer.role}@{v.writer.host}:{v.writer.pid}"), _esc(", ".join(sorted(v.patch))))
+        t.add_row(
+            str(v.seq),
+            _fmt_time(v.written_at),
+            v.event,
+            _esc(f"{v.writer.role}@{v.writer.host}:{v.writer.pid}"),
+            _esc(", ".join(sorted(v.patch))),
+        )
     _console().print(t)
 
 
@@ -382,7 +423,14 @@ class _progress:
                     return
                 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-                self.bar = Progress("hashing", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=_console(stderr=True), transient=True)
+                self.bar = Progress(
+                    "hashing",
+                    BarColumn(),
+                    DownloadColumn(),
+                    TransferSpeedColumn(),
+                    console=_console(stderr=True),
+                    transient=True,
+                )
                 self.bar.start()
                 self.task = self.bar.add_task("hash", total=total)
             self.bar.update(self.task, completed=done, total=total)
@@ -422,37 +470,91 @@ def _parse_opt(v: str) -> Any:
 @_store_opt
 @click.option("--backend", default="local", show_default=True, help="local, slurm or ray.")
 @click.option("--name", default=None, help="Run name (default: the command's name).")
-@click.option("--input", "inputs", multiple=True, metavar="PATH", help="A dataset the run reads (hashed now); repeatable.")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="PATH",
+    help="A dataset the run reads (hashed now); repeatable.",
+)
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag; repeatable.")
 @click.option("--timeout-min", type=float, default=None)
 @click.option("--cpus", type=int, default=None)
 @click.option("--mem-gb", type=float, default=None)
 @click.option("--gpus", type=int, default=None)
 @click.option("--nodes", type=int, default=None)
-@click.option("--hardware", default=None, help="A hardware class from [tool.runrec.hardware.<name>].")
+@click.option(
+    "--hardware", default=None, help="A hardware class from [tool.runrec.hardware.<name>]."
+)
 @click.option("--slurm-partition", default=None, help="Slurm partition (-p).")
 @click.option("--slurm-constraint", default=None, help="Slurm node features (--constraint).")
 @click.option("--slurm-gres", default=None, help="Slurm generic resources, e.g. gpu:1.")
 @click.option("--slurm-account", default=None)
 @click.option("--slurm-qos", default=None)
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Any backend option, e.g. slurm_exclude=n3 or ray_max_retries=0; repeatable.")
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any backend option, e.g. slurm_exclude=n3 or ray_max_retries=0; repeatable.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the run to end; exit 1 when it fails.")
 @click.argument("command", nargs=-1, required=True)
-def submit_cmd(store_path, backend, name, inputs, tags, timeout_min, cpus, mem_gb, gpus, nodes, hardware, slurm_partition, slurm_constraint, slurm_gres, slurm_account, slurm_qos, options, wait, command):  # type: ignore[no-untyped-def]
+def submit_cmd(
+    store_path,
+    backend,
+    name,
+    inputs,
+    tags,
+    timeout_min,
+    cpus,
+    mem_gb,
+    gpus,
+    nodes,
+    hardware,
+    slurm_partition,
+    slurm_constraint,
+    slurm_gres,
+    slurm_account,
+    slurm_qos,
+    options,
+    wait,
+    command,
+):  # type: ignore[no-untyped-def]
     """Submit a command as a recorded run:  runrec submit [OPTIONS] -- CMD [ARGS]..."""
     from .api import Executor
     from .capture.data import Dataset
 
     store = _open_store(store_path, must_exist=False)
     opts = {k: _parse_opt(v) for k, v in _kv(options, "--option").items()}
-    for key, val in (("slurm_partition", slurm_partition), ("slurm_constraint", slurm_constraint), ("slurm_gres", slurm_gres), ("slurm_account", slurm_account), ("slurm_qos", slurm_qos)):
+    for key, val in (
+        ("slurm_partition", slurm_partition),
+        ("slurm_constraint", slurm_constraint),
+        ("slurm_gres", slurm_gres),
+        ("slurm_account", slurm_account),
+        ("slurm_qos", slurm_qos),
+    ):
         if val is not None:
             if backend != "slurm":
                 raise click.UsageError(f"--{key.replace('_', '-')} needs --backend slurm.")
             opts[key] = val
     with _progress() as cb:
-        ex = Executor(backend=backend, store=store, name=name or "", timeout_min=timeout_min, cpus=cpus, mem_gb=mem_gb, gpus=gpus, nodes=nodes, hardware=hardware, hash_progress=cb, **opts)
-        h = ex.submit_command(list(command), inputs=[Dataset(p) for p in inputs], tags=_kv(tags, "--tag"), name=name)
+        ex = Executor(
+            backend=backend,
+            store=store,
+            name=name or "",
+            timeout_min=timeout_min,
+            cpus=cpus,
+            mem_gb=mem_gb,
+            gpus=gpus,
+            nodes=nodes,
+            hardware=hardware,
+            hash_progress=cb,
+            **opts,
+        )
+        h = ex.submit_command(
+            list(command), inputs=[Dataset(p) for p in inputs], tags=_kv(tags, "--tag"), name=name
+        )
     c = _console()
     c.print(f"submitted run [bold]{h.run_id}[/bold] ({backend})")
     c.print(f"  runrec show {h.run_id[:12]}    runrec logs {h.run_id[:12]}    runrec ls")
@@ -481,16 +583,30 @@ def reconcile_cmd(store_path, runs):  # type: ignore[no-untyped-def]
     open_recs = [r for r in recs if needs_verdict(r)]
     api.forget_check_times()
     after = api.refresh_many(store, open_recs, strict=True)
-    changed = [(a, b) for a, b in zip(open_recs, after, strict=True) if (a.state, a.failure) != (b.state, b.failure)]
+    changed = [
+        (a, b)
+        for a, b in zip(open_recs, after, strict=True)
+        if (a.state, a.failure) != (b.state, b.failure)
+    ]
     c = _console()
     for old, new in changed:
-        c.print(f"{new.run_id}  {old.state.value} -> {_esc(_state_text(new))}: {_esc(new.failure.message if new.failure else '')}")
-    c.print(f"checked {len(open_recs)} open run(s); {len(changed)} updated; {len(open_recs) - len(changed)} still open.")
+        c.print(
+            f"{new.run_id}  {old.state.value} -> {_esc(_state_text(new))}: {_esc(new.failure.message if new.failure else '')}"
+        )
+    c.print(
+        f"checked {len(open_recs)} open run(s); {len(changed)} updated; {len(open_recs) - len(changed)} still open."
+    )
 
 
 @cli.command("demo")
 @_store_opt
-@click.option("--runs", type=click.IntRange(1, 64), default=4, show_default=True, help="Runs in the demo sweep.")
+@click.option(
+    "--runs",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Runs in the demo sweep.",
+)
 def demo_cmd(store_path, runs):  # type: ignore[no-untyped-def]
     """The main job: a small real sweep on the local backend with a dataset and an artifact."""
     from .demo import run_demo
@@ -500,7 +616,9 @@ def demo_cmd(store_path, runs):  # type: ignore[no-untyped-def]
     handles, sweep_id = run_demo(store, runs, echo=lambda m: c.print(m))
     recs = [h.record() for h in handles]
     _print_table(recs)
-    c.print(f"\nstore: {store.root}\nnext: runrec show {recs[0].run_id[:12]}   runrec ls --sweep {sweep_id[:12]}   runrec export {recs[0].run_id[:12]} --format json")
+    c.print(
+        f"\nstore: {store.root}\nnext: runrec show {recs[0].run_id[:12]}   runrec ls --sweep {sweep_id[:12]}   runrec export {recs[0].run_id[:12]} --format json"
+    )
     if any(r.state.value != "succeeded" for r in recs):
         sys.exit(1)
 

@@ -32,7 +32,9 @@ def make_dataset(path: str, n: int = 400, seed: int = 7) -> None:
             w.writerow([f"{x1:.5f}", f"{x2:.5f}", label])
 
 
-def train(data: str, lr: float = 0.1, epochs: int = 20, out_dir: str = "runrec-demo/models") -> dict[str, float]:
+def train(
+    data: str, lr: float = 0.1, epochs: int = 20, out_dir: str = "runrec-demo/models"
+) -> dict[str, float]:
     run = current_run()
     seed = random.SystemRandom().randrange(2**31)
     if run is not None:
@@ -65,7 +67,9 @@ def train(data: str, lr: float = 0.1, epochs: int = 20, out_dir: str = "runrec-d
     return metrics
 
 
-def run_demo(store: Store, runs: int = 4, echo: Callable[[str], Any] = print) -> tuple[list[RunHandle], str]:
+def run_demo(
+    store: Store, runs: int = 4, echo: Callable[[str], Any] = print
+) -> tuple[list[RunHandle], str]:
     data = os.path.abspath(os.path.join("runrec-demo", "data", "train.csv"))
     if not os.path.exists(data):
         make_dataset(data)

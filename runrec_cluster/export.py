@@ -41,7 +41,9 @@ def export_json(store: Store, rec: RunRecord) -> dict[str, Any]:
     if rec.launch_env is not None and rec.launch_env.packages_blob:
         inl["launch_env.packages"] = _blob_obj(store, rec.launch_env.packages_blob)
     for n in rec.nodes:
-        if n.packages_blob and n.packages_blob != (rec.launch_env.packages_blob if rec.launch_env else None):
+        if n.packages_blob and n.packages_blob != (
+            rec.launch_env.packages_blob if rec.launch_env else None
+        ):
             inl[f"nodes[{n.rank}].packages"] = _blob_obj(store, n.packages_blob)
     for i, inp in enumerate(rec.inputs):
         if inp.manifest_blob:
@@ -50,13 +52,20 @@ def export_json(store: Store, rec: RunRecord) -> dict[str, Any]:
         if rec.result.format == "msgpack":
             inl["result"] = _blob_obj(store, rec.result.blob)
         else:
-            inl["result"] = f"<pickled {rec.result.type}, not unpickled on export; repr: {rec.result.summary}>"
+            inl["result"] = (
+                f"<pickled {rec.result.type}, not unpickled on export; repr: {rec.result.summary}>"
+            )
     if rec.entrypoint is not None and rec.entrypoint.call_blob:
         inl["entrypoint.call"] = "<pickled call, not unpickled on export; runs only in the job>"
     doc["inlined"] = inl
     doc["history"] = [
-        {"seq": v.seq, "written_at": v.written_at.isoformat(), "event": v.event,
-         "writer": to_json_builtins(v.writer), "fields": sorted(v.patch)}
+        {
+            "seq": v.seq,
+            "written_at": v.written_at.isoformat(),
+            "event": v.event,
+            "writer": to_json_builtins(v.writer),
+            "fields": sorted(v.patch),
+        }
         for v in sorted(store.versions(rec.run_id), key=lambda v: (v.seq, v.written_at))
     ]
     return doc

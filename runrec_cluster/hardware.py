@@ -63,7 +63,9 @@ def _tables(path: str) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read hardware classes from {path}: {exc}. Fix the TOML.") from exc
+        raise ConfigError(
+            f"cannot read hardware classes from {path}: {exc}. Fix the TOML."
+        ) from exc
     hw = data.get("tool", {}).get("runrec", {}).get("hardware")
     if hw is None and os.path.basename(path) == "runrec.toml":
         hw = data.get("hardware")
@@ -74,7 +76,11 @@ def find_config_files(start: str) -> list[str]:
     """pyproject.toml and runrec.toml of the nearest directory (walking up) that has either."""
     d = os.path.abspath(start)
     while True:
-        found = [os.path.join(d, n) for n in ("runrec.toml", "pyproject.toml") if os.path.isfile(os.path.join(d, n))]
+        found = [
+            os.path.join(d, n)
+            for n in ("runrec.toml", "pyproject.toml")
+            if os.path.isfile(os.path.join(d, n))
+        ]
         if found:
             return found
         parent = os.path.dirname(d)
@@ -91,15 +97,26 @@ def hardware_classes(start: str | None = None) -> dict[str, HardwareClass]:
                 raise ConfigError(f"hardware class {name!r} in {path} must be a table.")
             unknown = set(t) - {"slurm", "ray", "expect", "description"}
             if unknown:
-                raise ConfigError(f"hardware class {name!r} in {path} has unknown keys {sorted(unknown)}; use slurm, ray, expect.")
-            out[name] = HardwareClass(name, dict(t.get("slurm", {})), dict(t.get("ray", {})), dict(t.get("expect", {})), path)
+                raise ConfigError(
+                    f"hardware class {name!r} in {path} has unknown keys {sorted(unknown)}; use slurm, ray, expect."
+                )
+            out[name] = HardwareClass(
+                name,
+                dict(t.get("slurm", {})),
+                dict(t.get("ray", {})),
+                dict(t.get("expect", {})),
+                path,
+            )
     return out
 
 
 def load_hardware_class(name: str, start: str | None = None) -> HardwareClass:
     classes = hardware_classes(start)
     if name not in classes:
-        where = ", ".join(find_config_files(start or os.getcwd())) or "no pyproject.toml or runrec.toml found"
+        where = (
+            ", ".join(find_config_files(start or os.getcwd()))
+            or "no pyproject.toml or runrec.toml found"
+        )
         known = ", ".join(sorted(classes)) or "none defined"
         raise ConfigError(
             f"unknown hardware class {name!r} (looked in: {where}; known: {known}). "

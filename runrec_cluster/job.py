@@ -35,7 +35,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def node_facts(store: Store, rec: RunRecord, *, rank: int = 0, features: list[str] | None = None, node_name: str = "") -> NodeInfo:
+def node_facts(
+    store: Store,
+    rec: RunRecord,
+    *,
+    rank: int = 0,
+    features: list[str] | None = None,
+    node_name: str = "",
+) -> NodeInfo:
     """Capture this node and its package drift against the launch environment."""
     import msgspec.structs
 
@@ -75,7 +82,9 @@ def _encode_result(store: Store, value: Any) -> ResultRef:
 class _Watchdog:
     """Our own time limit (backends without one: local, ray). Records TIMEOUT, then exits."""
 
-    def __init__(self, store: Store, run_id: str, timeout_s: float, child: list[subprocess.Popen[bytes]]):
+    def __init__(
+        self, store: Store, run_id: str, timeout_s: float, child: list[subprocess.Popen[bytes]]
+    ):
         self.store, self.run_id, self.timeout_s, self.child = store, run_id, timeout_s, child
         self.timer = threading.Timer(timeout_s, self._fire)
         self.timer.daemon = True
@@ -102,7 +111,9 @@ class _Watchdog:
             self.store.write_version(
                 self.run_id,
                 "end",
-                to_patch(state=RunState.FAILED, state_source="job", failure=failure, ended_at=_now()),
+                to_patch(
+                    state=RunState.FAILED, state_source="job", failure=failure, ended_at=_now()
+                ),
                 role="job",
             )
         finally:
@@ -122,9 +133,12 @@ def execute(
     features: list[str] | None = None,
     node_name: str = "",
     hardware_check: Any = None,
+    on_command_start: Any = None,
 ) -> Any:
     """Run a recorded job here. Returns the function's result (or the command's exit code);
-    re-raises the function's exception after recording it."""
+    re-raises the function's exception after recording it. ``on_command_start(pid)`` is called
+    when a command's process has started (the Ray backend uses it to end the command if the
+    worker dies)."""
     store = Store(store_root)
     rec = store.load(run_id)
     node = node_facts(store, rec, rank=rank, features=features, node_name=node_name)
@@ -150,7 +164,11 @@ def execute(
     os.environ["RUNREC_RUN_ID"] = run_id
     children: list[subprocess.Popen[bytes]] = []
     timeout_min = rec.execution.resources.timeout_min if rec.execution else None
-    dog = _Watchdog(store, run_id, timeout_min * 60, children) if (enforce_timeout and timeout_min) else None
+    dog = (
+        _Watchdog(store, run_id, timeout_min * 60, children)
+        if (enforce_timeout and timeout_min)
+        else None
+    )
     if dog:
         dog.start()
     ep = rec.entrypoint
@@ -158,7 +176,7 @@ def execute(
         if ep is None:
             raise RuntimeError(f"run {run_id} has no entrypoint in its launch record")
         if ep.kind == "command":
-            return _run_command(store, run, rec, children)
+            return _run_command(store, run, rec, children, on_command_start)
         import cloudpickle
 
         if ep.call_blob is None:
@@ -199,7 +217,10 @@ def _record_failure(store: Store, run_id: str, rank: int, exc: BaseException) ->
         cause, state = FailureCause.CANCELLED, RunState.CANCELLED
     elif isinstance(exc, MemoryError):
         cause, state = FailureCause.OUT_OF_MEMORY, RunState.FAILED
-    elif isinstance(exc, (FileNotFoundError, UnicodeDecodeError)) or type(exc).__name__ in ("ParserError", "EmptyDataError"):
+    elif isinstance(exc, (FileNotFoundError, UnicodeDecodeError)) or type(exc).__name__ in (
+        "ParserError",
+        "EmptyDataError",
+    ):
         cause, state = FailureCause.DATA_PROBLEM, RunState.FAILED
     else:
         cause, state = FailureCause.CODE_ERROR, RunState.FAILED
@@ -211,7 +232,12 @@ def _record_failure(store: Store, run_id: str, rank: int, exc: BaseException) ->
         source="job",
     )
     if rank != 0:
-        store.write_version(run_id, "rank-failure", {"warnings": [f"rank {rank} failed: {failure.type}: {failure.message}"]}, role="job")
+        store.write_version(
+            run_id,
+            "rank-failure",
+            {"warnings": [f"rank {rank} failed: {failure.type}: {failure.message}"]},
+            role="job",
+        )
         return
     store.write_version(
         run_id,
@@ -221,7 +247,13 @@ def _record_failure(store: Store, run_id: str, rank: int, exc: BaseException) ->
     )
 
 
-def _run_command(store: Store, run: Run, rec: RunRecord, children: list[subprocess.Popen[bytes]]) -> int:
+def _run_command(
+    store: Store,
+    run: Run,
+    rec: RunRecord,
+    children: list[subprocess.Popen[bytes]],
+    on_start: Any = None,
+) -> int:
     ep = rec.entrypoint
     assert ep is not None
     env = dict(os.environ)
@@ -242,9 +274,16 @@ def _run_command(store: Store, run: Run, rec: RunRecord, children: list[subproce
             message=f"cannot start {ep.argv[0]!r}: {exc.strerror or exc}",
             source="job",
         )
-        store.write_version(rec.run_id, "end", to_patch(state=RunState.FAILED, state_source="job", failure=failure, ended_at=_now()), role="job")
+        store.write_version(
+            rec.run_id,
+            "end",
+            to_patch(state=RunState.FAILED, state_source="job", failure=failure, ended_at=_now()),
+            role="job",
+        )
         return 127
     children.append(p)
+    if on_start is not None:
+        on_start(p.pid)
 
     def forward(signum: int, _frame: Any) -> None:
         try:
@@ -265,9 +304,21 @@ def _run_command(store: Store, run: Run, rec: RunRecord, children: list[subproce
         patch.update(to_patch(state=RunState.SUCCEEDED, state_source="job"))
     else:
         if rc < 0:
-            failure = Failure(cause=FailureCause.KILLED, type="Signal", message=f"the command was killed by signal {-rc} ({_signame(-rc)})", signal=-rc, source="job")
+            failure = Failure(
+                cause=FailureCause.KILLED,
+                type="Signal",
+                message=f"the command was killed by signal {-rc} ({_signame(-rc)})",
+                signal=-rc,
+                source="job",
+            )
         else:
-            failure = Failure(cause=FailureCause.EXIT_CODE, type="ExitCode", message=f"the command exited with code {rc}", exit_code=rc, source="job")
+            failure = Failure(
+                cause=FailureCause.EXIT_CODE,
+                type="ExitCode",
+                message=f"the command exited with code {rc}",
+                exit_code=rc,
+                source="job",
+            )
         patch.update(to_patch(state=RunState.FAILED, state_source="job", failure=failure))
     store.write_version(rec.run_id, "end", patch, role="job")
     return rc

@@ -400,8 +400,10 @@ _SPECIFIC_CAUSES = frozenset({"out_of_memory", "timeout", "node_failure", "preem
 
 def _refines(old: Any, new: Any) -> bool:
     return (
-        isinstance(old, dict) and isinstance(new, dict)
-        and old.get("cause") == "killed" and new.get("cause") in _SPECIFIC_CAUSES
+        isinstance(old, dict)
+        and isinstance(new, dict)
+        and old.get("cause") == "killed"
+        and new.get("cause") in _SPECIFIC_CAUSES
     )
 
 

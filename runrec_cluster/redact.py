@@ -60,8 +60,10 @@ def strip_url_credentials(url: str) -> str:
 def redact_value(name: str, value: Any) -> Any:
     """Redact a named value (env var, config key): whole value if the name is secret-looking,
     credential-shaped substrings otherwise; recurses into dicts and lists."""
-    if is_secret_name(name) and value not in (None, "", False, True) and not isinstance(
-        value, (dict, list, tuple)
+    if (
+        is_secret_name(name)
+        and value not in (None, "", False, True)
+        and not isinstance(value, (dict, list, tuple))
     ):
         return REDACTED
     if isinstance(value, str):

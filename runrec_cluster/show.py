@@ -42,7 +42,11 @@ def render(c: Any, store: Store, rec: RunRecord) -> None:
         _kv(c, "commit", code.commit or "(no commit yet)")
         _kv(c, "dirty", "yes" if code.dirty else "no")
         if code.patch_blob:
-            _kv(c, "uncommitted change", f"{code.patch_size} bytes (runrec export shows it; blob {code.patch_blob[:19]}…)")
+            _kv(
+                c,
+                "uncommitted change",
+                f"{code.patch_size} bytes (runrec export shows it; blob {code.patch_blob[:19]}…)",
+            )
         for u in code.untracked:
             note = "in the patch" if u.included else f"not in the patch: {u.reason}, {u.digest}"
             _kv(c, "untracked", f"{u.path} ({u.size} bytes, {note})")
@@ -65,7 +69,9 @@ def render(c: Any, store: Store, rec: RunRecord) -> None:
         c.print("  (none)")
     for i in rec.inputs:
         extra = f", version {i.version}" if i.version else ""
-        c.print(f"  {escape(i.path)}  {i.digest}  ({i.size} bytes, {i.file_count} files{escape(extra)}, added at {i.added_by})")
+        c.print(
+            f"  {escape(i.path)}  {i.digest}  ({i.size} bytes, {i.file_count} files{escape(extra)}, added at {i.added_by})"
+        )
 
     section("Launch environment")
     le = rec.launch_env
@@ -80,11 +86,23 @@ def render(c: Any, store: Store, rec: RunRecord) -> None:
     ex = rec.execution
     if ex:
         _kv(c, "backend", ex.backend)
-        res = {k: v for k, v in (("timeout_min", ex.resources.timeout_min), ("cpus", ex.resources.cpus), ("mem_gb", ex.resources.mem_gb), ("gpus", ex.resources.gpus), ("nodes", ex.resources.nodes)) if v is not None}
+        res = {
+            k: v
+            for k, v in (
+                ("timeout_min", ex.resources.timeout_min),
+                ("cpus", ex.resources.cpus),
+                ("mem_gb", ex.resources.mem_gb),
+                ("gpus", ex.resources.gpus),
+                ("nodes", ex.resources.nodes),
+            )
+            if v is not None
+        }
         _kv(c, "resources", ", ".join(f"{k}={v}" for k, v in res.items()))
         _kv(c, "options", ", ".join(f"{k}={v}" for k, v in ex.options.items()))
         if ex.hardware:
-            match = {True: "matched", False: "DID NOT MATCH", None: "not checked yet"}[ex.hardware_match]
+            match = {True: "matched", False: "DID NOT MATCH", None: "not checked yet"}[
+                ex.hardware_match
+            ]
             _kv(c, "hardware class", f"{ex.hardware} ({match})")
             for m in ex.hardware_mismatches:
                 _kv(c, "mismatch", m)
@@ -98,10 +116,18 @@ def render(c: Any, store: Store, rec: RunRecord) -> None:
         section(f"Node (rank {n.rank})" if len(rec.nodes) > 1 else "Node")
         _kv(c, "hostname", n.hostname)
         _kv(c, "os", f"{n.os}, {n.kernel}")
-        _kv(c, "cpu", f"{n.cpu_model}, {n.cpus_allowed}/{n.cpu_count} cpus usable, {n.memory_total_mb} MB")
+        _kv(
+            c,
+            "cpu",
+            f"{n.cpu_model}, {n.cpus_allowed}/{n.cpu_count} cpus usable, {n.memory_total_mb} MB",
+        )
         _kv(c, "gpu status", n.gpu_status)
         for g in n.gpus:
-            _kv(c, f"gpu {g.index}", f"{g.name} {g.uuid} {g.memory_total_mb} MB, cc {g.compute_capability}, MIG {g.mig_mode}")
+            _kv(
+                c,
+                f"gpu {g.index}",
+                f"{g.name} {g.uuid} {g.memory_total_mb} MB, cc {g.compute_capability}, MIG {g.mig_mode}",
+            )
         _kv(c, "nvidia driver", n.nvidia_driver)
         _kv(c, "cuda driver", n.cuda_driver)
         _kv(c, "CUDA_VISIBLE_DEVICES", n.cuda_visible_devices)
@@ -134,7 +160,9 @@ def render(c: Any, store: Store, rec: RunRecord) -> None:
     if rec.artifacts:
         section("Artifacts")
         for a in rec.artifacts:
-            c.print(f"  [bold]{escape(a.name)}[/bold]: {escape(a.path)}  {a.digest}  ({a.size} bytes)")
+            c.print(
+                f"  [bold]{escape(a.name)}[/bold]: {escape(a.path)}  {a.digest}  ({a.size} bytes)"
+            )
     if rec.result is not None:
         section("Result")
         _kv(c, "value", f"{rec.result.summary} ({rec.result.type}, {rec.result.format})")

@@ -54,7 +54,11 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     required = os.environ.get("RUNREC_REQUIRE_CLUSTERS") == "1"
-    if required and rep.skipped and (item.get_closest_marker("slurm") or item.get_closest_marker("ray")):
+    if (
+        required
+        and rep.skipped
+        and (item.get_closest_marker("slurm") or item.get_closest_marker("ray"))
+    ):
         rep.outcome = "failed"
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         rep.longrepr = f"integration test skipped while RUNREC_REQUIRE_CLUSTERS=1: {reason}"

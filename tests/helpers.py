@@ -6,12 +6,28 @@ import sys
 
 
 def git(cwd, *args: str) -> str:
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@x", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@x")
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+    env = dict(
+        os.environ,
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@x",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@x",
+    )
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout
 
 
 def run_cli(*args: str, cwd=None, env=None, input=None):
     """The real `runrec` entry point in a subprocess."""
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "runrec_cluster", *args], cwd=cwd, env=e, capture_output=True, text=True, input=input, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "runrec_cluster", *args],
+        cwd=cwd,
+        env=e,
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=300,
+    )

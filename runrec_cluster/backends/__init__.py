@@ -17,9 +17,7 @@ BACKENDS = {
 
 def get_backend(name: str) -> type[Backend]:
     if name not in BACKENDS:
-        raise ConfigError(
-            f"unknown backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}."
-        )
+        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}.")
     module, cls, hint = BACKENDS[name]
     try:
         mod = importlib.import_module(module)

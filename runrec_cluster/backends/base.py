@@ -32,7 +32,9 @@ class Backend:
     known_options: frozenset[str] = frozenset()
     enforces_timeout = False  # True when the scheduler kills on time limit itself
 
-    def __init__(self, store: Store, resources: Resources, options: dict[str, Any], hardware: Any = None) -> None:
+    def __init__(
+        self, store: Store, resources: Resources, options: dict[str, Any], hardware: Any = None
+    ) -> None:
         self.store = store
         self.resources = resources
         self.options = options

@@ -40,7 +40,14 @@ class LocalBackend(Backend):
         parallel = int(self.options.get("local_max_parallel") or os.cpu_count() or 1)
         first_log = jobs[0].log_dir
         os.makedirs(first_log, exist_ok=True)
-        args = [python, "-m", "runrec_cluster.backends.local", "supervise", self.store.root, str(parallel)]
+        args = [
+            python,
+            "-m",
+            "runrec_cluster.backends.local",
+            "supervise",
+            self.store.root,
+            str(parallel),
+        ]
         for j in jobs:
             args += [j.run_id, j.cwd, j.log_dir]
         env = dict(os.environ)
@@ -48,11 +55,18 @@ class LocalBackend(Backend):
         try:
             with open(os.path.join(first_log, "supervisor.txt"), "ab") as log:
                 p = subprocess.Popen(
-                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    start_new_session=True, env=env, cwd=jobs[0].cwd,
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    env=env,
+                    cwd=jobs[0].cwd,
                 )
         except OSError as exc:
-            raise BackendError(f"cannot start the local supervisor {python!r}: {exc.strerror}. Check local_python.") from exc
+            raise BackendError(
+                f"cannot start the local supervisor {python!r}: {exc.strerror}. Check local_python."
+            ) from exc
         ident = proc.identity(p.pid)
         sup = _builtins(ident) if ident else {"pid": p.pid}
         return [{"supervisor": sup} for _ in jobs]
@@ -81,14 +95,21 @@ class LocalBackend(Backend):
             ),
             source="inferred",
         )
-        return to_patch(state=RunState.FAILED, state_source="inferred", failure=failure, ended_at=datetime.now(UTC))
+        return to_patch(
+            state=RunState.FAILED,
+            state_source="inferred",
+            failure=failure,
+            ended_at=datetime.now(UTC),
+        )
 
     def cancel(self, rec: RunRecord) -> None:
         targets = []
         if rec.process is not None:
             targets.append(rec.process)
         if not targets:
-            raise BackendError(f"run {rec.run_id} has not started; nothing to cancel yet. Try again in a moment.")
+            raise BackendError(
+                f"run {rec.run_id} has not started; nothing to cancel yet. Try again in a moment."
+            )
         for p in targets:
             if proc.is_alive(p):
                 try:
@@ -96,10 +117,20 @@ class LocalBackend(Backend):
                 except OSError:
                     os.kill(p.pid, signal.SIGTERM)
         self.store.write_version(
-            rec.run_id, "cancel",
-            to_patch(state=RunState.CANCELLED, state_source="backend",
-                     failure=Failure(cause=FailureCause.CANCELLED, type="Cancelled", message="cancelled by request", by=os.environ.get("USER") or str(os.getuid()), source="backend"),
-                     ended_at=datetime.now(UTC)),
+            rec.run_id,
+            "cancel",
+            to_patch(
+                state=RunState.CANCELLED,
+                state_source="backend",
+                failure=Failure(
+                    cause=FailureCause.CANCELLED,
+                    type="Cancelled",
+                    message="cancelled by request",
+                    by=os.environ.get("USER") or str(os.getuid()),
+                    source="backend",
+                ),
+                ended_at=datetime.now(UTC),
+            ),
             role="backend",
         )
 
@@ -123,10 +154,22 @@ def _supervise(root: str, parallel: int, triples: list[tuple[str, str, str]]) ->
                 p = subprocess.Popen(
                     [python, "-m", "runrec_cluster.job", root, run_id],
                     cwd=cwd if os.path.isdir(cwd) else None,
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
                 )
             except OSError as exc:
-                _end(store, run_id, Failure(cause=FailureCause.INFRASTRUCTURE, type="LaunchError", message=f"cannot start the job process: {exc}", source="backend"))
+                _end(
+                    store,
+                    run_id,
+                    Failure(
+                        cause=FailureCause.INFRASTRUCTURE,
+                        type="LaunchError",
+                        message=f"cannot start the job process: {exc}",
+                        source="backend",
+                    ),
+                )
                 continue
             finally:
                 out.close()
@@ -149,16 +192,38 @@ def _supervise(root: str, parallel: int, triples: list[tuple[str, str, str]]) ->
                     name = signal.Signals(-rc).name
                 except ValueError:
                     name = "unknown"
-                f = Failure(cause=FailureCause.KILLED, type="Signal", message=f"the job process was killed by signal {-rc} ({name})", signal=-rc, source="backend")
+                f = Failure(
+                    cause=FailureCause.KILLED,
+                    type="Signal",
+                    message=f"the job process was killed by signal {-rc} ({name})",
+                    signal=-rc,
+                    source="backend",
+                )
             else:
                 tail = _tail(os.path.join(log_dir, "stderr.txt"))
-                f = Failure(cause=FailureCause.INFRASTRUCTURE, type="JobProcessExit", message=f"the job process exited with code {rc} before finishing its record. Last stderr lines:\n{tail}", exit_code=rc, source="backend")
+                f = Failure(
+                    cause=FailureCause.INFRASTRUCTURE,
+                    type="JobProcessExit",
+                    message=f"the job process exited with code {rc} before finishing its record. Last stderr lines:\n{tail}",
+                    exit_code=rc,
+                    source="backend",
+                )
             _end(store, run_id, f)
     return 0
 
 
 def _end(store: Store, run_id: str, failure: Failure) -> None:
-    store.write_version(run_id, "end", to_patch(state=RunState.FAILED, state_source="backend", failure=failure, ended_at=datetime.now(UTC)), role="backend")
+    store.write_version(
+        run_id,
+        "end",
+        to_patch(
+            state=RunState.FAILED,
+            state_source="backend",
+            failure=failure,
+            ended_at=datetime.now(UTC),
+        ),
+        role="backend",
+    )
 
 
 def _tail(path: str, n: int = 20) -> str:
@@ -175,6 +240,9 @@ def _tail(path: str, n: int = 20) -> str:
 if __name__ == "__main__":
     a = sys.argv[1:]
     if len(a) < 3 or a[0] != "supervise" or (len(a) - 3) % 3:
-        print("internal: python -m runrec_cluster.backends.local supervise STORE N (RUN CWD LOG)...", file=sys.stderr)
+        print(
+            "internal: python -m runrec_cluster.backends.local supervise STORE N (RUN CWD LOG)...",
+            file=sys.stderr,
+        )
         sys.exit(2)
     sys.exit(_supervise(a[1], int(a[2]), [tuple(a[i : i + 3]) for i in range(3, len(a), 3)]))  # type: ignore[misc]

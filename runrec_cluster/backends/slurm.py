@@ -81,11 +81,17 @@ def _run(cmd: list[str], timeout: float = 60) -> str:
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError as exc:
-        raise BackendError(f"{cmd[0]} not found: is this a Slurm login node? Install the Slurm client or use backend='local'.") from exc
+        raise BackendError(
+            f"{cmd[0]} not found: is this a Slurm login node? Install the Slurm client or use backend='local'."
+        ) from exc
     except subprocess.TimeoutExpired as exc:
-        raise BackendError(f"{' '.join(cmd)} did not answer in {timeout:g} s; is slurmctld/slurmdbd up?") from exc
+        raise BackendError(
+            f"{' '.join(cmd)} did not answer in {timeout:g} s; is slurmctld/slurmdbd up?"
+        ) from exc
     if p.returncode != 0:
-        raise BackendError(f"{' '.join(cmd)} exited {p.returncode}\nstdout: {p.stdout.strip()}\nstderr: {p.stderr.strip()}")
+        raise BackendError(
+            f"{' '.join(cmd)} exited {p.returncode}\nstdout: {p.stdout.strip()}\nstderr: {p.stderr.strip()}"
+        )
     return p.stdout
 
 
@@ -156,7 +162,12 @@ def node_features(node_name: str) -> list[str]:
     if not node_name or not shutil.which("scontrol"):
         return []
     try:
-        out = subprocess.run(["scontrol", "-o", "show", "node", node_name], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(
+            ["scontrol", "-o", "show", "node", node_name],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     for tok in out.split():
@@ -189,8 +200,18 @@ class SlurmBackend(Backend):
         hw = self.hardware
         if hw is not None:
             for k, v in hw.slurm.items():
-                if k not in ("partition", "constraint", "gres", "account", "qos", "exclude", "nodelist"):
-                    raise ConfigError(f"hardware class {hw.name!r}: unknown slurm key {k!r} (use partition, constraint, gres, account, qos, exclude, nodelist).")
+                if k not in (
+                    "partition",
+                    "constraint",
+                    "gres",
+                    "account",
+                    "qos",
+                    "exclude",
+                    "nodelist",
+                ):
+                    raise ConfigError(
+                        f"hardware class {hw.name!r}: unknown slurm key {k!r} (use partition, constraint, gres, account, qos, exclude, nodelist)."
+                    )
                 p[k] = v
         extra: dict[str, Any] = {}
         for key, val in self.options.items():
@@ -216,7 +237,9 @@ class SlurmBackend(Backend):
         except ImportError as exc:
             raise ConfigError("backend 'slurm' needs submitit: pip install submitit") from exc
         if not shutil.which("sbatch"):
-            raise BackendError("sbatch not found on PATH: run on a Slurm login node (or bring the local cluster up with slurm/up).")
+            raise BackendError(
+                "sbatch not found on PATH: run on a Slurm login node (or bring the local cluster up with slurm/up)."
+            )
         ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
         params = self._params()
         params.setdefault("job_name", name)
@@ -250,8 +273,13 @@ class SlurmBackend(Backend):
                 self.store.put_blob(data)
             except OSError:
                 digest = None
-            info: dict[str, Any] = {"job_id": sj.job_id, "submitit_folder": str(sj.paths.folder), "batch_script": digest,
-                                    "stdout": str(sj.paths.stdout), "stderr": str(sj.paths.stderr)}
+            info: dict[str, Any] = {
+                "job_id": sj.job_id,
+                "submitit_folder": str(sj.paths.folder),
+                "batch_script": digest,
+                "stdout": str(sj.paths.stdout),
+                "stderr": str(sj.paths.stderr),
+            }
             if "_" in sj.job_id:
                 a, t = sj.job_id.split("_", 1)
                 info["array_job_id"], info["array_task_id"] = a, int(t)
@@ -264,8 +292,30 @@ class SlurmBackend(Backend):
         """sacct rows (job and steps) grouped by the job id we recorded."""
         if not job_ids:
             return {}
-        fields = ["JobID", "JobIDRaw", "State", "ExitCode", "DerivedExitCode", "Reason", "NodeList", "Start", "End", "Partition"]
-        out = _run(["sacct", "-n", "-P", "--delimiter=\x1f", "-D", "-j", ",".join(sorted(set(job_ids))), f"--format={','.join(fields)}"])
+        fields = [
+            "JobID",
+            "JobIDRaw",
+            "State",
+            "ExitCode",
+            "DerivedExitCode",
+            "Reason",
+            "NodeList",
+            "Start",
+            "End",
+            "Partition",
+        ]
+        out = _run(
+            [
+                "sacct",
+                "-n",
+                "-P",
+                "--delimiter=\x1f",
+                "-D",
+                "-j",
+                ",".join(sorted(set(job_ids))),
+                f"--format={','.join(fields)}",
+            ]
+        )
         rows: dict[str, list[dict[str, str]]] = {}
         for line in out.splitlines():
             vals = line.split("\x1f")
@@ -286,7 +336,11 @@ class SlurmBackend(Backend):
             jid = r.execution.scheduler.get("job_id") if r.execution else None
             if not jid or not needs_verdict(r):
                 continue
-            if r.state.is_terminal() and r.ended_at and (datetime.now(UTC) - r.ended_at).total_seconds() > 3600:
+            if (
+                r.state.is_terminal()
+                and r.ended_at
+                and (datetime.now(UTC) - r.ended_at).total_seconds() > 3600
+            ):
                 continue  # an old bare KILLED: the scheduler has said all it will
             last = _last_check.get(r.run_id)
             if last and now - last[0] < _CHECK_INTERVAL_S:
@@ -342,16 +396,30 @@ def verdict(rec: RunRecord, rows: list[dict[str, str]]) -> dict[str, Any] | None
         if rec.state == RunState.UNKNOWN:
             return None
         return to_patch(state=RunState.UNKNOWN, state_source="scheduler") | {
-            "warnings": [f"Slurm reports state {main['State']!r}, which runrec does not know; left as unknown"]}
+            "warnings": [
+                f"Slurm reports state {main['State']!r}, which runrec does not know; left as unknown"
+            ]
+        }
     mapped = SACCT_STATES[state]
     if mapped is None:
         return None
-    if not main["End"] or main["End"] == "Unknown" or any(
-        SACCT_STATES.get(s["State"].split()[0].rstrip("+") if s["State"] else "", ()) is None for s in steps
+    if (
+        not main["End"]
+        or main["End"] == "Unknown"
+        or any(
+            SACCT_STATES.get(s["State"].split()[0].rstrip("+") if s["State"] else "", ()) is None
+            for s in steps
+        )
     ):
         return None  # still settling: poll again
     our_state, cause = mapped
-    if rec.state.is_terminal() and cause not in (FailureCause.OUT_OF_MEMORY, FailureCause.TIMEOUT, FailureCause.NODE_FAILURE, FailureCause.PREEMPTED, FailureCause.CANCELLED):
+    if rec.state.is_terminal() and cause not in (
+        FailureCause.OUT_OF_MEMORY,
+        FailureCause.TIMEOUT,
+        FailureCause.NODE_FAILURE,
+        FailureCause.PREEMPTED,
+        FailureCause.CANCELLED,
+    ):
         if not any(s["State"].startswith("OUT_OF_MEMORY") for s in steps):
             return None  # the job's own KILLED stands: the scheduler knows no more
     exit_code = sig = None
@@ -373,7 +441,11 @@ def verdict(rec: RunRecord, rows: list[dict[str, str]]) -> dict[str, Any] | None
         our_state, cause = RunState.FAILED, FailureCause.INFRASTRUCTURE
         msg = "Slurm says COMPLETED, but the job did not finish its record (lost write or killed wrapper)"
     else:
-        where = f" on {main['NodeList']}" if main["NodeList"] and main["NodeList"] != "None assigned" else ""
+        where = (
+            f" on {main['NodeList']}"
+            if main["NodeList"] and main["NodeList"] != "None assigned"
+            else ""
+        )
         msg = f"Slurm job {main['JobID']} ended {main['State']}{where}"
         if oom_step is not None:
             msg += f"; step {oom_step['JobID']} {oom_step['State']}"
@@ -389,7 +461,12 @@ def verdict(rec: RunRecord, rows: list[dict[str, str]]) -> dict[str, Any] | None
         source="scheduler",
     )
     ended = _parse_time(main["End"])
-    patch = to_patch(state=our_state, state_source="scheduler", failure=failure, ended_at=ended or datetime.now(UTC))
+    patch = to_patch(
+        state=our_state,
+        state_source="scheduler",
+        failure=failure,
+        ended_at=ended or datetime.now(UTC),
+    )
     patch["execution"] = {"scheduler": {"sacct_state": main["State"], "nodelist": main["NodeList"]}}
     return patch
 

@@ -52,7 +52,9 @@ def entries(values: Mapping[str, Any], source: str) -> dict[str, ConfigEntry]:
     return out
 
 
-def function_config(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, ConfigEntry]:
+def function_config(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> dict[str, ConfigEntry]:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -71,7 +73,16 @@ def function_config(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mappi
             if param.kind is inspect.Parameter.VAR_KEYWORD:
                 out.update(entries(value, "given"))
             else:
-                out.update(entries({pname: list(value) if param.kind is inspect.Parameter.VAR_POSITIONAL else value}, "given"))
+                out.update(
+                    entries(
+                        {
+                            pname: list(value)
+                            if param.kind is inspect.Parameter.VAR_POSITIONAL
+                            else value
+                        },
+                        "given",
+                    )
+                )
         elif param.default is not inspect.Parameter.empty:
             out.update(entries({pname: param.default}, "default"))
     return out

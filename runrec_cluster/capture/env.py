@@ -13,14 +13,38 @@ from ..record import EnvInfo
 from ..redact import redact_value
 
 ENV_PREFIXES = (
-    "CUDA_", "NCCL_", "OMP_", "MKL_", "OPENBLAS_", "SLURM_", "RAY_", "TORCH_", "XLA_", "JAX_",
-    "NVIDIA_", "HF_", "TF_", "PYTORCH_", "RUNREC_",
+    "CUDA_",
+    "NCCL_",
+    "OMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "SLURM_",
+    "RAY_",
+    "TORCH_",
+    "XLA_",
+    "JAX_",
+    "NVIDIA_",
+    "HF_",
+    "TF_",
+    "PYTORCH_",
+    "RUNREC_",
 )
-ENV_NAMES = frozenset({
-    "PYTHONHASHSEED", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_DEFAULT_ENV", "CONDA_PREFIX",
-    "LD_LIBRARY_PATH", "CUBLAS_WORKSPACE_CONFIG", "WORLD_SIZE", "RANK", "LOCAL_RANK",
-    "MASTER_ADDR", "MASTER_PORT",
-})
+ENV_NAMES = frozenset(
+    {
+        "PYTHONHASHSEED",
+        "PYTHONPATH",
+        "VIRTUAL_ENV",
+        "CONDA_DEFAULT_ENV",
+        "CONDA_PREFIX",
+        "LD_LIBRARY_PATH",
+        "CUBLAS_WORKSPACE_CONFIG",
+        "WORLD_SIZE",
+        "RANK",
+        "LOCAL_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+    }
+)
 
 
 def packages() -> dict[str, str]:
@@ -64,7 +88,9 @@ def capture_env(put_obj: Callable[[object], str] | None = None) -> tuple[EnvInfo
     return info, pkgs
 
 
-def package_drift(launch: Mapping[str, str], node: Mapping[str, str]) -> dict[str, list[str | None]]:
+def package_drift(
+    launch: Mapping[str, str], node: Mapping[str, str]
+) -> dict[str, list[str | None]]:
     """{name: [launch version, node version]} for every package that differs."""
     out: dict[str, list[str | None]] = {}
     for name in sorted(set(launch) | set(node)):

@@ -34,7 +34,9 @@ def capture_code(path: str, put_blob: Callable[[bytes], str] | None = None) -> C
     try:
         return _capture(repo, put_blob)
     except Exception as exc:  # git missing, odd repo states: recorded, never a crash
-        return CodeInfo(is_repo=True, root=repo.working_tree_dir, error=f"{type(exc).__name__}: {exc}")
+        return CodeInfo(
+            is_repo=True, root=repo.working_tree_dir, error=f"{type(exc).__name__}: {exc}"
+        )
     finally:
         repo.close()
 
@@ -78,12 +80,20 @@ def _capture(repo, put_blob) -> CodeInfo:  # type: ignore[no-untyped-def]
             untracked.append(UntrackedFile(path=rel, size=0, reason=f"unreadable: {exc.strerror}"))
             continue
         if st.st_size > UNTRACKED_TEXT_CAP:
-            untracked.append(UntrackedFile(path=rel, size=st.st_size, digest=_hash_file(full), reason="too large"))
+            untracked.append(
+                UntrackedFile(
+                    path=rel, size=st.st_size, digest=_hash_file(full), reason="too large"
+                )
+            )
         elif b"\0" in data or not _is_text(data):
-            untracked.append(UntrackedFile(path=rel, size=st.st_size, digest=_sha(data), reason="binary"))
+            untracked.append(
+                UntrackedFile(path=rel, size=st.st_size, digest=_sha(data), reason="binary")
+            )
         else:
             patch_parts.append(_new_file_diff(rel, data, st.st_mode))
-            untracked.append(UntrackedFile(path=rel, size=st.st_size, digest=_sha(data), included=True))
+            untracked.append(
+                UntrackedFile(path=rel, size=st.st_size, digest=_sha(data), included=True)
+            )
     patch = b"".join(p if p.endswith(b"\n") or not p else p + b"\n" for p in patch_parts)
     dirty = bool(tracked) or bool(untracked_names)
     if commit is None:
@@ -101,7 +111,9 @@ def _capture(repo, put_blob) -> CodeInfo:  # type: ignore[no-untyped-def]
         pass
     warnings = None
     if len(untracked_names) > UNTRACKED_LIST_CAP:
-        warnings = f"{len(untracked_names)} untracked files; only the first {UNTRACKED_LIST_CAP} listed"
+        warnings = (
+            f"{len(untracked_names)} untracked files; only the first {UNTRACKED_LIST_CAP} listed"
+        )
     return CodeInfo(
         is_repo=True,
         root=root,
@@ -125,7 +137,9 @@ def _git_bytes(repo, args: list[str]) -> bytes:  # type: ignore[no-untyped-def]
         ["git", *args], cwd=repo.working_tree_dir, capture_output=True, check=False
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} exited {proc.returncode}: {proc.stderr.decode(errors='replace').strip()}")
+        raise RuntimeError(
+            f"git {' '.join(args)} exited {proc.returncode}: {proc.stderr.decode(errors='replace').strip()}"
+        )
     return proc.stdout
 
 

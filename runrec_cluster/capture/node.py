@@ -129,10 +129,17 @@ def runtime_libs(maps_path: str = "/proc/self/maps") -> RuntimeLibs:
         frameworks["torch"] = str(getattr(torch, "__version__", ""))
         try:
             if torch.version.cuda:
-                vals["cuda_runtime"], src["cuda_runtime"] = str(torch.version.cuda), "torch.version.cuda"
+                vals["cuda_runtime"], src["cuda_runtime"] = (
+                    str(torch.version.cuda),
+                    "torch.version.cuda",
+                )
             if torch.backends.cudnn.is_available():
                 v = int(torch.backends.cudnn.version())
-                vals["cudnn"] = f"{v // 10000}.{(v % 10000) // 100}.{v % 100}" if v >= 10000 else f"{v // 1000}.{(v % 1000) // 100}.{v % 100}"
+                vals["cudnn"] = (
+                    f"{v // 10000}.{(v % 10000) // 100}.{v % 100}"
+                    if v >= 10000
+                    else f"{v // 1000}.{(v % 1000) // 100}.{v % 100}"
+                )
                 src["cudnn"] = "torch.backends.cudnn.version()"
             if torch.cuda.is_available() and hasattr(torch.cuda, "nccl"):
                 n = torch.cuda.nccl.version()

@@ -25,7 +25,9 @@ def makedirs(path: str) -> None:
         raise StoreError(_explain(exc, path, "create the directory")) from exc
 
 
-def write_atomic(path: str, data: bytes, *, fsync: bool = False, mode: int = IMMUTABLE_MODE) -> None:
+def write_atomic(
+    path: str, data: bytes, *, fsync: bool = False, mode: int = IMMUTABLE_MODE
+) -> None:
     """Write ``data`` to ``path`` atomically. Replaces an existing file."""
     directory = os.path.dirname(path)
     tmp = os.path.join(directory, f"{TMP_PREFIX}{secrets.token_hex(8)}")

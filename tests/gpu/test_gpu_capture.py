@@ -30,10 +30,20 @@ def torch_job():
 
 
 def smi():
-    out = subprocess.run(
-        ["nvidia-smi", "--query-gpu=name,uuid,driver_version,memory.total,compute_cap", "--format=csv,noheader,nounits"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()
+    out = (
+        subprocess.run(
+            [
+                "nvidia-smi",
+                "--query-gpu=name,uuid,driver_version,memory.total,compute_cap",
+                "--format=csv,noheader,nounits",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     return [[c.strip() for c in line.split(",")] for line in out]
 
 
@@ -66,5 +76,14 @@ def test_node_capture_matches_nvidia_smi_and_torch(tmp_path):
 
         doc = export_json(store, rec)
         with open(os.path.join(out, "gpu-record.json"), "w") as f:
-            json.dump({"node": doc["record"]["nodes"], "nvidia_smi": rows, "torch": res,
-                       "torch_cudnn": torch.backends.cudnn.version(), "torch_nccl": str(torch.cuda.nccl.version())}, f, indent=1)
+            json.dump(
+                {
+                    "node": doc["record"]["nodes"],
+                    "nvidia_smi": rows,
+                    "torch": res,
+                    "torch_cudnn": torch.backends.cudnn.version(),
+                    "torch_nccl": str(torch.cuda.nccl.version()),
+                },
+                f,
+                indent=1,
+            )

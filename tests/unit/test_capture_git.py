@@ -32,7 +32,11 @@ def test_dirty_tree_with_untracked_and_binary_files_reapplies(repo, store, tmp_p
     assert code.commit == git(repo, "rev-parse", "HEAD").strip()
     by = {u.path: u for u in code.untracked}
     assert by["notes.txt"].included and by["sub dir/new.py"].included
-    assert not by["blob.dat"].included and by["blob.dat"].reason == "binary" and by["blob.dat"].digest.startswith("sha256:")
+    assert (
+        not by["blob.dat"].included
+        and by["blob.dat"].reason == "binary"
+        and by["blob.dat"].digest.startswith("sha256:")
+    )
     assert not by["big.txt"].included and by["big.txt"].reason == "too large"
     # the recorded change re-applies to the recorded commit and reproduces the tree
     clone = tmp_path / "clone"
@@ -75,7 +79,13 @@ def test_repository_without_commits(tmp_path, store):
 
 
 def test_remote_credentials_are_stripped(repo, store):
-    git(repo, "remote", "add", "origin", "https://alice:ghp_abcdefghijklmnopqrstuvwxyz0123456789@github.com/org/x.git")
+    git(
+        repo,
+        "remote",
+        "add",
+        "origin",
+        "https://alice:ghp_abcdefghijklmnopqrstuvwxyz0123456789@github.com/org/x.git",
+    )
     code = capture_code(str(repo), store.put_blob)
     assert code.remote_url == "https://github.com/org/x.git"
 

@@ -64,10 +64,20 @@ def test_hash_input_uses_the_store_cache_and_progress(tmp_path, store):
 def test_env_capture_lists_packages_and_redacts():
     pk = packages()
     assert "msgspec" in pk and "runrec-cluster" in pk
-    env = selected_env({"CUDA_VISIBLE_DEVICES": "0", "HF_TOKEN": "hf_abcdefghijklmnopqrstuvwxyzABCDEFGH", "HOME": "/root", "RAY_ADDRESS": "http://u:p@host:1"})
+    env = selected_env(
+        {
+            "CUDA_VISIBLE_DEVICES": "0",
+            "HF_TOKEN": "hf_abcdefghijklmnopqrstuvwxyzABCDEFGH",
+            "HOME": "/root",
+            "RAY_ADDRESS": "http://u:p@host:1",
+        }
+    )
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["HF_TOKEN"] == REDACTED and "HOME" not in env
     assert "u:p" not in env["RAY_ADDRESS"]
-    assert package_drift({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": "1"}) == {"b": ["2", "3"], "c": [None, "1"]}
+    assert package_drift({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": "1"}) == {
+        "b": ["2", "3"],
+        "c": [None, "1"],
+    }
 
 
 def test_redaction_rules():
@@ -77,7 +87,14 @@ def test_redaction_rules():
     assert redact_value("db", {"user": "a", "password": "p"}) == {"user": "a", "password": REDACTED}
     assert REDACTED in redact_text("key AKIAABCDEFGHIJKLMNOP here")
     assert "ghp_" not in redact_text("token ghp_0123456789abcdefghijklmnopqrstuvwxyz")
-    assert redact_argv(["train", "--api-key", "s3cr3t", "--token=abc", "--lr", "0.1"]) == ["train", "--api-key", REDACTED, f"--token={REDACTED}", "--lr", "0.1"]
+    assert redact_argv(["train", "--api-key", "s3cr3t", "--token=abc", "--lr", "0.1"]) == [
+        "train",
+        "--api-key",
+        REDACTED,
+        f"--token={REDACTED}",
+        "--lr",
+        "0.1",
+    ]
     assert strip_url_credentials("https://u:p@host/x") == "https://host/x"
     assert strip_url_credentials("git@github.com:o/r.git") == "git@github.com:o/r.git"
 
@@ -87,13 +104,25 @@ def test_config_provenance_and_refusal():
         pass
 
     conf = cfg.function_config(f, (0.1,), {"opt": "sgd", "momentum": 0.9})
-    assert {k: e.source for k, e in conf.items()} == {"lr": "given", "epochs": "default", "opt": "given", "momentum": "given"}
+    assert {k: e.source for k, e in conf.items()} == {
+        "lr": "given",
+        "epochs": "default",
+        "opt": "given",
+        "momentum": "given",
+    }
     with pytest.raises(ConfigError, match="'bad'"):
         cfg.function_config(f, (0.1,), {"bad": object()})
     with pytest.raises(ConfigError, match="do not match"):
         cfg.function_config(f, (), {})
-    c = cfg.command_config(["python", "t.py", "--lr", "0.1", "--name=x", "--flag", "--password", "p"])
-    assert c["lr"].value == 0.1 and c["name"].value == "x" and c["flag"].value is True and c["password"].value == REDACTED
+    c = cfg.command_config(
+        ["python", "t.py", "--lr", "0.1", "--name=x", "--flag", "--password", "p"]
+    )
+    assert (
+        c["lr"].value == 0.1
+        and c["name"].value == "x"
+        and c["flag"].value is True
+        and c["password"].value == REDACTED
+    )
 
 
 def test_node_capture_without_a_driver_is_recorded():
@@ -109,33 +138,62 @@ class FakeNVML:
     class NVMLError(Exception):
         pass
 
-    def nvmlInit(self): pass
-    def nvmlShutdown(self): pass
-    def nvmlSystemGetDriverVersion(self): return b"550.54.15"
-    def nvmlSystemGetCudaDriverVersion_v2(self): return 12040
-    def nvmlDeviceGetCount(self): return 1
-    def nvmlDeviceGetHandleByIndex(self, i): return i
-    def nvmlDeviceGetName(self, h): return "NVIDIA A100-SXM4-80GB"
-    def nvmlDeviceGetUUID(self, h): return "GPU-1234"
-    def nvmlDeviceGetCudaComputeCapability(self, h): return (8, 0)
-    def nvmlDeviceGetMigMode(self, h): raise self.NVMLError("Not Supported")
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlSystemGetDriverVersion(self):
+        return b"550.54.15"
+
+    def nvmlSystemGetCudaDriverVersion_v2(self):
+        return 12040
+
+    def nvmlDeviceGetCount(self):
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, h):
+        return "NVIDIA A100-SXM4-80GB"
+
+    def nvmlDeviceGetUUID(self, h):
+        return "GPU-1234"
+
+    def nvmlDeviceGetCudaComputeCapability(self, h):
+        return (8, 0)
+
+    def nvmlDeviceGetMigMode(self, h):
+        raise self.NVMLError("Not Supported")
 
     def nvmlDeviceGetMemoryInfo(self, h):
         class M:
             total = 80 * 1024**3
+
         return M()
 
     def nvmlDeviceGetPciInfo(self, h):
         class P:
             busId = b"00000000:07:00.0"
+
         return P()
 
 
 def test_nvml_parsing_with_a_fake():
     g = gpu_info(FakeNVML())
-    assert g["nvidia_driver"] == "550.54.15" and g["cuda_driver"] == "12.4" and g["gpu_status"] == "ok"
+    assert (
+        g["nvidia_driver"] == "550.54.15" and g["cuda_driver"] == "12.4" and g["gpu_status"] == "ok"
+    )
     gpu = g["gpus"][0]
-    assert (gpu.name, gpu.uuid, gpu.compute_capability, gpu.mig_mode, gpu.memory_total_mb) == ("NVIDIA A100-SXM4-80GB", "GPU-1234", "8.0", "not supported", 81920)
+    assert (gpu.name, gpu.uuid, gpu.compute_capability, gpu.mig_mode, gpu.memory_total_mb) == (
+        "NVIDIA A100-SXM4-80GB",
+        "GPU-1234",
+        "8.0",
+        "not supported",
+        81920,
+    )
 
 
 def test_nvml_init_failure_is_a_status():

@@ -21,37 +21,74 @@ from runrec_cluster.store import codec
 
 
 def v(seq, patch, run_id="01m8c98spkjwx5becw52s14k16"):
-    return RecordVersion(run_id=run_id, seq=seq, written_at=datetime.now(UTC), writer=Writer(host="h", pid=1, role="t"), event="e", patch=patch)
+    return RecordVersion(
+        run_id=run_id,
+        seq=seq,
+        written_at=datetime.now(UTC),
+        writer=Writer(host="h", pid=1, role="t"),
+        event="e",
+        patch=patch,
+    )
 
 
 def test_states_never_move_backwards_within_an_attempt():
-    cur = fold_patches([{"state": "submitted"}, {"state": "succeeded", "state_source": "job"}, {"state": "running", "state_source": "job"}])
+    cur = fold_patches(
+        [
+            {"state": "submitted"},
+            {"state": "succeeded", "state_source": "job"},
+            {"state": "running", "state_source": "job"},
+        ]
+    )
     assert cur["state"] == "succeeded"
 
 
 def test_job_verdict_beats_inferred_one_in_any_order():
-    a = fold_patches([{"state": "failed", "state_source": "inferred"}, {"state": "succeeded", "state_source": "job"}])
-    b = fold_patches([{"state": "succeeded", "state_source": "job"}, {"state": "failed", "state_source": "inferred"}])
+    a = fold_patches(
+        [
+            {"state": "failed", "state_source": "inferred"},
+            {"state": "succeeded", "state_source": "job"},
+        ]
+    )
+    b = fold_patches(
+        [
+            {"state": "succeeded", "state_source": "job"},
+            {"state": "failed", "state_source": "inferred"},
+        ]
+    )
     assert a["state"] == b["state"] == "succeeded"
 
 
 def test_new_attempt_resets_terminal_state():
-    cur = fold_patches([
-        {"state": "failed", "state_source": "scheduler", "failure": {"cause": "preempted"}, "attempt": 1},
-        {"state": "running", "state_source": "job", "attempt": 2, "started_at": 5},
-    ])
-    assert cur["state"] == "running" and cur["attempt"] == 2 and "failure" not in cur and cur["started_at"] == 5
+    cur = fold_patches(
+        [
+            {
+                "state": "failed",
+                "state_source": "scheduler",
+                "failure": {"cause": "preempted"},
+                "attempt": 1,
+            },
+            {"state": "running", "state_source": "job", "attempt": 2, "started_at": 5},
+        ]
+    )
+    assert (
+        cur["state"] == "running"
+        and cur["attempt"] == 2
+        and "failure" not in cur
+        and cur["started_at"] == 5
+    )
 
 
 def test_dicts_merge_and_lists_replace_by_key():
-    cur = fold_patches([
-        {"metrics": {"a": 1}, "config": {"lr": {"value": 1, "source": "given"}}},
-        {"metrics": {"b": 2}, "config": {"seed": {"value": 3, "source": "generated"}}},
-        {"artifacts": [{"name": "m", "digest": "1"}]},
-        {"artifacts": [{"name": "m", "digest": "2"}, {"name": "n", "digest": "3"}]},
-        {"execution": {"backend": "local", "scheduler": {"a": 1}}},
-        {"execution": {"scheduler": {"b": 2}}},
-    ])
+    cur = fold_patches(
+        [
+            {"metrics": {"a": 1}, "config": {"lr": {"value": 1, "source": "given"}}},
+            {"metrics": {"b": 2}, "config": {"seed": {"value": 3, "source": "generated"}}},
+            {"artifacts": [{"name": "m", "digest": "1"}]},
+            {"artifacts": [{"name": "m", "digest": "2"}, {"name": "n", "digest": "3"}]},
+            {"execution": {"backend": "local", "scheduler": {"a": 1}}},
+            {"execution": {"scheduler": {"b": 2}}},
+        ]
+    )
     assert cur["metrics"] == {"a": 1, "b": 2}
     assert set(cur["config"]) == {"lr", "seed"}
     assert [a["digest"] for a in cur["artifacts"]] == ["2", "3"]
@@ -59,7 +96,12 @@ def test_dicts_merge_and_lists_replace_by_key():
 
 
 def test_fold_orders_by_seq_not_by_arrival():
-    rec = fold([v(2, {"metrics": {"x": 2}}), v(1, {"run_id": "01m8c98spkjwx5becw52s14k16", "metrics": {"x": 1}})])
+    rec = fold(
+        [
+            v(2, {"metrics": {"x": 2}}),
+            v(1, {"run_id": "01m8c98spkjwx5becw52s14k16", "metrics": {"x": 1}}),
+        ]
+    )
     assert rec.metrics == {"x": 2}
 
 
@@ -83,9 +125,18 @@ def test_schema_round_trip_through_the_codec():
 
 
 def test_unknown_fields_from_a_newer_schema_are_ignored():
-    data = codec.encode({"schema_version": SCHEMA_VERSION + 1, "run_id": "01m8c98spkjwx5becw52s14k16", "seq": 1,
-                         "written_at": datetime.now(UTC), "writer": {"host": "h", "pid": 1, "role": "x", "future": 1},
-                         "event": "launch", "patch": {"name": "x", "brand_new_field": {"a": 1}}, "another": 2})
+    data = codec.encode(
+        {
+            "schema_version": SCHEMA_VERSION + 1,
+            "run_id": "01m8c98spkjwx5becw52s14k16",
+            "seq": 1,
+            "written_at": datetime.now(UTC),
+            "writer": {"host": "h", "pid": 1, "role": "x", "future": 1},
+            "event": "launch",
+            "patch": {"name": "x", "brand_new_field": {"a": 1}},
+            "another": 2,
+        }
+    )
     ver = codec.decode(data, RecordVersion)
     rec = fold([ver])
     assert rec.name == "x" and rec.schema_version == SCHEMA_VERSION + 1
@@ -94,7 +145,19 @@ def test_unknown_fields_from_a_newer_schema_are_ignored():
 def test_json_schema_is_generated_from_the_structs():
     schema = msgspec.json.schema(RunRecord)
     props = schema["$defs"]["RunRecord"]["properties"]
-    for field in ("run_id", "code", "config", "inputs", "launch_env", "execution", "nodes", "state", "failure", "metrics", "artifacts"):
+    for field in (
+        "run_id",
+        "code",
+        "config",
+        "inputs",
+        "launch_env",
+        "execution",
+        "nodes",
+        "state",
+        "failure",
+        "metrics",
+        "artifacts",
+    ):
         assert field in props
 
 

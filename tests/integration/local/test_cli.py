@@ -34,7 +34,10 @@ def test_ls_show_export_json(filled):
     js = json.loads(run_cli("ls", "--store", store.root, "--json", "--state", "failed").stdout)
     assert [r["run_id"] for r in js] == [bad.run_id]
     sw = hs[0].record().sweep_id
-    assert len(json.loads(run_cli("ls", "--store", store.root, "--json", "--sweep", sw[:12]).stdout)) == 2
+    assert (
+        len(json.loads(run_cli("ls", "--store", store.root, "--json", "--sweep", sw[:12]).stdout))
+        == 2
+    )
     show = run_cli("show", "--store", store.root, bad.run_id[:14])
     assert show.returncode == 0 and "ValueError" in show.stdout and "Traceback" in show.stdout
     exp = run_cli("export", hs[0].run_id, "--store", store.root, "--format", "json")
@@ -92,9 +95,19 @@ def test_record_from_a_newer_schema_is_shown_with_a_warning(store):
     from datetime import UTC, datetime
 
     with open(path, "wb") as f:
-        f.write(codec.encode({"schema_version": SCHEMA_VERSION + 1, "run_id": rid, "seq": 1, "written_at": datetime.now(UTC),
-                              "writer": {"host": "h", "pid": 1, "role": "future"}, "event": "launch",
-                              "patch": {"run_id": rid, "name": "from-the-future", "quantum_field": [1, 2]}}))
+        f.write(
+            codec.encode(
+                {
+                    "schema_version": SCHEMA_VERSION + 1,
+                    "run_id": rid,
+                    "seq": 1,
+                    "written_at": datetime.now(UTC),
+                    "writer": {"host": "h", "pid": 1, "role": "future"},
+                    "event": "launch",
+                    "patch": {"run_id": rid, "name": "from-the-future", "quantum_field": [1, 2]},
+                }
+            )
+        )
     r = run_cli("show", "--store", store.root, rid)
     assert r.returncode == 0 and "from-the-future" in r.stdout and "newer record schema" in r.stderr
 
@@ -102,14 +115,29 @@ def test_record_from_a_newer_schema_is_shown_with_a_warning(store):
 def test_submit_command_from_the_cli(store, tmp_path):
     data = tmp_path / "d.txt"
     data.write_text("x")
-    r = run_cli("submit", "--store", store.root, "--input", str(data), "--tag", "a=b", "--wait", "--", sys.executable, "-c", "print(42)")
+    r = run_cli(
+        "submit",
+        "--store",
+        store.root,
+        "--input",
+        str(data),
+        "--tag",
+        "a=b",
+        "--wait",
+        "--",
+        sys.executable,
+        "-c",
+        "print(42)",
+    )
     assert r.returncode == 0, r.stderr
     assert "submitted run" in r.stdout and "runrec show" in r.stdout
     rec = store.load(next(store.run_ids()))
     assert rec.exit_code == 0 and rec.inputs[0].path == str(data) and rec.tags == {"a": "b"}
     r = run_cli("logs", "--store", store.root, rec.run_id)
     assert "42" in r.stdout
-    r = run_cli("submit", "--store", store.root, "--wait", "--", sys.executable, "-c", "raise SystemExit(4)")
+    r = run_cli(
+        "submit", "--store", store.root, "--wait", "--", sys.executable, "-c", "raise SystemExit(4)"
+    )
     assert r.returncode == 1 and "exit_code" in r.stdout
     r = run_cli("submit", "--store", store.root, "--input", str(tmp_path / "missing"), "--", "true")
     assert r.returncode == 1 and "does not exist" in r.stderr
@@ -133,7 +161,28 @@ def test_python_dash_m_and_version():
 
 def test_public_api_is_curated():
     assert sorted(rr.__all__) == sorted(
-        ["SCHEMA_VERSION", "AmbiguousRunId", "BackendError", "ConfigError", "CorruptRecord", "Dataset", "DatasetError",
-         "Executor", "FailureCause", "JobFailed", "JobTimeout", "RecordNotFound", "Run", "RunHandle", "RunRecord",
-         "RunState", "RunrecError", "Store", "__version__", "current_run", "load"]
+        [
+            "SCHEMA_VERSION",
+            "AmbiguousRunId",
+            "BackendError",
+            "ConfigError",
+            "CorruptRecord",
+            "Dataset",
+            "DatasetError",
+            "Executor",
+            "FailureCause",
+            "JobFailed",
+            "JobTimeout",
+            "RecordNotFound",
+            "Run",
+            "RunHandle",
+            "RunRecord",
+            "RunState",
+            "RunrecError",
+            "Store",
+            "StoreError",
+            "__version__",
+            "current_run",
+            "load",
+        ]
     )

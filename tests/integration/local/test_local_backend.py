@@ -26,7 +26,10 @@ def test_function_run_records_launch_and_node(ex, store, repo, tmp_path):
     rec = rr.load(store, h.run_id[:14])
     assert rec.state == rr.RunState.SUCCEEDED and rec.state_source == "job"
     assert rec.code.dirty and rec.code.patch_blob and rec.code.branch == "main"
-    assert {k: (e.value, e.source) for k, e in rec.config.items()} == {"a": (5, "given"), "b": (10, "default")}
+    assert {k: (e.value, e.source) for k, e in rec.config.items()} == {
+        "a": (5, "given"),
+        "b": (10, "default"),
+    }
     assert rec.inputs[0].path == str(data) and rec.inputs[0].digest.startswith("sha256:")
     assert rec.tags == {"team": "x"} and rec.entrypoint.function.endswith(":add")
     assert rec.launch_env.package_count > 10
@@ -71,12 +74,18 @@ def test_sweep_of_8(ex, store):
 
 def test_command_job_records_exit_code(ex, store, tmp_path):
     script = tmp_path / "t.py"
-    script.write_text("import runrec_cluster as rr, sys\nrr.current_run().log_metrics({'loss': 0.5})\nsys.exit(3)\n")
+    script.write_text(
+        "import runrec_cluster as rr, sys\nrr.current_run().log_metrics({'loss': 0.5})\nsys.exit(3)\n"
+    )
     import sys
 
     h = ex.submit_command([sys.executable, str(script), "--lr", "0.1", "--token", "abc"])
     rec = h.wait(timeout=60)
-    assert rec.state == rr.RunState.FAILED and rec.exit_code == 3 and rec.failure.cause.value == "exit_code"
+    assert (
+        rec.state == rr.RunState.FAILED
+        and rec.exit_code == 3
+        and rec.failure.cause.value == "exit_code"
+    )
     assert rec.metrics == {"loss": 0.5} and rec.config["lr"].value == 0.1
     assert "abc" not in rec.entrypoint.argv and rec.config["token"].value == "[redacted]"
     ok = ex.submit_command([sys.executable, "-c", "print('hi')"])
@@ -93,7 +102,11 @@ def test_kill_9_of_the_job_is_recorded_by_the_supervisor(ex, tmp_path):
     _wait_for(lambda: pidfile.exists() and pidfile.read_text())
     os.kill(int(pidfile.read_text()), signal.SIGKILL)
     rec = h.wait(timeout=30)
-    assert rec.state == rr.RunState.FAILED and rec.failure.cause.value == "killed" and rec.failure.signal == 9
+    assert (
+        rec.state == rr.RunState.FAILED
+        and rec.failure.cause.value == "killed"
+        and rec.failure.signal == 9
+    )
     assert rec.failure.source == "backend"
 
 
@@ -110,13 +123,19 @@ def test_kill_9_of_job_and_supervisor_is_inferred_by_the_next_reader(ex, store, 
     out = run_cli("ls", "--store", store.root)
     assert out.returncode == 0 and "killed" in out.stdout
     rec = store.load(h.run_id)
-    assert rec.state == rr.RunState.FAILED and rec.failure.cause.value == "killed" and rec.failure.source == "inferred"
+    assert (
+        rec.state == rr.RunState.FAILED
+        and rec.failure.cause.value == "killed"
+        and rec.failure.source == "inferred"
+    )
 
 
 def test_pid_reuse_is_not_mistaken_for_the_job():
     me = proc.identity()
     assert proc.is_alive(me)
-    fake = rr.record.Process(host=me.host, pid=me.pid, start_ticks=me.start_ticks + 1, boot_id=me.boot_id)
+    fake = rr.record.Process(
+        host=me.host, pid=me.pid, start_ticks=me.start_ticks + 1, boot_id=me.boot_id
+    )
     assert proc.is_alive(fake) is False
     other_host = rr.record.Process(host="elsewhere", pid=1, start_ticks=1, boot_id="x")
     assert proc.is_alive(other_host) is None

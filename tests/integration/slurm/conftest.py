@@ -11,7 +11,9 @@ def _cluster_up() -> str | None:
     if not shutil.which("sinfo"):
         return "sinfo not found (run slurm/up)"
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%N %t"], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["sinfo", "-h", "-o", "%N %t"], capture_output=True, text=True, timeout=20
+        )
     except subprocess.TimeoutExpired:
         return "sinfo timed out"
     if out.returncode != 0:

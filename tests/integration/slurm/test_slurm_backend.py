@@ -47,15 +47,23 @@ def test_function_job(store, project, timeout_run):
     rec = h.record()
     sch = rec.execution.scheduler
     assert rec.execution.backend == "slurm" and sch["job_id"] and sch["partition"] == "debug"
-    assert sch["batch_script"].startswith("sha256:") and b"#SBATCH" in store.get_blob(sch["batch_script"])
+    assert sch["batch_script"].startswith("sha256:") and b"#SBATCH" in store.get_blob(
+        sch["batch_script"]
+    )
     assert rec.node.scheduler_node in ("n1", "n2") and rec.node.features
     assert rec.execution.resources.mem_gb == 0.5 and rec.state_source == "job"
 
 
 def test_command_job(store, project):
-    h = slurm_ex(store).submit_command([sys.executable, "-c", "import sys; print('hi'); sys.exit(2)"])
+    h = slurm_ex(store).submit_command(
+        [sys.executable, "-c", "import sys; print('hi'); sys.exit(2)"]
+    )
     rec = h.wait(timeout=120)
-    assert rec.state == rr.RunState.FAILED and rec.exit_code == 2 and rec.failure.cause.value == "exit_code"
+    assert (
+        rec.state == rr.RunState.FAILED
+        and rec.exit_code == 2
+        and rec.failure.cause.value == "exit_code"
+    )
     ok = slurm_ex(store).submit_command(["true"])
     assert ok.result(timeout=120) == 0
 
@@ -64,18 +72,24 @@ def test_array_sweep_of_8(store, project):
     hs = slurm_ex(store).map_array(jobfns.train, [{"lr": i / 10} for i in range(8)])
     assert [h.result(timeout=180)["lr"] for h in hs] == [i / 10 for i in range(8)]
     recs = [h.record() for h in hs]
-    assert len({r.sweep_id for r in recs}) == 1 and sorted(r.sweep_index for r in recs) == list(range(8))
+    assert len({r.sweep_id for r in recs}) == 1 and sorted(r.sweep_index for r in recs) == list(
+        range(8)
+    )
     arrays = {r.execution.scheduler["array_job_id"] for r in recs}
     assert len(arrays) == 1, "one real Slurm array job"
     (array_id,) = arrays
     assert sorted(r.execution.scheduler["array_task_id"] for r in recs) == list(range(8))
-    assert sorted(r.execution.scheduler["job_id"] for r in recs) == sorted(f"{array_id}_{i}" for i in range(8))
+    assert sorted(r.execution.scheduler["job_id"] for r in recs) == sorted(
+        f"{array_id}_{i}" for i in range(8)
+    )
 
 
 def test_out_of_memory_is_the_schedulers_verdict(store, project):
     h = slurm_ex(store, mem_gb=0.1).submit(jobfns.allocate_mb, 600)
     rec = h.wait(timeout=120)
-    assert rec.state == rr.RunState.FAILED and rec.failure.cause.value == "out_of_memory", rec.failure
+    assert rec.state == rr.RunState.FAILED and rec.failure.cause.value == "out_of_memory", (
+        rec.failure
+    )
     assert rec.failure.source == "scheduler"
 
 
@@ -91,11 +105,15 @@ def test_scancel_is_recorded_as_cancelled_by_whom(store, project):
 
 
 def test_node_failure(store, project):
-    h = slurm_ex(store, slurm_constraint="hwclass-y", slurm_requeue=False).submit(jobfns.sleep_then, 300)
+    h = slurm_ex(store, slurm_constraint="hwclass-y", slurm_requeue=False).submit(
+        jobfns.sleep_then, 300
+    )
     rec = wait_state(h, lambda r: r.state == rr.RunState.RUNNING)
     assert rec.node.scheduler_node == "n2"
     try:
-        subprocess.run(["scontrol", "update", "nodename=n2", "state=down", "reason=runrec-test"], check=True)
+        subprocess.run(
+            ["scontrol", "update", "nodename=n2", "state=down", "reason=runrec-test"], check=True
+        )
         rec = h.wait(timeout=60)
     finally:
         subprocess.run(["scontrol", "update", "nodename=n2", "state=resume"], capture_output=True)
@@ -125,11 +143,16 @@ def test_hardware_class_steers_and_is_checked(store, project):
     w = slurm_ex(store, hardware="wrong").submit(jobfns.add, 1)
     w.result(timeout=120)
     rec = w.record()
-    assert rec.execution.hardware_match is False and "node_features" in rec.execution.hardware_mismatches[0]
+    assert (
+        rec.execution.hardware_match is False
+        and "node_features" in rec.execution.hardware_mismatches[0]
+    )
 
 
 def test_unknown_hardware_class_is_a_clear_error(store, project):
-    with pytest.raises(rr.ConfigError, match="unknown hardware class 'h100'.*known: cpu-y, fakegpu, wrong"):
+    with pytest.raises(
+        rr.ConfigError, match="unknown hardware class 'h100'.*known: cpu-y, fakegpu, wrong"
+    ):
         slurm_ex(store, hardware="h100")
 
 
@@ -151,8 +174,21 @@ def test_sbatch_refusal_is_recorded_and_clear(store, project):
 
 
 def test_cli_submit_ls_and_reconcile(store, project):
-    r = run_cli("submit", "--store", store.root, "--backend", "slurm", "--slurm-constraint", "hwclass-x", "--mem-gb", "0.1", "--",
-                sys.executable, "-c", "b = bytearray(600 * 2**20); import time; time.sleep(5)")
+    r = run_cli(
+        "submit",
+        "--store",
+        store.root,
+        "--backend",
+        "slurm",
+        "--slurm-constraint",
+        "hwclass-x",
+        "--mem-gb",
+        "0.1",
+        "--",
+        sys.executable,
+        "-c",
+        "b = bytearray(600 * 2**20); import time; time.sleep(5)",
+    )
     assert r.returncode == 0, r.stderr
     run_id = r.stdout.split("submitted run ")[1].split()[0]
     h = rr.RunHandle(store, run_id)
@@ -190,8 +226,12 @@ def test_as_a_non_root_user(tmp_path_factory, project):
         "h = ex.submit_command(['id', '-un'])\n"
         "print(h.run_id, h.result(timeout=120), getpass.getuser())\n"
     )
-    r = subprocess.run(["su", "runrec-user", "-s", "/bin/sh", "-c", f"cd /tmp && {sys.executable} -c \"$0\"", code],
-                       capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        ["su", "runrec-user", "-s", "/bin/sh", "-c", f'cd /tmp && {sys.executable} -c "$0"', code],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr
     run_id, rc, user = r.stdout.split()
     rec = rr.Store(store).load(run_id)
