@@ -276,6 +276,7 @@ class Executor:
             resources=self.resources,
             options={k: cfg.plain(k, v) for k, v in self.options.items()},
             hardware=self.hardware_name,
+            hardware_expect=dict(self.backend.hardware.expect) if self.backend.hardware else {},
             log_dir=self.store.log_dir(run_id),
         )
         patch = to_patch(

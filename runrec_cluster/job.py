@@ -143,8 +143,14 @@ def execute(
     rec = store.load(run_id)
     node = node_facts(store, rec, rank=rank, features=features, node_name=node_name)
     patch: dict[str, Any] = to_patch(nodes=[node])
-    if hardware_check is not None:
+    if hardware_check is not None:  # a backend's own check (rec, node) -> execution patch
         patch["execution"] = hardware_check(rec, node)
+    elif rank == 0 and rec.execution is not None and rec.execution.hardware_expect:
+        from .hardware import HardwareClass
+
+        hw = HardwareClass(rec.execution.hardware or "", expect=dict(rec.execution.hardware_expect))
+        ok, bad = hw.check(node)
+        patch["execution"] = {"hardware_match": ok, "hardware_mismatches": bad}
     if scheduler:
         patch.setdefault("execution", {})["scheduler"] = scheduler
     if rank == 0:

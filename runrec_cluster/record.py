@@ -171,6 +171,7 @@ class Execution(Base, frozen=True, kw_only=True):
     resources: Resources = msgspec.field(default_factory=Resources)
     options: dict[str, Any] = {}  # backend-only options as given (slurm_*, ray_*, local_*)
     hardware: str | None = None  # requested hardware class
+    hardware_expect: dict[str, Any] = {}  # the class's `expect`, checked by the job on its node
     hardware_match: bool | None = None  # the node matched the class's expectation
     hardware_mismatches: list[str] = []
     scheduler: dict[str, Any] = {}  # job ids, array ids, node ids, pids: filled by the backend

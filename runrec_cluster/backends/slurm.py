@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import BackendError, ConfigError
-from ..record import Failure, FailureCause, NodeInfo, RunRecord, RunState, needs_verdict, to_patch
+from ..record import Failure, FailureCause, RunRecord, RunState, needs_verdict, to_patch
 from .base import Backend, JobSpec
 
 SLURM_OPTIONS = {
@@ -98,10 +98,9 @@ def _run(cmd: list[str], timeout: float = 60) -> str:
 class SlurmEntry:
     """The callable submitit pickles: runs the recorded job on the compute node."""
 
-    def __init__(self, store_root: str, run_id: str, expect: dict[str, Any] | None) -> None:
+    def __init__(self, store_root: str, run_id: str) -> None:
         self.store_root = store_root
         self.run_id = run_id
-        self.expect = expect
 
     def __call__(self) -> Any:
         from ..job import execute
@@ -121,15 +120,6 @@ class SlurmEntry:
             sched["array_task_id"] = int(env.get("SLURM_ARRAY_TASK_ID", "0") or 0)
         attempt = int(env.get("SLURM_RESTART_COUNT", "0") or 0) + 1
         features = node_features(node_name)
-        expect = self.expect
-
-        def check(rec: RunRecord, node: NodeInfo) -> dict[str, Any]:
-            if not expect:
-                return {}
-            from ..hardware import HardwareClass
-
-            ok, bad = HardwareClass(name=rec.execution.hardware or "", expect=expect).check(node)
-            return {"hardware_match": ok, "hardware_mismatches": bad}
 
         return execute(
             self.store_root,
@@ -140,7 +130,6 @@ class SlurmEntry:
             enforce_timeout=False,
             features=features,
             node_name=node_name,
-            hardware_check=check if rank == 0 else None,
         )
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
@@ -254,8 +243,7 @@ class SlurmBackend(Backend):
             return []
         folder = os.path.join(self.store.root, "slurm", jobs[0].run_id, "%j")
         ex = self._executor(folder, f"runrec-{jobs[0].run_id[:10]}")
-        expect = dict(self.hardware.expect) if self.hardware is not None else None
-        entries = [SlurmEntry(self.store.root, j.run_id, expect) for j in jobs]
+        entries = [SlurmEntry(self.store.root, j.run_id) for j in jobs]
         try:
             if len(jobs) == 1 and jobs[0].sweep_index is None:
                 sjobs = [ex.submit(entries[0])]

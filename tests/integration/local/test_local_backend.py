@@ -205,3 +205,21 @@ def _wait_for(cond, timeout=30):
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def test_hardware_class_expectation_is_checked_locally(store, tmp_path, monkeypatch):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "pyproject.toml").write_text(
+        '[tool.runrec.hardware.here]\nexpect = { cpu_model = "" }\n'
+        '[tool.runrec.hardware.bigiron]\nexpect = { gpu_name = "H100" }\n'
+    )
+    monkeypatch.chdir(proj)
+    ok = rr.Executor(backend="local", store=store, hardware="here").submit(jobfns.add, 1)
+    ok.result(timeout=60)
+    assert ok.record().execution.hardware_match is True
+    bad = rr.Executor(backend="local", store=store, hardware="bigiron").submit(jobfns.add, 1)
+    bad.result(timeout=60)
+    rec = bad.record()
+    assert rec.execution.hardware == "bigiron" and rec.execution.hardware_match is False
+    assert "gpu_name" in rec.execution.hardware_mismatches[0]
