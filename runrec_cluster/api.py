@@ -418,6 +418,7 @@ class RunHandle:
         self.store = store
         self.run_id = run_id
         self._backend = backend
+        self._settle_since: float | None = None
 
     def __repr__(self) -> str:
         return f"RunHandle({self.run_id!r})"
@@ -429,11 +430,18 @@ class RunHandle:
         """Terminal, and (under a scheduler) a bare KILLED has had a moment to get its cause."""
         if not rec.state.is_terminal():
             return False
-        if needs_verdict(rec) and rec.execution is not None and rec.execution.backend == "slurm":
-            if not hasattr(self, "_killed_seen"):
-                self._killed_seen = time.monotonic()
-            return time.monotonic() - self._killed_seen > 20
-        return True
+        ex = rec.execution
+        waiting = False
+        if needs_verdict(rec) and ex is not None and ex.backend == "slurm":
+            waiting = True  # a bare KILLED: the scheduler's cause may follow
+        elif ex is not None and (ex.resources.nodes or 1) > 1 and rec.state == RunState.SUCCEEDED:
+            ranks = {n.rank for n in rec.nodes}
+            waiting = len(ranks) < (ex.resources.nodes or 1)  # other ranks' node facts
+        if not waiting:
+            return True
+        if self._settle_since is None:
+            self._settle_since = time.monotonic()
+        return time.monotonic() - self._settle_since > 20
 
     @property
     def state(self) -> RunState:

@@ -12,8 +12,12 @@ import runrec_cluster as rr
 
 pytestmark = pytest.mark.gpu
 
-if shutil.which("nvidia-smi") is None:
-    pytest.skip("no nvidia-smi: not a GPU machine", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def _needs_gpu():
+    if shutil.which("nvidia-smi") is None:
+        pytest.skip("no nvidia-smi: not a GPU machine (run with -m gpu on one)")
 
 
 def torch_job():
