@@ -369,12 +369,12 @@ def refresh(store: Store, rec: RunRecord, backend: Any = None) -> RunRecord:
 
 def forget_check_times() -> None:
     """Make the next check ask the schedulers now (``runrec reconcile``), not rate-limited."""
-    try:
-        from .backends import slurm
+    import sys
 
-        slurm._last_check.clear()
-    except ImportError:
-        pass
+    for name in ("runrec_cluster.backends.slurm", "runrec_cluster.backends.ray"):
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, "_last_check"):
+            mod._last_check.clear()
 
 
 def refresh_many(
@@ -432,8 +432,11 @@ class RunHandle:
             return False
         ex = rec.execution
         waiting = False
+        patience = 20.0
         if needs_verdict(rec) and ex is not None and ex.backend == "slurm":
             waiting = True  # a bare KILLED: the scheduler's cause may follow
+        elif needs_verdict(rec) and rec.state_source == "inferred":
+            waiting, patience = True, 3.0  # the supervisor may still say which signal
         elif ex is not None and (ex.resources.nodes or 1) > 1 and rec.state == RunState.SUCCEEDED:
             ranks = {n.rank for n in rec.nodes}
             waiting = len(ranks) < (ex.resources.nodes or 1)  # other ranks' node facts
@@ -441,7 +444,7 @@ class RunHandle:
             return True
         if self._settle_since is None:
             self._settle_since = time.monotonic()
-        return time.monotonic() - self._settle_since > 20
+        return time.monotonic() - self._settle_since > patience
 
     @property
     def state(self) -> RunState:

@@ -297,12 +297,17 @@ def _run_command(
         except OSError:
             pass
 
+    previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
         try:
-            signal.signal(sig, forward)
+            previous[sig] = signal.signal(sig, forward)
         except ValueError:  # not the main thread
             pass
-    rc = p.wait()
+    try:
+        rc = p.wait()
+    finally:  # a reused worker process (Ray) must get its own handlers back
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if run.rank != 0:
         return rc
     patch: dict[str, Any] = {"exit_code": rc, "ended_at": _now()}

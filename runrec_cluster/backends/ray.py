@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-
 import ray
 
 from ..errors import BackendError, ConfigError
@@ -114,7 +113,8 @@ _STANDARD_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 
 _CHECK_INTERVAL_S = 3.0  # at most one state-API call per run per this many seconds
 _API_TIMEOUT_S = 10
-_DRIVER_GRACE_S = 10.0  # task events of a finished driver may lag behind its end
+_DRIVER_GRACE_S = 5.0  # task events of a finished driver may lag behind its end
+_DRIVER_SLACK_S = 2.0  # Ray stamps the tasks it fails with a driver a little before the job's end
 _last_check: dict[str, float] = {}
 
 # This process's connection and the tasks it owns (shared by every RayBackend here).
@@ -165,13 +165,25 @@ def _entry(store_root: str, run_id: str, expect: dict[str, Any] | None) -> None:
 
     # a Ray worker runs many tasks: leave it as we found it
     main = threading.current_thread() is threading.main_thread()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)} if main else {}
+    handlers = (
+        {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)}
+        if main
+        else {}
+    )
     saved_env = {k: os.environ.get(k) for k in ("RUNREC_STORE", "RUNREC_RUN_ID")}
     saved_cwd = os.getcwd()
     ep = rec.entrypoint
-    if ep is not None and ep.kind == "function" and ep.cwd and os.path.isdir(ep.cwd) and not (ctx.runtime_env or {}).get("working_dir"):
+    if (
+        ep is not None
+        and ep.kind == "function"
+        and ep.cwd
+        and os.path.isdir(ep.cwd)
+        and not (ctx.runtime_env or {}).get("working_dir")
+    ):
         os.chdir(ep.cwd)  # as on the other backends: where it was submitted, when shared
     reapers: list[subprocess.Popen[bytes]] = []
+    if main:
+        signal.signal(signal.SIGTERM, _record_sigterm(store_root, run_id, handlers[signal.SIGTERM]))
     try:
         execute(
             store_root,
@@ -182,7 +194,7 @@ def _entry(store_root: str, run_id: str, expect: dict[str, Any] | None) -> None:
             enforce_timeout=True,
             features=features,
             node_name=node_id,
-            hardware_check=check,
+            hardware_check=check if expect else None,
             on_command_start=lambda pid: reapers.append(_start_reaper(pid)),
         )
     finally:
@@ -201,6 +213,45 @@ def _entry(store_root: str, run_id: str, expect: dict[str, Any] | None) -> None:
         except OSError:
             pass
     return None
+
+
+def _record_sigterm(store_root: str, run_id: str, ray_handler: Any) -> Any:
+    """Ray stops a worker with SIGTERM (its driver exited, `ray stop`, a node drain) and its
+    handler raises SystemExit inside the task, which the job would record as a code error.
+    Record the signal first (the first end the job writes stays), then let Ray exit."""
+
+    def handler(signum: int, frame: Any) -> None:
+        from ..store import Store
+
+        failure = Failure(
+            cause=FailureCause.KILLED,
+            type="Signal",
+            message=(
+                "the Ray worker running the job received SIGTERM: Ray stops a task's worker when the "
+                "driver that submitted it exits, on `ray stop`, or when the node is drained"
+            ),
+            signal=int(signum),
+            source="job",
+        )
+        try:
+            Store(store_root).write_version(
+                run_id,
+                "end",
+                to_patch(
+                    state=RunState.FAILED,
+                    state_source="job",
+                    failure=failure,
+                    ended_at=datetime.now(UTC),
+                ),
+                role="job",
+            )
+        finally:
+            if callable(ray_handler):
+                ray_handler(signum, frame)
+            else:
+                raise SystemExit(128 + signum)
+
+    return handler
 
 
 def _attempt_number() -> int:
@@ -222,7 +273,9 @@ def _node_resource_names(node_id: str) -> list[str]:
     for n in nodes:
         if n.get("NodeID") == node_id:
             res = n.get("Resources") or {}
-            return sorted(k for k in res if k not in _STANDARD_RESOURCES and not k.startswith("node:"))
+            return sorted(
+                k for k in res if k not in _STANDARD_RESOURCES and not k.startswith("node:")
+            )
     return []
 
 
@@ -251,7 +304,9 @@ for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
 def _start_reaper(pgid: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-I", "-c", _REAPER, str(pgid)],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
 
@@ -281,6 +336,11 @@ def _kill_process(who: dict[str, Any]) -> str:
     return "killed"
 
 
+def _forget(run_id: str) -> None:
+    _REFS.pop(run_id, None)
+    _REF_STORE.pop(run_id, None)
+
+
 def _remote(name: str, fn: Any) -> Any:
     with _lock:
         if name not in _REMOTE:
@@ -293,6 +353,62 @@ def _remote(name: str, fn: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+def _address(options: dict[str, Any]) -> str:
+    return str(options.get("ray_address") or os.environ.get("RAY_ADDRESS") or "auto")
+
+
+def connect(address: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+    """Connect this process to the cluster once (``address``: "auto" by default, $RAY_ADDRESS
+    wins over the default; never empty, so no local Ray is ever started). Returns what the
+    records keep: addresses, session, the driver's Ray job id."""
+    with _lock:
+        if _CONN and ray.is_initialized():
+            return _CONN
+        address = _address({"ray_address": address})
+        dashboard = None
+        if not ray.is_initialized():
+            try:
+                ctx = ray.init(
+                    address=address,
+                    ignore_reinit_error=True,
+                    log_to_driver=False,
+                    namespace=namespace,
+                )
+            except Exception as exc:
+                raise BackendError(
+                    f"cannot connect to the Ray cluster at {address!r}: {type(exc).__name__}: {exc}. "
+                    "Start one (`ray start --head`; here: ray/up), or pass ray_address="
+                    "'HOST:6379' or 'ray://HOST:10001'."
+                ) from exc
+            dashboard = getattr(ctx, "dashboard_url", None)
+        else:  # the user connected already: use that connection
+            try:
+                from ray._private.worker import get_dashboard_url
+
+                dashboard = get_dashboard_url()
+            except Exception:
+                dashboard = None
+        rc = ray.get_runtime_context()
+        info: dict[str, Any] = {"ray_address": address}
+        for key, get in (
+            ("gcs_address", lambda: rc.gcs_address),
+            ("session_name", rc.get_session_name),
+            ("ray_job_id", rc.get_job_id),
+            ("namespace", lambda: rc.namespace),
+        ):
+            try:
+                info[key] = get()
+            except Exception:
+                pass
+        if dashboard:
+            info["dashboard_url"] = dashboard if "://" in dashboard else f"http://{dashboard}"
+        info["driver_pid"] = os.getpid()
+        info["driver_host"] = socket.gethostname()
+        _CONN.clear()
+        _CONN.update(info)
+        return _CONN
+
+
 class RayBackend(Backend):
     name = "ray"
     option_prefix = "ray_"
@@ -302,56 +418,10 @@ class RayBackend(Backend):
     # -- connection ------------------------------------------------------------------------
 
     def _address(self) -> str:
-        return str(self.options.get("ray_address") or os.environ.get("RAY_ADDRESS") or "auto")
+        return _address(self.options)
 
     def _connect(self) -> dict[str, Any]:
-        """Connect once per process (never starts a local Ray: the address is never empty)."""
-        with _lock:
-            if _CONN and ray.is_initialized():
-                return _CONN
-            address = self._address()
-            dashboard = None
-            if not ray.is_initialized():
-                try:
-                    ctx = ray.init(
-                        address=address,
-                        ignore_reinit_error=True,
-                        log_to_driver=False,
-                        namespace=self.options.get("ray_namespace"),
-                    )
-                except Exception as exc:
-                    raise BackendError(
-                        f"cannot connect to the Ray cluster at {address!r}: {type(exc).__name__}: {exc}. "
-                        "Start one (`ray start --head`; here: ray/up), or pass ray_address="
-                        "'HOST:6379' or 'ray://HOST:10001'."
-                    ) from exc
-                dashboard = getattr(ctx, "dashboard_url", None)
-            else:
-                try:
-                    from ray._private.worker import get_dashboard_url
-
-                    dashboard = get_dashboard_url()
-                except Exception:
-                    dashboard = None
-            rc = ray.get_runtime_context()
-            info: dict[str, Any] = {"ray_address": address}
-            for key, get in (
-                ("gcs_address", lambda: rc.gcs_address),
-                ("session_name", rc.get_session_name),
-                ("ray_job_id", rc.get_job_id),
-                ("namespace", lambda: rc.namespace),
-            ):
-                try:
-                    info[key] = get()
-                except Exception:
-                    pass
-            if dashboard:
-                info["dashboard_url"] = dashboard if "://" in dashboard else f"http://{dashboard}"
-            info["driver_pid"] = os.getpid()
-            info["driver_host"] = socket.gethostname()
-            _CONN.clear()
-            _CONN.update(info)
-            return _CONN
+        return connect(self.options.get("ray_address"), self.options.get("ray_namespace"))
 
     # -- launching -------------------------------------------------------------------------
 
@@ -366,7 +436,9 @@ class RayBackend(Backend):
         try:
             o["max_retries"] = int(opts.get("ray_max_retries", 0))
         except (TypeError, ValueError):
-            raise ConfigError(f"ray_max_retries={opts['ray_max_retries']!r}: give a whole number (-1: unlimited).") from None
+            raise ConfigError(
+                f"ray_max_retries={opts['ray_max_retries']!r}: give a whole number (-1: unlimited)."
+            ) from None
         if r.gpus:
             o["num_gpus"] = r.gpus
         if r.mem_gb:
@@ -377,9 +449,15 @@ class RayBackend(Backend):
         if hw is not None:
             bad = sorted(set(hw.ray) - set(_HARDWARE_KEYS))
             if bad:
-                raise ConfigError(f"hardware class {hw.name!r}: unknown ray key(s) {bad} (use {', '.join(_HARDWARE_KEYS)}).")
+                raise ConfigError(
+                    f"hardware class {hw.name!r}: unknown ray key(s) {bad} (use {', '.join(_HARDWARE_KEYS)})."
+                )
             acc = hw.ray.get("accelerator_type")
-            res.update(_resource_dict(hw.ray.get("resources") or {}, f"hardware class {hw.name!r} ray.resources"))
+            res.update(
+                _resource_dict(
+                    hw.ray.get("resources") or {}, f"hardware class {hw.name!r} ray.resources"
+                )
+            )
         if opts.get("ray_accelerator_type"):
             acc = opts["ray_accelerator_type"]
         res.update(_resource_dict(opts.get("ray_resources") or {}, "ray_resources"))
@@ -390,7 +468,9 @@ class RayBackend(Backend):
         renv = opts.get("ray_runtime_env")
         if renv:
             if not isinstance(renv, dict):
-                raise ConfigError(f"ray_runtime_env must be a dict as Ray takes it, e.g. {{'pip': ['torch']}}; got {renv!r}.")
+                raise ConfigError(
+                    f"ray_runtime_env must be a dict as Ray takes it, e.g. {{'pip': ['torch']}}; got {renv!r}."
+                )
             o["runtime_env"] = dict(renv)
         strategy = opts.get("ray_scheduling_strategy")
         if strategy is not None:
@@ -434,7 +514,7 @@ class RayBackend(Backend):
                 except Exception:
                     pass
             for j in jobs:
-                _REFS.pop(j.run_id, None)
+                _forget(j.run_id)
             raise BackendError(f"Ray refused the task: {type(exc).__name__}: {exc}") from exc
         _register_atexit()
         return out
@@ -451,7 +531,8 @@ class RayBackend(Backend):
         for r in recs:
             if r.state.is_terminal() or r.execution is None:
                 continue
-            (held if r.run_id in _REFS else others).append(r)
+            # the refs are only good while this process is connected (ray.shutdown() drops them)
+            (held if r.run_id in _REFS and ray.is_initialized() else others).append(r)
         if held:
             out.update(self._check_refs(held))
         if others:
@@ -461,19 +542,21 @@ class RayBackend(Backend):
     def _check_refs(self, recs: list[RunRecord]) -> dict[str, dict[str, Any]]:
         """The submitter owns these tasks: a finished ObjectRef carries Ray's own exception."""
         refs = {r.run_id: _REFS[r.run_id] for r in recs}
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=0, fetch_local=False)
+        ready, _ = ray.wait(
+            list(refs.values()), num_returns=len(refs), timeout=0, fetch_local=False
+        )
         ready_ids = {ref.hex() for ref in ready}
         out = {}
         for r in recs:
             ref = refs[r.run_id]
             if ref.hex() not in ready_ids:
                 continue
-            word, message = _outcome(ref)
-            _REFS.pop(r.run_id, None)
+            word, message, tb = _outcome(ref)
+            _forget(r.run_id)
             fresh = self.store.load(r.run_id, problems=[])
             if fresh.state.is_terminal():
                 continue  # the job finished its own record (our timeout included)
-            patch = verdict(fresh, word, message, source="backend")
+            patch = verdict(fresh, word, message, source="backend", traceback=tb)
             if patch:
                 out[r.run_id] = patch
         return out
@@ -491,7 +574,9 @@ class RayBackend(Backend):
             if last is not None and now - last < _CHECK_INTERVAL_S:
                 continue
             _last_check[r.run_id] = now
-            groups.setdefault((self._api_address(r), str(sch.get("ray_job_id") or "")), []).append((r, str(tid)))
+            groups.setdefault((self._api_address(r), str(sch.get("ray_job_id") or "")), []).append(
+                (r, str(tid))
+            )
         out = {}
         for (url, job_id), members in groups.items():
             tasks = _latest_tasks(url, job_id, [tid for _, tid in members])
@@ -513,34 +598,38 @@ class RayBackend(Backend):
         return out
 
     def _task_verdict(self, rec: RunRecord, t: Any, driver: Any) -> dict[str, Any] | None:
+        """A patch from the state API's view of the task (newest attempt) and of its driver."""
         state = str(t.state)
         word = state if state != "FAILED" else str(t.error_type or "FAILED")
         attempt = int(t.attempt_number or 0)
         ended = _ms_time(getattr(t, "end_time_ms", None))
-        where = f" on node {t.node_id}" if getattr(t, "node_id", None) else ""
-        note = ""
         driver_end = _ms_time(getattr(driver, "end_time", None)) if driver is not None else None
+        note = ""
         if driver_end is not None:
             note = f" (its driver, Ray job {driver.job_id}, ended at {driver_end.isoformat(timespec='seconds')})"
-        if word in RAY_OUTCOMES and RAY_OUTCOMES[word] is None:
-            if driver_end is None or (datetime.now(UTC) - driver_end).total_seconds() < _DRIVER_GRACE_S:
-                return None  # still pending or running
-            failure = Failure(
-                cause=FailureCause.KILLED,
-                type="DriverExited",
-                message=(
-                    f"Ray task {t.task_id} was {state} when the Ray driver that submitted it ended{note}; "
-                    "Ray ends a driver's tasks with it"
-                ),
-                source="scheduler",
-            )
-            return to_patch(state=RunState.FAILED, state_source="scheduler", failure=failure, ended_at=driver_end) | {"attempt": attempt + 1}
+            # The owner died: Ray ends a driver's tasks with it, and 15 s later marks those
+            # still pending WORKER_DIED. Say so, with Ray's word for it.
+            if word in RAY_OUTCOMES and RAY_OUTCOMES[word] is None:
+                if (datetime.now(UTC) - driver_end).total_seconds() < _DRIVER_GRACE_S:
+                    return None  # its last events may still be on their way
+                word, ended = "OWNER_DIED", driver_end
+            elif word == "WORKER_DIED" and (
+                rec.process is None  # it never ran: no worker of its own could die
+                or (ended is not None and (driver_end - ended).total_seconds() < _DRIVER_SLACK_S)
+            ):
+                word = "OWNER_DIED"
+        elif word in RAY_OUTCOMES and RAY_OUTCOMES[word] is None:
+            return None  # still pending or running
         if word in _RETRIED_BY_RAY:
             retries = int(_opt(rec, "ray_max_retries", 0) or 0)
             if retries < 0 or attempt < retries:
                 return None  # Ray starts another attempt of the same run
-        detail = (getattr(t, "error_message", None) or "").strip()
-        message = f"Ray task {t.task_id} attempt {attempt} ended {word}{where}{note}"
+        where = f" on node {t.node_id}" if getattr(t, "node_id", None) else ""
+        said = f"{state}/{t.error_type}" if state == "FAILED" else state
+        message = f"Ray task {t.task_id} attempt {attempt}: {said}{where}{note}"
+        if word == "OWNER_DIED":
+            message += "; Ray ends a driver's tasks when the driver exits"
+        detail = _plain(getattr(t, "error_message", None) or "").strip()
         if detail:
             message += f": {_clip(detail)}"
         return verdict(rec, word, message, source="scheduler", attempt=attempt + 1, ended_at=ended)
@@ -552,31 +641,40 @@ class RayBackend(Backend):
     # -- cancel ----------------------------------------------------------------------------
 
     def cancel(self, rec: RunRecord) -> None:
-        ref = _REFS.get(rec.run_id)
+        if self.store.load(rec.run_id, problems=[]).state.is_terminal():
+            return  # it ended first; its own record stands
+        ref = _REFS.get(rec.run_id) if ray.is_initialized() else None
         how = "ray.cancel(force=True)"
         if ref is not None:
             try:
                 ray.cancel(ref, force=True)
             except Exception as exc:
-                raise BackendError(f"ray.cancel of run {rec.run_id} failed: {type(exc).__name__}: {exc}") from exc
+                raise BackendError(
+                    f"ray.cancel of run {rec.run_id} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            # write after the worker is gone: a command killed on the way is then recorded
+            # first as a bare "killed", which this "cancelled" refines (record.fold)
             ready, _ = ray.wait([ref], timeout=10, fetch_local=False)
             if ready:
                 _outcome(ref)  # consume it: Ray reports unread task errors at exit
-                _REFS.pop(rec.run_id, None)
+                _forget(rec.run_id)
         elif rec.process is None:
             how = "recorded before it started; its Ray task does nothing if it starts later (only the submitting process can remove it from Ray's queue)"
         else:
             how = self._kill_worker(rec)
-        fresh = self.store.load(rec.run_id, problems=[])
-        if fresh.state.is_terminal():
-            return  # it ended first; its own record stands
         self.store.write_version(
-            rec.run_id, "cancel",
+            rec.run_id,
+            "cancel",
             to_patch(
-                state=RunState.CANCELLED, state_source="backend", ended_at=datetime.now(UTC),
+                state=RunState.CANCELLED,
+                state_source="backend",
+                ended_at=datetime.now(UTC),
                 failure=Failure(
-                    cause=FailureCause.CANCELLED, type="Cancelled", message=f"cancelled by request ({how})",
-                    by=_user(), source="backend",
+                    cause=FailureCause.CANCELLED,
+                    type="Cancelled",
+                    message=f"cancelled by request ({how})",
+                    by=_user(),
+                    source="backend",
                 ),
             ),
             role="backend",
@@ -590,10 +688,14 @@ class RayBackend(Backend):
         sch = rec.execution.scheduler if rec.execution else {}
         node_id = sch.get("node_id")
         if not node_id or rec.process is None:
-            raise BackendError(f"run {rec.run_id} has no Ray node or worker process recorded; try again in a moment.")
+            raise BackendError(
+                f"run {rec.run_id} has no Ray node or worker process recorded; try again in a moment."
+            )
         self._connect()
         killer = _remote("kill", _kill_process).options(
-            num_cpus=0, max_retries=0, name=f"runrec-cancel-{rec.run_id}",
+            num_cpus=0,
+            max_retries=0,
+            name=f"runrec-cancel-{rec.run_id}",
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         )
         try:
@@ -640,7 +742,11 @@ class RayBackend(Backend):
                 f"offers {', '.join(sorted(missing))} (it asks for {asked}; the nodes offer {have}). "
                 "It waits until such a node joins the cluster"
             )
-        fits = [n for n in alive if all(float((n.resources_total or {}).get(k, 0.0)) >= v for k, v in need.items())]
+        fits = [
+            n
+            for n in alive
+            if all(float((n.resources_total or {}).get(k, 0.0)) >= v for k, v in need.items())
+        ]
         if not fits:
             return f"Ray task {tid} is pending (PENDING_NODE_ASSIGNMENT) and infeasible: no single node offers all of {asked}"
         return (
@@ -672,6 +778,7 @@ def verdict(
     source: str,
     attempt: int | None = None,
     ended_at: datetime | None = None,
+    traceback: str = "",
 ) -> dict[str, Any] | None:
     """A patch for a run whose Ray task ended (``word``: a task state or an error_type) without
     the job finishing its record; None when Ray says it is not over."""
@@ -679,7 +786,9 @@ def verdict(
         if rec.state == RunState.UNKNOWN:
             return None
         patch = to_patch(state=RunState.UNKNOWN, state_source=source)
-        patch["warnings"] = [f"Ray reports {word!r} for this run's task, which runrec does not know; left as unknown ({_clip(message, 300)})"]
+        patch["warnings"] = [
+            f"Ray reports {word!r} for this run's task, which runrec does not know; left as unknown ({_clip(message, 300)})"
+        ]
         return patch
     mapped = RAY_OUTCOMES[word]
     if mapped is None:
@@ -687,26 +796,35 @@ def verdict(
     state, cause = mapped
     if word == "FINISHED":
         message = f"Ray says the task finished, but the job did not finish its record (a lost store write?). {message}"
-    failure = Failure(cause=cause, type=word, message=message, source=source)
-    patch = to_patch(state=state, state_source=source, failure=failure, ended_at=ended_at or datetime.now(UTC))
+    failure = Failure(cause=cause, type=word, message=message, traceback=traceback, source=source)
+    patch = to_patch(
+        state=state, state_source=source, failure=failure, ended_at=ended_at or datetime.now(UTC)
+    )
     patch["execution"] = {"scheduler": {"ray_outcome": word}}
     if attempt is not None:
         patch["attempt"] = attempt
     return patch
 
 
-def _outcome(ref: Any) -> tuple[str, str]:
-    """(word, message) for a finished ObjectRef this process owns."""
+def _outcome(ref: Any) -> tuple[str, str, str]:
+    """(word, message, traceback) for a finished ObjectRef this process owns."""
     try:
         ray.get(ref, timeout=0)
     except Exception as exc:
         word = error_word(exc)
-        text = str(exc).strip() or type(exc).__name__
-        return word, f"Ray raised {type(exc).__name__} in the submitting process: {_clip(text)}"
-    return "FINISHED", "the Ray task returned"
+        text = _plain(str(exc)) or type(exc).__name__
+        lines = [x for x in text.splitlines() if x.strip()]
+        if word == "TASK_EXECUTION_EXCEPTION" and len(lines) > 1:
+            # the task raised before the job recorded anything: the traceback is Ray's text
+            msg = f"the Ray task raised before the job recorded its end: {lines[-1].strip()}"
+            return word, msg, text
+        return word, f"Ray raised {type(exc).__name__} in the submitting process: {_clip(text)}", ""
+    return "FINISHED", "the Ray task returned", ""
 
 
-def _lost_session_verdict(rec: RunRecord, sch: dict[str, Any], session_now: str) -> dict[str, Any] | None:
+def _lost_session_verdict(
+    rec: RunRecord, sch: dict[str, Any], session_now: str
+) -> dict[str, Any] | None:
     """The task is unknown to the cluster. Only when the cluster was restarted since (another
     session) is that an answer: the task cannot be running there."""
     then = sch.get("session_name")
@@ -721,7 +839,9 @@ def _lost_session_verdict(rec: RunRecord, sch: dict[str, Any], session_now: str)
         ),
         source="inferred",
     )
-    return to_patch(state=RunState.FAILED, state_source="inferred", failure=failure, ended_at=datetime.now(UTC))
+    return to_patch(
+        state=RunState.FAILED, state_source="inferred", failure=failure, ended_at=datetime.now(UTC)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -741,19 +861,35 @@ def _api(name: str, url: str, **kw: Any) -> Any:
         ) from exc
 
 
-def _latest_tasks(url: str, job_id: str, task_ids: list[str], *, detail: bool = True) -> dict[str, Any]:
+def _latest_tasks(
+    url: str, job_id: str, task_ids: list[str], *, detail: bool = True
+) -> dict[str, Any]:
     """The newest attempt of each task: one call per task for a few, one per driver job for many."""
     wanted = set(task_ids)
     rows: list[Any] = []
     if job_id and len(wanted) > 5:
-        rows = _api("list_tasks", url, filters=[("job_id", "=", job_id)], limit=100_000,
-                    detail=detail, raise_on_missing_output=False)
+        rows = _api(
+            "list_tasks",
+            url,
+            filters=[("job_id", "=", job_id)],
+            limit=100_000,
+            detail=detail,
+            raise_on_missing_output=False,
+        )
     found = {t.task_id for t in rows}
     for tid in sorted(wanted - found)[:50]:
-        rows += _api("list_tasks", url, filters=[("task_id", "=", tid)], detail=detail, raise_on_missing_output=False)
+        rows += _api(
+            "list_tasks",
+            url,
+            filters=[("task_id", "=", tid)],
+            detail=detail,
+            raise_on_missing_output=False,
+        )
     latest: dict[str, Any] = {}
     for t in rows:
-        if t.task_id in wanted and (t.task_id not in latest or t.attempt_number > latest[t.task_id].attempt_number):
+        if t.task_id in wanted and (
+            t.task_id not in latest or t.attempt_number > latest[t.task_id].attempt_number
+        ):
             latest[t.task_id] = t
     return latest
 
@@ -761,7 +897,13 @@ def _latest_tasks(url: str, job_id: str, task_ids: list[str], *, detail: bool = 
 def _driver_job(url: str, job_id: str) -> Any:
     """The Ray driver job that owns the tasks (its status and end), or None."""
     try:
-        jobs = _api("list_jobs", url, filters=[("job_id", "=", job_id)], raise_on_missing_output=False)
+        jobs = _api(
+            "list_jobs",
+            url,
+            filters=[("job_id", "=", job_id)],
+            detail=True,
+            raise_on_missing_output=False,
+        )
     except BackendError:
         return None
     return jobs[0] if jobs else None
@@ -790,12 +932,16 @@ def _task_id(ref: Any) -> str | None:
 def _strategy(value: Any) -> Any:
     if isinstance(value, str):
         if value.upper() not in ("DEFAULT", "SPREAD"):
-            raise ConfigError(f"ray_scheduling_strategy={value!r}: use 'DEFAULT', 'SPREAD' or {{'node_id': ID, 'soft': False}}.")
+            raise ConfigError(
+                f"ray_scheduling_strategy={value!r}: use 'DEFAULT', 'SPREAD' or {{'node_id': ID, 'soft': False}}."
+            )
         return value.upper()
     if isinstance(value, dict) and "node_id" in value:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        return NodeAffinitySchedulingStrategy(node_id=str(value["node_id"]), soft=bool(value.get("soft", False)))
+        return NodeAffinitySchedulingStrategy(
+            node_id=str(value["node_id"]), soft=bool(value.get("soft", False))
+        )
     raise ConfigError(
         f"ray_scheduling_strategy={value!r}: use 'DEFAULT', 'SPREAD' or {{'node_id': ID, 'soft': False}} "
         "(plain values, so the record can keep them)."
@@ -803,8 +949,13 @@ def _strategy(value: Any) -> Any:
 
 
 def _resource_dict(value: Any, what: str) -> dict[str, float]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items()):
-        raise ConfigError(f"{what} must map resource names to amounts, e.g. {{'hwclass-a100': 1}}; got {value!r}.")
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+        for k, v in value.items()
+    ):
+        raise ConfigError(
+            f"{what} must map resource names to amounts, e.g. {{'hwclass-a100': 1}}; got {value!r}."
+        )
     return {k: float(v) for k, v in value.items()}
 
 
@@ -821,6 +972,13 @@ def _ms_time(ms: Any) -> datetime | None:
         return datetime.fromtimestamp(int(ms) / 1000, UTC) if ms else None
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _plain(text: str) -> str:
+    """Without the terminal colour codes Ray puts in its error texts."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def _clip(text: str, n: int = 2000) -> str:
@@ -850,7 +1008,9 @@ def _at_exit() -> None:
 
     try:
         refs = dict(_REFS)
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=0, fetch_local=False)
+        ready, _ = ray.wait(
+            list(refs.values()), num_returns=len(refs), timeout=0, fetch_local=False
+        )
     except Exception:
         return
     done = {r.hex() for r in ready}
@@ -876,8 +1036,14 @@ def _at_exit() -> None:
                 source="backend",
             )
             store.write_version(
-                run_id, "end",
-                to_patch(state=RunState.FAILED, state_source="backend", failure=failure, ended_at=datetime.now(UTC)),
+                run_id,
+                "end",
+                to_patch(
+                    state=RunState.FAILED,
+                    state_source="backend",
+                    failure=failure,
+                    ended_at=datetime.now(UTC),
+                ),
                 role="backend",
             )
         except Exception:

@@ -52,11 +52,12 @@ def packages() -> dict[str, str]:
     out: dict[str, str] = {}
     for dist in metadata.distributions():
         try:
-            name = dist.metadata["Name"]
+            md = dist.metadata  # parsed once: .version would read the file again
+            name, version = md["Name"], md["Version"]
         except Exception:
             continue
         if name:
-            out.setdefault(_norm(name), dist.version or "")
+            out.setdefault(_norm(name), version or "")
     return dict(sorted(out.items()))
 
 

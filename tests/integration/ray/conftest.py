@@ -41,9 +41,9 @@ def ray_cluster():
         pytest.skip(f"no Ray cluster: {why}")
     import ray
 
-    from runrec_cluster.backends.ray import RayBackend
+    from runrec_cluster.backends.ray import connect
 
-    RayBackend(None, None, {})._connect()  # type: ignore[arg-type]
+    connect()
     roles = {}
     for n in ray.nodes():
         if not n["Alive"]:
