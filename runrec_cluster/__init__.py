@@ -1,7 +1,7 @@
 """runrec-cluster: record every R&D run while it happens, on local, Slurm and Ray."""
 
 from .api import Executor, RunHandle, load
-from .capture.data import Dataset
+from .capture.data import Artifact, Dataset
 from .errors import (
     AmbiguousRunId,
     BackendError,
@@ -10,6 +10,8 @@ from .errors import (
     DatasetError,
     JobFailed,
     JobTimeout,
+    LineageError,
+    PromotionError,
     RecordNotFound,
     RunrecError,
     StoreError,
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SCHEMA_VERSION",
     "AmbiguousRunId",
+    "Artifact",
     "BackendError",
     "ConfigError",
     "CorruptRecord",
@@ -32,6 +35,8 @@ __all__ = [
     "FailureCause",
     "JobFailed",
     "JobTimeout",
+    "LineageError",
+    "PromotionError",
     "RecordNotFound",
     "Run",
     "RunHandle",

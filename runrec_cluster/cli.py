@@ -154,8 +154,9 @@ _STATE_STYLE = {
 }
 
 
-def _ls_row(rec) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _ls_row(rec, trust=None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     node = rec.node
+    flags = trust.of_run(rec.run_id) if trust is not None else []
     return {
         "run_id": rec.run_id,
         "name": rec.name,
@@ -169,6 +170,8 @@ def _ls_row(rec) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         "duration_s": rec.duration_s,
         "host": node.hostname if node else None,
         "metrics": rec.metrics,
+        "trust": trust.marker(f"run:{rec.run_id}") if flags else None,
+        "retirements": sorted({f.retirement.id for f in flags}),
     }
 
 
@@ -186,10 +189,15 @@ def _ls_row(rec) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     "--limit", type=click.IntRange(min=1), default=None, help="Show at most N runs (newest)."
 )
 @click.option(
+    "--negative",
+    is_flag=True,
+    help="Only negative results (latest verdict negative, or failed without a verdict), with their notes.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="One JSON document (a list of runs) for tools."
 )
-def ls_cmd(store_path, states, name, sweep, limit, as_json):  # type: ignore[no-untyped-def]
-    """List runs, newest last."""
+def ls_cmd(store_path, states, name, sweep, limit, negative, as_json):  # type: ignore[no-untyped-def]
+    """List runs, newest last. Runs built on something retired are marked SUSPECT."""
     from .record import RunState
 
     valid = {s.value for s in RunState}
@@ -201,6 +209,12 @@ def ls_cmd(store_path, states, name, sweep, limit, as_json):  # type: ignore[no-
             )
     store = _open_store(store_path)
     recs = _load_all(store)
+    from .lineage import trust_for
+
+    problems: list[str] = []
+    trust = trust_for(store, recs, problems)  # None (nothing read) when nothing was retired
+    for p in problems:
+        _warn(p)
     if states:
         recs = [r for r in recs if r.state.value in states]
     if name:
@@ -209,15 +223,30 @@ def ls_cmd(store_path, states, name, sweep, limit, as_json):  # type: ignore[no-
         sw = sweep.lower()
         recs = [r for r in recs if r.sweep_id and r.sweep_id.startswith(sw)]
     recs.sort(key=lambda r: (r.created_at or datetime.min.replace(tzinfo=UTC), r.run_id))
+    if negative:
+        from .annotate import negatives
+
+        keep = {n.record.run_id for n in negatives(recs)}
+        recs = [r for r in recs if r.run_id in keep]
     if limit:
         recs = recs[-limit:]
-    if as_json:
-        click.echo(json.dumps([_ls_row(r) for r in recs], indent=1, default=str))
+    if negative:
+        from .cli_lineage import print_negatives
+
+        print_negatives(recs, trust, as_json)
         return
-    _print_table(recs)
+    if as_json:
+        click.echo(json.dumps([_ls_row(r, trust) for r in recs], indent=1, default=str))
+        return
+    _print_table(recs, trust)
 
 
-def _print_table(recs) -> None:  # type: ignore[no-untyped-def]
+def _mark(marker: str) -> str:
+    style = {"RETIRED": "bold red", "SUSPECT": "bold yellow"}.get(marker, "")
+    return f"[{style}]{marker}[/{style}]" if style else ""
+
+
+def _print_table(recs, trust=None) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
 
     short = _short_ids([r.run_id for r in recs])
@@ -226,8 +255,20 @@ def _print_table(recs) -> None:  # type: ignore[no-untyped-def]
         for k in r.metrics:
             if k not in metric_keys and len(metric_keys) < 3:
                 metric_keys.append(k)
+    marks = {r.run_id: trust.marker(f"run:{r.run_id}") for r in recs} if trust else {}
+    trust_col = ["trust"] if any(marks.values()) else []
     t = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("id", "name", "state", "backend", "created", "duration", "host", *metric_keys):
+    for col in (
+        "id",
+        "name",
+        "state",
+        *trust_col,
+        "backend",
+        "created",
+        "duration",
+        "host",
+        *metric_keys,
+    ):
         t.add_column(col, no_wrap=col not in ("name",))
     for r in recs:
         node = r.node
@@ -241,6 +282,7 @@ def _print_table(recs) -> None:  # type: ignore[no-untyped-def]
             short[r.run_id],
             _esc(r.name + (f" [{r.sweep_index}]" if r.sweep_index is not None else "")),
             f"[{style}]{_esc(st)}[/{style}]" if style else _esc(st),
+            *([_mark(marks[r.run_id])] if trust_col else []),
             _esc(backend),
             _fmt_time(r.created_at),
             _fmt_dur(r.duration_s),
@@ -280,15 +322,33 @@ def show_cmd(store_path, run):  # type: ignore[no-untyped-def]
     """Show one run in readable sections (RUN: id or unique prefix)."""
     store = _open_store(store_path)
     rec = _load_one(store, run)
+    from .lineage import trust_for
+    from .promote import list_promotions
     from .show import render
 
-    render(_console(), store, rec)
+    trust = trust_for(store)
+    promoted = [
+        e.promotion
+        for e in list_promotions(store)
+        if e.promotion and e.promotion.run_id == rec.run_id
+    ]
+    render(
+        _console(), store, rec, flags=trust.of_run(rec.run_id) if trust else [], promoted=promoted
+    )
 
 
 @cli.command("export")
 @_store_opt
 @click.argument("run")
-@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["json", "openlineage"]), default="json", show_default=True
+)
+@click.option(
+    "--namespace",
+    default="runrec",
+    show_default=True,
+    help="OpenLineage job namespace (with --format openlineage).",
+)
 @click.option(
     "-o",
     "--output",
@@ -296,13 +356,21 @@ def show_cmd(store_path, run):  # type: ignore[no-untyped-def]
     default=None,
     help="Write to this file instead of stdout.",
 )
-def export_cmd(store_path, run, fmt, output):  # type: ignore[no-untyped-def]
-    """Export one run as a plain JSON document, its blobs (diff, packages) inlined."""
+def export_cmd(store_path, run, fmt, namespace, output):  # type: ignore[no-untyped-def]
+    """Export one run as a plain JSON document, its blobs (diff, packages) inlined; or as
+    OpenLineage RunEvents (START, then COMPLETE / FAIL / ABORT), one JSON document per line."""
     store = _open_store(store_path)
     rec = _load_one(store, run)
-    from .export import export_json
+    if fmt == "openlineage":
+        from .lineage import trust_for
+        from .openlineage import run_events
 
-    text = json.dumps(export_json(store, rec), indent=2, ensure_ascii=False)
+        events = run_events(store, rec, namespace=namespace, trust=trust_for(store))
+        text = "\n".join(json.dumps(e, ensure_ascii=False, sort_keys=True) for e in events)
+    else:
+        from .export import export_json
+
+        text = json.dumps(export_json(store, rec), indent=2, ensure_ascii=False)
     if output:
         with open(output, "w", encoding="utf-8") as f:
             f.write(text + "\n")
@@ -557,6 +625,11 @@ def submit_cmd(
         )
     c = _console()
     c.print(f"submitted run [bold]{h.run_id}[/bold] ({backend})")
+    if backend == "ray" and not wait:
+        # Ray ends a driver's tasks when the driver exits: this process must stay
+        c.print("  (ray: waiting for the run, since Ray stops a run when its submitting process exits;"
+                " for long runs submit from a script run with `ray job submit`)")
+        wait = True
     c.print(f"  runrec show {h.run_id[:12]}    runrec logs {h.run_id[:12]}    runrec ls")
     if wait:
         rec = h.wait()
@@ -624,6 +697,8 @@ def demo_cmd(store_path, runs):  # type: ignore[no-untyped-def]
 
 
 # ---------------------------------------------------------------------------------------------
+
+from . import cli_lineage  # noqa: E402,F401  (registers lineage, annotate, promote, verify, retire...)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,8 @@
     │   └── CorruptRecord       a record or blob file does not decode or match its hash
     ├── BackendError            a scheduler or execution backend refused or failed
     │   └── JobTimeout          wait(timeout=...) ran out before the run ended
+    ├── LineageError            a lineage target, artifact reference or retirement is refused
+    ├── PromotionError          a promotion is refused, or a promoted copy is not intact
     └── JobFailed               the run itself failed; result() raises this
 
 Every message says what failed, with which input, and what to do next.
@@ -56,6 +58,16 @@ class BackendError(RunrecError):
 
 class JobTimeout(BackendError):
     """wait(timeout=...) ran out before the run reached a terminal state."""
+
+
+class LineageError(RunrecError):
+    """A lineage target (run, dataset, artifact, promoted version) that matches nothing or more
+    than one thing, an artifact reference that does not resolve, or a refused retirement."""
+
+
+class PromotionError(RunrecError):
+    """A promotion refused (criteria unmet, artifact changed, run failed or retired, bad name),
+    or a promoted version that is missing or no longer intact."""
 
 
 class JobFailed(RunrecError):

@@ -136,6 +136,10 @@ class InputRef(Base, frozen=True, kw_only=True):
     version: str | None = None  # the user's own label
     manifest_blob: str | None = None  # for a directory: the (relpath, size, digest) list
     added_by: Literal["submit", "job"] = "submit"
+    # kind "artifact": what produced it (rr.Artifact("RUN:name") or rr.Artifact("NAME@vN"))
+    run_id: str | None = None  # the producing run
+    artifact: str | None = None  # the artifact's name in that run
+    promoted: str | None = None  # "NAME@vN" when consumed from a promoted version
 
 
 class ArtifactRef(Base, frozen=True, kw_only=True):
@@ -235,6 +239,17 @@ class Failure(Base, frozen=True, kw_only=True):
     source: str = "job"
 
 
+class Annotation(Base, frozen=True, kw_only=True):
+    """What a person concluded about a run (``runrec annotate``), appended as a new version."""
+
+    id: str  # layout.new_id(): unique
+    verdict: Literal["negative", "positive", "inconclusive"]
+    blocks: Literal["run", "future-work"] | None = None  # what the verdict rules out
+    note: str = ""
+    by: str = ""
+    at: datetime | None = None
+
+
 class ResultRef(Base, frozen=True, kw_only=True):
     blob: str
     format: Literal["msgpack", "pickle"]
@@ -283,6 +298,7 @@ class RunRecord(Base, frozen=True, kw_only=True):
     artifacts: list[ArtifactRef] = []
     result: ResultRef | None = None
     warnings: list[str] = []
+    annotations: list[Annotation] = []
 
     @property
     def node(self) -> NodeInfo | None:
@@ -329,6 +345,7 @@ _LIST_KEYS: dict[str, tuple[str, ...]] = {
     "artifacts": ("name",),
     "nodes": ("rank", "hostname", "scheduler_node"),
     "warnings": (),
+    "annotations": (),  # append-only: a verdict is never rewritten, a later one is added
 }
 _STATE_FIELDS = frozenset({"state", "state_source", "failure", "ended_at", "exit_code"})
 _STATE_RANK = {"submitted": 0, "unknown": 0, "running": 1}

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .capture import config as cfg
-from .capture.data import Dataset, DatasetCache, hash_path
+from .capture.data import Artifact, Dataset, DatasetCache, hash_path
 from .errors import ConfigError, DatasetError
 from .record import ArtifactRef, InputRef, to_patch
 from .store import Store, codec, fs, layout
@@ -71,21 +71,26 @@ class Run:
         self.store.write_version(self.run_id, "artifact", to_patch(artifacts=[ref]), role="job")
         return ref
 
-    def use_input(self, dataset: Dataset) -> InputRef:
-        """Record an input discovered inside the job."""
+    def use_input(self, dataset: Dataset | Artifact | str | os.PathLike[str]) -> InputRef:
+        """Record an input discovered inside the job: a dataset (hashed now), or another run's
+        artifact, ``rr.Artifact("RUN:name")`` (its recorded hash; ``.path`` is where it is)."""
         ref = hash_input(self.store, dataset, added_by="job")
         self.store.write_version(self.run_id, "input", to_patch(inputs=[ref]), role="job")
         return ref
 
 
 def hash_input(store: Store, dataset: Any, *, added_by: str = "submit", progress=None) -> InputRef:  # type: ignore[no-untyped-def]
-    """Hash a dataset using (and refreshing) the store's hash cache."""
+    """Hash a dataset using (and refreshing) the store's hash cache; resolve an artifact."""
+    if isinstance(dataset, Artifact):
+        from .lineage import resolve_artifact_input
+
+        return resolve_artifact_input(store, dataset.ref, added_by=added_by, progress=progress)
     if not isinstance(dataset, Dataset):
         if isinstance(dataset, (str, os.PathLike)):
             dataset = Dataset(dataset)
         else:
             raise ConfigError(
-                f"inputs must be rr.Dataset(...) or paths, got {type(dataset).__name__}: {dataset!r}."
+                f"inputs must be rr.Dataset(...), rr.Artifact('RUN:name') or paths, got {type(dataset).__name__}: {dataset!r}."
             )
     import hashlib
 

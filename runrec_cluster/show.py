@@ -16,12 +16,40 @@ def _kv(c: Any, key: str, value: Any) -> None:
     c.print(f"  [bold]{escape(key)}[/bold]: {escape(str(value))}")
 
 
-def render(c: Any, store: Store, rec: RunRecord) -> None:
+def render(
+    c: Any,
+    store: Store,
+    rec: RunRecord,
+    flags: list[Any] | None = None,
+    promoted: list[Any] | None = None,
+) -> None:
+    """``flags``: the run's trust flags (``lineage.Trust``); ``promoted``: its promotions."""
+
     def section(title: str) -> None:
         c.print(f"\n[bold underline]{title}[/bold underline]")
 
     state = rec.state.value + (f" ({rec.failure.cause.value})" if rec.failure else "")
-    c.print(f"[bold]run {rec.run_id}[/bold]  {escape(rec.name)}  [bold]{escape(state)}[/bold]")
+    marker = ""
+    if flags:
+        marker = "RETIRED" if any(f.kind == "retired" for f in flags) else "SUSPECT"
+        marker = f"  [bold red]{marker}[/bold red]"
+    c.print(
+        f"[bold]run {rec.run_id}[/bold]  {escape(rec.name)}  [bold]{escape(state)}[/bold]{marker}"
+    )
+    if flags:
+        section("Trust")
+        for f in flags:
+            r = f.retirement
+            what = (
+                "this run was retired"
+                if f.kind == "retired"
+                else f"SUSPECT: upstream {f.via_label or r.target} was {r.state}"
+            )
+            c.print(f"  [bold red]{escape(what)}[/bold red]")
+            _kv(c, "reason", r.reason)
+            _kv(c, "retirement", f"{r.id} (by {r.by}, {r.at.isoformat()})")
+            _kv(c, "superseded by", r.superseded_by)
+        c.print(f"  see `runrec lineage {rec.run_id[:12]} --up` and `runrec retirements`")
     section("Identity")
     _kv(c, "sweep", f"{rec.sweep_id} [{rec.sweep_index}]" if rec.sweep_id else None)
     _kv(c, "user", rec.user)
@@ -69,6 +97,9 @@ def render(c: Any, store: Store, rec: RunRecord) -> None:
         c.print("  (none)")
     for i in rec.inputs:
         extra = f", version {i.version}" if i.version else ""
+        if i.kind == "artifact":
+            src = i.promoted or f"{i.run_id}:{i.artifact}"
+            extra += f", artifact {src}"
         c.print(
             f"  {escape(i.path)}  {i.digest}  ({i.size} bytes, {i.file_count} files{escape(extra)}, added at {i.added_by})"
         )
@@ -163,6 +194,14 @@ def render(c: Any, store: Store, rec: RunRecord) -> None:
             c.print(
                 f"  [bold]{escape(a.name)}[/bold]: {escape(a.path)}  {a.digest}  ({a.size} bytes)"
             )
+    if promoted:
+        section("Promoted")
+        for p in promoted:
+            _kv(
+                c,
+                p.ref,
+                f"artifact {p.artifact}, approved by {p.approved_by}, {p.promoted_at.isoformat()}",
+            )
     if rec.result is not None:
         section("Result")
         _kv(c, "value", f"{rec.result.summary} ({rec.result.type}, {rec.result.format})")
@@ -179,6 +218,15 @@ def render(c: Any, store: Store, rec: RunRecord) -> None:
         if f.traceback:
             c.print("  [bold]traceback[/bold]:")
             c.print(escape(f.traceback.rstrip()), highlight=False)
+    if rec.annotations:
+        section("Annotations")
+        for a in rec.annotations:  # in the order they were written
+            blocks = f", blocks {a.blocks}" if a.blocks else ""
+            when = a.at.isoformat() if a.at else "?"
+            c.print(
+                f"  [bold]{escape(a.verdict)}[/bold]{escape(blocks)} by {escape(a.by)} at {when}"
+            )
+            c.print(f"    {escape(a.note)}")
     if rec.warnings:
         section("Warnings")
         for w in rec.warnings:

@@ -39,6 +39,29 @@ class Dataset:
         return f"Dataset({self.path!r}{', version=' + repr(self.version) if self.version else ''})"
 
 
+class Artifact:
+    """An artifact recorded by another run, used as an input: ``Artifact("RUN:name")`` (RUN: a
+    run id or unique prefix, name: the artifact's name in that run), or a promoted version
+    ``Artifact("NAME@v3")`` / ``Artifact("NAME@latest")``.
+
+    It is resolved when the run is submitted (or when ``run.use_input`` is called in a job) to
+    the producing run's recorded content hash, and refused if the run, the artifact or the
+    promoted version does not exist, or if the file no longer holds what the run recorded. The
+    run's record then links back to the producing run (``runrec lineage``).
+    """
+
+    kind = "artifact"
+
+    def __init__(self, ref: str) -> None:
+        from ..lineage import parse_artifact_ref  # validates the shape now, resolves later
+
+        parse_artifact_ref(ref)
+        self.ref = ref.strip()
+
+    def __repr__(self) -> str:
+        return f"Artifact({self.ref!r})"
+
+
 class CacheEntry(msgspec.Struct, array_like=True):
     size: int
     mtime_ns: int
@@ -65,6 +88,13 @@ class HashResult:
 def hash_file(path: str, progress: Callable[[int], None] | None = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= CHUNK:  # small files: one read, no big buffer to allocate
+            data = f.read()
+            h.update(data)
+            if progress:
+                progress(len(data))
+            return "sha256:" + h.hexdigest()
         buf = bytearray(CHUNK * 4)
         view = memoryview(buf)
         while n := f.readinto(buf):

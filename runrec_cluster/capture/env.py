@@ -50,7 +50,7 @@ ENV_NAMES = frozenset(
 def packages() -> dict[str, str]:
     """Every installed distribution visible to this interpreter: {name: version}."""
     out: dict[str, str] = {}
-    for dist in metadata.distributions():
+    for dist in metadata.distributions(path=_search_path()):
         try:
             md = dist.metadata  # parsed once: .version would read the file again
             name, version = md["Name"], md["Version"]
@@ -59,6 +59,27 @@ def packages() -> dict[str, str]:
         if name:
             out.setdefault(_norm(name), version or "")
     return dict(sorted(out.items()))
+
+
+def _search_path() -> list[str]:
+    """``sys.path`` without directories vendored inside an installed package (Ray puts its
+    ``site-packages/ray/thirdparty_files`` on ``sys.path`` when imported): their contents are
+    part of that package, not installed distributions, and would show up as drift between a
+    process that imported ray and one that did not."""
+    import site
+
+    roots = [os.path.abspath(p) for p in site.getsitepackages()]
+    try:
+        roots.append(os.path.abspath(site.getusersitepackages()))
+    except Exception:
+        pass
+    out = []
+    for p in sys.path:
+        ap = os.path.abspath(p or ".")
+        if any(ap.startswith(r + os.sep) for r in roots):
+            continue
+        out.append(p)
+    return out
 
 
 def _norm(name: str) -> str:

@@ -215,3 +215,14 @@ def test_runtime_libs_from_mapped_libraries(tmp_path):
     r = runtime_libs(str(maps))
     assert (r.cuda_runtime, r.cudnn, r.nccl) == ("12.4.127", "9.1.0", "2.21.5")
     assert len(r.loaded_libraries) == 3
+
+
+def test_vendored_paths_are_not_installed_packages(tmp_path, monkeypatch):
+    import site
+    import sys
+
+    sp = site.getsitepackages()[0]
+    vendored = os.path.join(sp, "somepkg", "thirdparty_files")
+    before = packages()
+    monkeypatch.setattr(sys, "path", [*sys.path, vendored])
+    assert packages() == before

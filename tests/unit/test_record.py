@@ -173,3 +173,19 @@ def test_corrupt_bytes_raise_our_error():
         codec.decode(b"not zstd at all", RecordVersion, "x")
     with pytest.raises(CorruptRecord):
         codec.decode(codec.encode({"nope": 1}), RecordVersion, "x")
+
+
+def test_annotations_append_in_history_order_and_old_readers_skip_them():
+    a1 = {"id": "01m8c98spkjwx5becw52s14k17", "verdict": "negative", "note": "diverges"}
+    a2 = {"id": "01m8c98spkjwx5becw52s14k10", "verdict": "inconclusive", "note": "3 seeds: mixed"}
+    rec = fold(
+        [
+            v(1, {"run_id": "01m8c98spkjwx5becw52s14k16", "state": "failed"}),
+            v(2, {"annotations": [a1]}),
+            v(3, {"annotations": [a2]}),
+        ]
+    )
+    assert [a.verdict for a in rec.annotations] == ["negative", "inconclusive"]  # not by id
+    assert rec.state == RunState.FAILED
+    old = msgspec.msgpack.decode(codec.encode_raw(rec), type=dict)
+    assert "annotations" in old  # a v1 reader decodes RunRecord and skips the unknown field

@@ -164,6 +164,7 @@ def test_public_api_is_curated():
         [
             "SCHEMA_VERSION",
             "AmbiguousRunId",
+            "Artifact",
             "BackendError",
             "ConfigError",
             "CorruptRecord",
@@ -173,6 +174,8 @@ def test_public_api_is_curated():
             "FailureCause",
             "JobFailed",
             "JobTimeout",
+            "LineageError",
+            "PromotionError",
             "RecordNotFound",
             "Run",
             "RunHandle",
