@@ -13,10 +13,13 @@ from .errors import (
     LineageError,
     PromotionError,
     RecordNotFound,
+    RerunError,
     RunrecError,
     StoreError,
 )
+from .query import query
 from .record import SCHEMA_VERSION, FailureCause, RunRecord, RunState
+from .rerun import rerun
 from .run import Run, current_run
 from .store import Store
 
@@ -38,6 +41,7 @@ __all__ = [
     "LineageError",
     "PromotionError",
     "RecordNotFound",
+    "RerunError",
     "Run",
     "RunHandle",
     "RunRecord",
@@ -48,4 +52,6 @@ __all__ = [
     "__version__",
     "current_run",
     "load",
+    "query",
+    "rerun",
 ]

@@ -84,7 +84,7 @@ class Executor:
         mem_gb: float | None = None,
         gpus: int | None = None,
         nodes: int | None = None,
-        hardware: str | None = None,
+        hardware: str | Any | None = None,
         cwd: str | os.PathLike[str] | None = None,
         hash_progress: Callable[[int, int], None] | None = None,
         **options: Any,
@@ -125,12 +125,16 @@ class Executor:
                 f"unknown option(s) {', '.join(sorted(bad))} for backend {backend!r}; "
                 f"its options start with {cls.option_prefix!r} ({known})."
             )
-        self.hardware_name = hardware
         hw = None
-        if hardware is not None:
-            from .hardware import load_hardware_class
+        if hardware is not None:  # a class name, or a HardwareClass already loaded (rerun)
+            from .hardware import HardwareClass, load_hardware_class
 
-            hw = load_hardware_class(hardware, self.cwd)
+            hw = (
+                hardware
+                if isinstance(hardware, HardwareClass)
+                else load_hardware_class(hardware, self.cwd)
+            )
+        self.hardware_name = hw.name if hw is not None else None
         self.options = dict(options)
         self.backend = cls(self.store, self.resources, self.options, hw)
 
@@ -264,7 +268,9 @@ class Executor:
             )
         return self._launch(specs)
 
-    def _write_launch(self, run_id, ctx, ep, config, tags, name, sweep_id, sweep_index) -> None:  # type: ignore[no-untyped-def]
+    def _write_launch(
+        self, run_id, ctx, ep, config, tags, name, sweep_id, sweep_index, extra=None
+    ) -> None:  # type: ignore[no-untyped-def]
         clean_tags = {}
         for k, v in (tags or {}).items():
             if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)):
@@ -296,6 +302,7 @@ class Executor:
             execution=execution,
             submitted_at=now,
         )
+        patch.update(extra or {})  # a rerun's rerun_of / rerun_root / rerun
         patch["state"] = RunState.SUBMITTED.value
         patch["state_source"] = "submitter"
         patch["attempt"] = 1

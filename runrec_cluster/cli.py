@@ -125,6 +125,8 @@ def _fmt_time(dt: datetime | None) -> str:
 def _fmt_dur(s: float | None) -> str:
     if s is None:
         return "-"
+    if s < 1:
+        return f"{s * 1000:.0f}ms"
     if s < 60:
         return f"{s:.1f}s"
     if s < 3600:
@@ -172,6 +174,7 @@ def _ls_row(rec, trust=None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         "metrics": rec.metrics,
         "trust": trust.marker(f"run:{rec.run_id}") if flags else None,
         "retirements": sorted({f.retirement.id for f in flags}),
+        "rerun_of": rec.rerun_of,
     }
 
 
@@ -196,7 +199,10 @@ def _ls_row(rec, trust=None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON document (a list of runs) for tools."
 )
-def ls_cmd(store_path, states, name, sweep, limit, negative, as_json):  # type: ignore[no-untyped-def]
+@click.option("--where", default=None, metavar="EXPR", help='Only runs matching EXPR, e.g. \'config.lr > 0.01 and state == "failed"\' (docs/query.md).')
+@click.option("--columns", default=None, metavar="A,B,...", help="Show these columns of the flat run view (docs/query.md).")
+@click.option("--sort", default=None, metavar="COLUMN", help="Sort by COLUMN (COLUMN:desc or -COLUMN: highest first; missing values last).")
+def ls_cmd(store_path, states, name, sweep, limit, negative, as_json, where=None, columns=None, sort=None):  # type: ignore[no-untyped-def]
     """List runs, newest last. Runs built on something retired are marked SUSPECT."""
     from .record import RunState
 
@@ -223,13 +229,27 @@ def ls_cmd(store_path, states, name, sweep, limit, negative, as_json):  # type: 
         sw = sweep.lower()
         recs = [r for r in recs if r.sweep_id and r.sweep_id.startswith(sw)]
     recs.sort(key=lambda r: (r.created_at or datetime.min.replace(tzinfo=UTC), r.run_id))
+    from .rerun import order_with_reruns
+
+    ordered = order_with_reruns(recs)  # a rerun right after its original
+    recs = [r for r, _ in ordered]
+    depth = {r.run_id: d for r, d in ordered}
     if negative:
         from .annotate import negatives
 
         keep = {n.record.run_id for n in negatives(recs)}
         recs = [r for r in recs if r.run_id in keep]
+    from .cli_query import ls_select, print_rows
+
+    recs, rows, cols = ls_select(store, recs, trust, where, columns, sort)
     if limit:
-        recs = recs[-limit:]
+        recs, rows = recs[-limit:], (rows[-limit:] if rows is not None else None)
+    if cols and not negative:
+        if as_json:
+            click.echo(json.dumps([{c: r.get(c) for c in cols} for r in rows], indent=1, default=str))
+        else:
+            print_rows(rows, cols)
+        return
     if negative:
         from .cli_lineage import print_negatives
 
@@ -238,7 +258,15 @@ def ls_cmd(store_path, states, name, sweep, limit, negative, as_json):  # type: 
     if as_json:
         click.echo(json.dumps([_ls_row(r, trust) for r in recs], indent=1, default=str))
         return
-    _print_table(recs, trust)
+    _print_table(recs, trust, depth)
+
+
+def _rerun_mark(rec, depth: int) -> str:  # type: ignore[no-untyped-def]
+    """``↳ `` (indented by depth) before a rerun listed under its original; ``rerun `` before
+    one whose original is not listed."""
+    if depth:
+        return "  " * (depth - 1) + "↳ "
+    return "rerun " if rec.rerun_of else ""
 
 
 def _mark(marker: str) -> str:
@@ -246,7 +274,7 @@ def _mark(marker: str) -> str:
     return f"[{style}]{marker}[/{style}]" if style else ""
 
 
-def _print_table(recs, trust=None) -> None:  # type: ignore[no-untyped-def]
+def _print_table(recs, trust=None, depth=None) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
 
     short = _short_ids([r.run_id for r in recs])
@@ -280,7 +308,11 @@ def _print_table(recs, trust=None) -> None:  # type: ignore[no-untyped-def]
         style = _STATE_STYLE.get(r.state.value, "")
         t.add_row(
             short[r.run_id],
-            _esc(r.name + (f" [{r.sweep_index}]" if r.sweep_index is not None else "")),
+            _esc(
+                _rerun_mark(r, (depth or {}).get(r.run_id, 0))
+                + r.name
+                + (f" [{r.sweep_index}]" if r.sweep_index is not None else "")
+            ),
             f"[{style}]{_esc(st)}[/{style}]" if style else _esc(st),
             *([_mark(marks[r.run_id])] if trust_col else []),
             _esc(backend),
@@ -699,6 +731,12 @@ def demo_cmd(store_path, runs):  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------------------------------------
 
 from . import cli_lineage  # noqa: E402,F401  (registers lineage, annotate, promote, verify, retire...)
+
+# isort: split
+from . import cli_query  # noqa: E402,F401  (registers table, compare, index, report)
+
+# isort: split
+from . import cli_rerun  # noqa: E402,F401  (registers rerun, diff)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@
     │   └── JobTimeout          wait(timeout=...) ran out before the run ended
     ├── LineageError            a lineage target, artifact reference or retirement is refused
     ├── PromotionError          a promotion is refused, or a promoted copy is not intact
+    ├── RerunError              a rerun is refused: code not materializable, input changed, bad override
     └── JobFailed               the run itself failed; result() raises this
 
 Every message says what failed, with which input, and what to do next.
@@ -68,6 +69,11 @@ class LineageError(RunrecError):
 class PromotionError(RunrecError):
     """A promotion refused (criteria unmet, artifact changed, run failed or retired, bad name),
     or a promoted version that is missing or no longer intact."""
+
+
+class RerunError(RunrecError):
+    """A rerun refused: the recorded code cannot be materialized (commit unreachable, patch does
+    not apply), a recorded input changed, or an override names an unknown key or a bad value."""
 
 
 class JobFailed(RunrecError):

@@ -164,7 +164,7 @@ def execute(
         )
         patch["attempt"] = attempt or rec.attempt
     store.write_version(run_id, "start" if rank == 0 else "node", patch, role="job")
-    run = Run(store, run_id, rank=rank)
+    run = Run(store, run_id, rank=rank, pinned=rec.rerun.pinned if rec.rerun else {})
     _set_current(run)
     os.environ["RUNREC_STORE"] = store.root
     os.environ["RUNREC_RUN_ID"] = run_id

@@ -250,6 +250,31 @@ class Annotation(Base, frozen=True, kw_only=True):
     at: datetime | None = None
 
 
+class Difference(Base, frozen=True, kw_only=True):
+    """One difference a rerun declared on purpose (``runrec diff`` labels it *intended*).
+
+    ``what`` uses the keys ``runrec diff`` prints: ``hardware``, ``backend``, ``config.<key>``,
+    ``options.<key>``, ``inputs.<path>``, ``entrypoint.argv``, ``entrypoint.cwd``.
+    """
+
+    what: str
+    before: Any = None
+    after: Any = None
+    note: str = ""
+
+
+class RerunInfo(Base, frozen=True, kw_only=True):
+    """How a rerun was made (``runrec rerun``); the original is ``RunRecord.rerun_of``."""
+
+    reason: str = ""
+    intended: list[Difference] = []
+    pinned: dict[str, Any] = {}  # generated config values given back by run.log_config
+    code_from: Literal["checkout", "worktree", "directory", "unpinned"] = "checkout"
+    code_dir: str | None = None  # where the code was materialized (worktree / directory)
+    function_from: Literal["name", "pickle"] | None = None  # function runs: how fn was loaded
+    by: str = ""
+
+
 class ResultRef(Base, frozen=True, kw_only=True):
     blob: str
     format: Literal["msgpack", "pickle"]
@@ -299,6 +324,9 @@ class RunRecord(Base, frozen=True, kw_only=True):
     result: ResultRef | None = None
     warnings: list[str] = []
     annotations: list[Annotation] = []
+    rerun_of: str | None = None  # the run this one reran (runrec rerun)
+    rerun_root: str | None = None  # the first run of a chain of reruns
+    rerun: RerunInfo | None = None
 
     @property
     def node(self) -> NodeInfo | None:

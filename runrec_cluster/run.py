@@ -20,10 +20,19 @@ class Run:
     """The run this process is executing. Every call appends a version to its record, at once:
     a crash a second later loses nothing that was logged."""
 
-    def __init__(self, store: Store, run_id: str, *, rank: int = 0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        *,
+        rank: int = 0,
+        pinned: Mapping[str, Any] | None = None,
+    ) -> None:
         self.store = store
         self.run_id = run_id
         self.rank = rank
+        # a rerun's generated config values, given back by log_config (None: read when needed)
+        self._pinned = dict(pinned) if pinned is not None else None
 
     def __repr__(self) -> str:
         return f"Run({self.run_id!r}, store={self.store.root!r})"
@@ -32,11 +41,41 @@ class Run:
     def record(self):  # type: ignore[no-untyped-def]
         return self.store.load(self.run_id)
 
-    def log_config(self, values: Mapping[str, Any]) -> None:
+    def log_config(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Values generated in the job (a drawn seed, a derived size) join the effective config,
-        marked ``generated``."""
-        entries = cfg.entries(values, "generated")
-        self.store.write_version(self.run_id, "config", to_patch(config=entries), role="job")
+        marked ``generated``. Returns the values to use: in a rerun (``runrec rerun``) a key the
+        original run generated comes back *pinned* to the original's value (or to a ``--set``
+        override), and that is what is recorded; so write ``seed = run.log_config({"seed":
+        seed})["seed"]`` and a rerun repeats the original draw. A rerun whose code offered a
+        different value records a warning saying so."""
+        pinned = self.pinned()
+        out = dict(values)
+        notes = []
+        for k in out:
+            if isinstance(k, str) and k in pinned:
+                mine = cfg.plain(k, out[k])
+                if mine != pinned[k]:
+                    notes.append(
+                        f"log_config: this rerun generated {k}={mine!r}; the recorded "
+                        f"{k}={pinned[k]!r} was returned and recorded (pinned)"
+                    )
+                out[k] = pinned[k]
+        entries = cfg.entries(out, "generated")
+        patch = to_patch(config=entries)
+        if notes:
+            patch["warnings"] = notes
+        self.store.write_version(self.run_id, "config", patch, role="job")
+        return out
+
+    def pinned(self) -> dict[str, Any]:
+        """In a rerun, the generated config values ``log_config`` gives back; else ``{}``."""
+        if self._pinned is None:
+            try:
+                rec = self.store.load(self.run_id)
+                self._pinned = dict(rec.rerun.pinned) if rec.rerun is not None else {}
+            except Exception:  # a record we cannot read pins nothing
+                self._pinned = {}
+        return dict(self._pinned)
 
     def log_metrics(self, values: Mapping[str, Any]) -> None:
         """Summary metrics; a later value of the same key replaces the earlier one."""

@@ -56,6 +56,20 @@ def render(
     _kv(c, "submit host", rec.submit_host)
     _kv(c, "tags", ", ".join(f"{k}={v}" for k, v in rec.tags.items()))
     _kv(c, "created", rec.created_at.isoformat() if rec.created_at else None)
+    if rec.rerun_of:
+        section("Rerun")
+        _kv(c, "rerun of", rec.rerun_of)
+        _kv(c, "chain root", rec.rerun_root if rec.rerun_root != rec.rerun_of else None)
+        rr_info = rec.rerun
+        if rr_info is not None:
+            _kv(c, "reason", rr_info.reason)
+            where = f" ({rr_info.code_dir})" if rr_info.code_dir else ""
+            _kv(c, "code from", rr_info.code_from + where)
+            _kv(c, "function from", rr_info.function_from)
+            for d in rr_info.intended:
+                _kv(c, "intended", f"{d.what}: {d.before!r} -> {d.after!r}")
+            _kv(c, "pinned", ", ".join(f"{k}={v!r}" for k, v in rr_info.pinned.items()))
+        c.print(f"  compare: runrec diff {rec.rerun_of[:12]} {rec.run_id[:12]}")
 
     section("Code")
     code = rec.code

@@ -177,6 +177,7 @@ def test_public_api_is_curated():
             "LineageError",
             "PromotionError",
             "RecordNotFound",
+            "RerunError",
             "Run",
             "RunHandle",
             "RunRecord",
@@ -187,5 +188,7 @@ def test_public_api_is_curated():
             "__version__",
             "current_run",
             "load",
+            "query",
+            "rerun",
         ]
     )

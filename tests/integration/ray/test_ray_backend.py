@@ -82,11 +82,20 @@ _DRIVER = textwrap.dedent(
 # a Ray Client connection (ray://) needs a process of its own: this one is connected already
 _CLIENT = textwrap.dedent(
     """
-    import sys
+    import sys, time
     import runrec_cluster as rr
     ex = rr.Executor(backend="ray", store=sys.argv[1], cwd=sys.argv[2], ray_address="ray://127.0.0.1:10001",
                      ray_resources={"runrec-general": 1})
-    h = ex.submit(divmod, 7, 2)
+    # Ray starts a client server per connection; on a loaded 2-core machine that start can
+    # time out ("Starting Ray client server failed"): that is Ray's, so try the connection again
+    for attempt in range(3):
+        try:
+            h = ex.submit(divmod, 7, 2)
+            break
+        except rr.BackendError as exc:
+            if "client server" not in str(exc) or attempt == 2:
+                raise
+            time.sleep(5)
     print(h.run_id, h.result(timeout=120), flush=True)
     """
 )

@@ -1,0 +1,371 @@
+"""Cross-run analysis benchmarks (issue #7): writing runs, querying them, record size.
+
+1. ``write``: N runs (50 config values, 20 metrics, 10 tags each) written with
+   ``Store.write_version`` (a launch version with config and tags, an end version with the
+   metrics), fsync off and on, against MLflow's sqlite store (``create_run`` + ``log_batch`` +
+   ``set_terminated``, the batch path) with the same values. Runs per second.
+2. ``query``: ``rr.query(store, 'config.lr == 0.01 and metrics.acc > 0.5')`` on the N runs of
+   part 1 and on a store of BIG runs: cold (no index: the index build is included), warm (index
+   up to date; one stat per run directory to find new records), and warm without the stat
+   (``refresh=False``); against MLflow ``search_runs`` with the same filter on its ``--mlflow-n`` runs.
+3. ``size``: bytes of version files per run in a real sweep (``map_array`` on the local
+   backend), blobs excluded (shared: patch, package lists; per run: pickled call, result).
+
+Every figure is the median of ``--reps`` repetitions (cold queries of the BIG store: fewer,
+see the output). Prints Markdown tables and writes ``query.json`` to ``--out``.
+
+    python bench/bench_query.py [--only write,query,size] [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_foundation import clock, loadavg, machine, make_repo, med, ratio, table  # noqa: E402
+
+FILTER = "config.lr == 0.01 and metrics.acc > 0.5"
+MLFLOW_FILTER = "params.lr = '0.01' and metrics.acc > 0.5"
+
+
+def run_values(k: int) -> tuple[dict[str, Any], dict[str, float], dict[str, str]]:
+    """50 config values (lr among them), 20 metrics (acc among them), 10 tags."""
+    config: dict[str, Any] = {"lr": (0.01, 0.1, 0.001)[k % 3], "seed": k}
+    for i in range(48):
+        config[f"param_{i:02d}"] = (i * 10, 0.001 * (i + 1), f"value-{i}", bool(i % 2))[i % 4]
+    metrics = {"acc": (k % 100) / 100.0}
+    for i in range(19):
+        metrics[f"metric_{i:02d}"] = 1.0 / (i + k + 1)
+    tags = {f"tag_{i}": f"t{(k + i) % 7}" for i in range(10)}
+    return config, metrics, tags
+
+
+def write_ours(store: Any, n: int, start: int = 0) -> None:
+    from runrec_cluster.capture import config as cfg
+    from runrec_cluster.record import to_patch
+    from runrec_cluster.store import layout
+
+    for k in range(start, start + n):
+        config, metrics, tags = run_values(k)
+        rid = layout.new_id()
+        now = datetime.now(UTC)
+        launch = to_patch(
+            run_id=rid,
+            name="bench",
+            created_at=now,
+            submitted_at=now,
+            config=cfg.entries(config, "given"),
+            tags=tags,
+        )
+        launch.update(state="submitted", state_source="submitter", attempt=1)
+        store.write_version(rid, "launch", launch)
+        end = to_patch(state="succeeded", state_source="job", ended_at=now)
+        end["metrics"] = metrics
+        store.write_version(rid, "end", end, role="job")
+
+
+def mlflow_client(path: str) -> tuple[Any, str]:
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=f"sqlite:///{path}")
+    return c, c.create_experiment("bench")
+
+
+def write_mlflow(client: Any, exp: str, n: int) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    for k in range(n):
+        config, metrics, tags = run_values(k)
+        r = client.create_run(exp)
+        ts = int(time.time() * 1000)
+        client.log_batch(
+            r.info.run_id,
+            metrics=[Metric(key, v, ts, 0) for key, v in metrics.items()],
+            params=[Param(key, str(v)) for key, v in config.items()],
+            tags=[RunTag(key, v) for key, v in tags.items()],
+        )
+        client.set_terminated(r.info.run_id)
+
+
+def bench_write_query(
+    tmp: str, n: int, mlflow_n: int, big: int, reps: int, big_cold_reps: int
+) -> dict[str, Any]:
+    import runrec_cluster as rr
+    from runrec_cluster.index import Index
+
+    out: dict[str, Any] = {"n": n, "mlflow_n": mlflow_n, "big": big, "samples": {}}
+    s = out["samples"]
+    stores = {
+        "default": rr.Store(os.path.join(tmp, "ours")),
+        "fsync": rr.Store(os.path.join(tmp, "ours-fsync"), fsync=True),
+    }
+    for st in stores.values():
+        st.ensure_writable()
+    # -- write: one batch per repetition into each store in turn, rotating the order
+    per = max(1, n // reps)
+    mper = max(1, mlflow_n // reps)
+    client, exp = mlflow_client(os.path.join(tmp, "mlflow.db"))
+    written = 0
+    for rep in range(reps):
+        order = ["default", "fsync", "mlflow"]
+        order = order[rep % 3 :] + order[: rep % 3]
+        for who in order:
+            if who == "mlflow":
+                dt = clock(lambda: write_mlflow(client, exp, mper))
+                s.setdefault("write_mlflow_runs_per_s", []).append(mper / dt)
+            else:
+                dt = clock(lambda who=who, w=written: write_ours(stores[who], per, w))
+                s.setdefault(f"write_{who}_runs_per_s", []).append(per / dt)
+        written += per
+    # -- query the N runs: ours cold / warm, MLflow search_runs
+    store = stores["default"]
+    idx = Index(store)
+    expect = len(rr.query(store, FILTER))
+    for _rep in range(reps):
+        os.unlink(idx.path)
+        s.setdefault("query_n_cold_s", []).append(clock(lambda: rr.query(store, FILTER)))
+    time.sleep(2.1)  # past SLACK_NS: the last-written runs settle after one more read
+    idx.update()
+    idx.update()
+    for _rep in range(reps):
+        s.setdefault("query_n_warm_s", []).append(clock(lambda: rr.query(store, FILTER)))
+        s.setdefault("query_n_warm_norefresh_s", []).append(
+            clock(lambda: rr.query(store, FILTER, refresh=False))
+        )
+        got = []
+        s.setdefault("query_mlflow_s", []).append(
+            clock(
+                lambda got=got: got.append(
+                    client.search_runs([exp], MLFLOW_FILTER, max_results=50000)
+                )
+            )
+        )
+    out["matches"] = {
+        "ours": expect,
+        "ours_runs": sum(1 for _ in store.run_ids()),
+        "mlflow": len(got[-1]),
+    }
+    # -- query a BIG store (ours only)
+    bs = rr.Store(os.path.join(tmp, "big"))
+    bs.ensure_writable()
+    out["big_write_s"] = clock(lambda: write_ours(bs, big))
+    bidx = Index(bs)
+    for _rep in range(big_cold_reps):
+        if os.path.exists(bidx.path):
+            os.unlink(bidx.path)
+        s.setdefault("query_big_cold_s", []).append(clock(lambda: rr.query(bs, FILTER)))
+    time.sleep(2.1)
+    bidx.update()
+    bidx.update()
+    out["big_matches"] = len(rr.query(bs, FILTER))
+    for _rep in range(reps):
+        s.setdefault("query_big_warm_s", []).append(clock(lambda: rr.query(bs, FILTER)))
+        s.setdefault("query_big_warm_norefresh_s", []).append(
+            clock(lambda: rr.query(bs, FILTER, refresh=False))
+        )
+        s.setdefault("index_big_update_noop_s", []).append(clock(bidx.update))
+    out["index_bytes"] = {"n": os.path.getsize(idx.path), "big": os.path.getsize(bidx.path)}
+    out["medians"] = {k: med(v) for k, v in s.items()}
+    return out
+
+
+def report_write_query(r: dict[str, Any]) -> str:
+    m = r["medians"]
+    lines = [
+        f"### Write: runs per second (50 config values, 20 metrics, 10 tags; ours {r['n']:,} runs, MLflow {r['mlflow_n']:,})",
+        "",
+        table(
+            ["store", "runs/s", "ours / MLflow sqlite"],
+            [
+                [
+                    "runrec, default (atomic, no fsync)",
+                    m["write_default_runs_per_s"],
+                    ratio(m["write_default_runs_per_s"], m["write_mlflow_runs_per_s"]),
+                ],
+                [
+                    "runrec, fsync",
+                    m["write_fsync_runs_per_s"],
+                    ratio(m["write_fsync_runs_per_s"], m["write_mlflow_runs_per_s"]),
+                ],
+                ["MLflow sqlite, log_batch", m["write_mlflow_runs_per_s"], "1.0x"],
+            ],
+        ),
+        "",
+        f"### Query `{FILTER}`",
+        "",
+        f"{r['matches']['ours']:,} of {r['matches']['ours_runs']:,} runs match in our store; MLflow returns {r['matches']['mlflow']:,} of its {r['mlflow_n']:,}. BIG store: {r['big']:,} runs, {r['big_matches']:,} match.",
+        "",
+        table(
+            ["query", "ms", "MLflow search_runs / this"],
+            [
+                [
+                    f"runrec, {r['n']:,} runs, cold (index build included)",
+                    m["query_n_cold_s"] * 1000,
+                    ratio(m["query_mlflow_s"], m["query_n_cold_s"]),
+                ],
+                [
+                    f"runrec, {r['n']:,} runs, warm",
+                    m["query_n_warm_s"] * 1000,
+                    ratio(m["query_mlflow_s"], m["query_n_warm_s"]),
+                ],
+                [
+                    f"runrec, {r['n']:,} runs, warm, refresh=False",
+                    m["query_n_warm_norefresh_s"] * 1000,
+                    ratio(m["query_mlflow_s"], m["query_n_warm_norefresh_s"]),
+                ],
+                [
+                    f"MLflow search_runs, {r['mlflow_n']:,} runs (sqlite)",
+                    m["query_mlflow_s"] * 1000,
+                    "1.0x",
+                ],
+                [
+                    f"runrec, {r['big']:,} runs, cold (index build included)",
+                    m["query_big_cold_s"] * 1000,
+                    "",
+                ],
+                [f"runrec, {r['big']:,} runs, warm", m["query_big_warm_s"] * 1000, ""],
+                [
+                    f"runrec, {r['big']:,} runs, warm, refresh=False",
+                    m["query_big_warm_norefresh_s"] * 1000,
+                    "",
+                ],
+                [
+                    f"… of which index.update() finding nothing new ({r['big']:,} stats)",
+                    m["index_big_update_noop_s"] * 1000,
+                    "",
+                ],
+            ],
+        ),
+        "",
+        f"Index file: {r['index_bytes']['n'] / r['n']:.0f} bytes per run ({r['n']:,} runs), {r['index_bytes']['big'] / r['big']:.0f} bytes per run ({r['big']:,}). Writing the BIG store took {r['big_write_s']:.0f} s.",
+    ]
+    return "\n".join(lines)
+
+
+def bench_size(tmp: str, tasks: int) -> dict[str, Any]:
+    import runrec_cluster as rr
+
+    sys.path.insert(0, HERE)
+    repo = make_repo(tmp)
+    store = rr.Store(os.path.join(tmp, "sweep-store"))
+    ex = rr.Executor(backend="local", store=store, name="sweep", cwd=repo)
+    import bench_foundation
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(bench_foundation)  # the job need not import bench/
+    t0 = time.perf_counter()
+    hs = ex.map_array(bench_foundation.add_one, [{"x": i} for i in range(tasks)])
+    for h in hs:
+        h.wait(timeout=600)
+    dt = time.perf_counter() - t0
+    states = {}
+    sizes = []
+    for h in hs:
+        rec = h.record()
+        states[rec.state.value] = states.get(rec.state.value, 0) + 1
+        sizes.append(sum(os.path.getsize(p) for p in store.version_files(h.run_id)))
+    blobs = 0
+    for root, _, files in os.walk(os.path.join(store.root, "blobs")):
+        blobs += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    versions = [len(store.version_files(h.run_id)) for h in hs]
+    return {
+        "tasks": tasks,
+        "states": states,
+        "bytes_per_run": sizes,
+        "median_bytes": med(sizes),
+        "mean_bytes": sum(sizes) / len(sizes),
+        "versions_per_run": med(versions),
+        "shared_blob_bytes": blobs,
+        "seconds": dt,
+    }
+
+
+def report_size(r: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"### Record size per run, {r['tasks']:,}-task sweep (`map_array` on the local backend; states: {r['states']})",
+            "",
+            table(
+                ["measure", "value"],
+                [
+                    ["version files per run, bytes (median)", r["median_bytes"]],
+                    ["… mean", r["mean_bytes"]],
+                    ["versions per run (median)", r["versions_per_run"]],
+                    [
+                        "all blobs of the sweep, bytes (not counted above; per-run call and result blobs included)",
+                        r["shared_blob_bytes"],
+                    ],
+                ],
+            ),
+        ]
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--only", default="write,query,size")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--n", type=int, default=None, help="runs written and queried (default 10,000)")
+    p.add_argument(
+        "--mlflow-n", type=int, default=None, help="runs written to MLflow (default 1,000)"
+    )
+    p.add_argument("--big", type=int, default=None, help="runs of the big store (default 100,000)")
+    p.add_argument(
+        "--tasks", type=int, default=None, help="tasks of the sweep for the size (default 100)"
+    )
+    p.add_argument("--reps", type=int, default=None)
+    a = p.parse_args()
+    q = a.quick
+    n = a.n or (300 if q else 10_000)
+    mlflow_n = a.mlflow_n or (60 if q else 1_000)
+    big = a.big or (1_000 if q else 100_000)
+    tasks = a.tasks or (8 if q else 100)
+    reps = a.reps or (3 if q else 5)
+    only = set(a.only.split(","))
+    os.makedirs(a.out, exist_ok=True)
+    base = os.environ.get("BENCH_TMP") or tempfile.gettempdir()
+    tmp = tempfile.mkdtemp(prefix="runrec-bench-query-", dir=base)
+    res: dict[str, Any] = {"machine": machine(), "load_before": loadavg(), "quick": q}
+    md = []
+    t0 = time.perf_counter()
+    try:
+        if only & {"write", "query"}:
+            r = bench_write_query(tmp, n, mlflow_n, big, reps, 1 if big >= 50_000 else reps)
+            res["write_query"] = r
+            md.append(report_write_query(r))
+            print(md[-1] + "\n", flush=True)
+        if "size" in only:
+            r = bench_size(tmp, tasks)
+            res["size"] = r
+            md.append(report_size(r))
+            print(md[-1] + "\n", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    res["load_after"] = loadavg()
+    res["seconds"] = time.perf_counter() - t0
+    name = "query-quick" if q else "query"
+    with open(os.path.join(a.out, f"{name}.json"), "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    with open(os.path.join(a.out, f"{name}.md"), "w") as f:
+        f.write("\n\n".join(md) + "\n")
+    print(
+        f"bench_query: {res['seconds']:.0f} s; load average {res['load_before']} -> {res['load_after']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

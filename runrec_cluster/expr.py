@@ -1,0 +1,515 @@
+"""The query expression language of ``runrec ls --where``, ``runrec table`` and ``rr.query``.
+
+    config.lr > 0.01 and state == "failed"
+    metrics.acc >= 0.9 or (cause in ["timeout", "out_of_memory"] and not code_dirty)
+    tags.team == 'vision' and metrics.loss != null
+    `metrics.val/acc@5` > 0.7           backquotes for column names with other characters
+
+Grammar (a hand-written tokenizer and recursive-descent parser; no ``eval``, no attribute
+access, no calls, no arithmetic)::
+
+    expr       := and_expr ("or" and_expr)*
+    and_expr   := not_expr ("and" not_expr)*
+    not_expr   := "not" not_expr | comparison
+    comparison := operand [OP operand | ["not"] "in" list]      OP: == != < <= > >=
+    operand    := literal | COLUMN | "(" expr ")"
+    list       := "[" [literal ("," literal)*] "]"  (or the same in parentheses)
+    literal    := NUMBER | "string" | 'string' | true | false | null
+
+A COLUMN is a name of the flat run view (``docs/query.md``): letters, digits, ``_ - . / :``,
+or anything between backquotes. A column alone (``code_dirty``) means ``code_dirty == true``.
+
+Semantics: a missing value is ``null``. ``==`` and ``!=`` compare any two values (``1 == 1.0``;
+a missing value equals only ``null``); ``< <= > >=`` hold only between two numbers or two
+strings, never with ``null`` (a run without ``metrics.acc`` is not ``> 0.5``, and not ``<= 0.5``
+either). Keywords are case-insensitive (``True``, ``NULL``, ``None`` work too).
+
+Two evaluators share one parse: ``Expr.matches(row)`` on one dict (pure Python, used by
+``runrec ls``) and ``Expr.mask(columns, n)`` on whole columns (numpy, used by the index).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+MAX_LEN = 4000
+MAX_DEPTH = 64
+_OPS = ("==", "!=", "<=", ">=", "<", ">")
+_KEYWORDS = {"and", "or", "not", "in", "true", "false", "null", "none"}
+_NAME_START = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+_NAME_CHARS = _NAME_START | set("0123456789.-/:@")
+
+
+class ExpressionError(ConfigError):
+    """A query expression that does not parse; the message points at the bad token."""
+
+    def __init__(self, message: str, text: str, pos: int) -> None:
+        caret = f"\n  {text}\n  {' ' * pos}^"
+        super().__init__(f"bad expression: {message} (character {pos + 1}):{caret}")
+        self.text = text
+        self.pos = pos
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # "num", "str", "name", "op", "kw", "(", ")", "[", "]", ",", "end"
+    value: Any
+    pos: int
+    text: str
+
+
+def tokenize(text: str) -> list[Token]:
+    """Tokens of ``text``, ending with an ``end`` token; ``ExpressionError`` at a bad character."""
+    if len(text) > MAX_LEN:
+        raise ExpressionError(f"expression longer than {MAX_LEN} characters", text[:60], 0)
+    out: list[Token] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in " \t\r\n":
+            i += 1
+            continue
+        start = i
+        if c in "()[],":
+            out.append(Token(c, c, i, c))
+            i += 1
+        elif c in "=!<>":
+            two = text[i : i + 2]
+            if two in _OPS:
+                out.append(Token("op", two, i, two))
+                i += 2
+            elif c in "<>":
+                out.append(Token("op", c, i, c))
+                i += 1
+            else:
+                hint = "use == to compare" if c == "=" else "use != for 'not equal'"
+                raise ExpressionError(f"unknown operator {c!r} ({hint})", text, i)
+        elif c in "\"'":
+            i += 1
+            buf = []
+            while True:
+                if i >= n:
+                    raise ExpressionError("string not closed", text, start)
+                ch = text[i]
+                if ch == "\\" and i + 1 < n:
+                    nxt = text[i + 1]
+                    buf.append({"n": "\n", "t": "\t"}.get(nxt, nxt))
+                    i += 2
+                    continue
+                if ch == c:
+                    i += 1
+                    break
+                buf.append(ch)
+                i += 1
+            out.append(Token("str", "".join(buf), start, text[start:i]))
+        elif c == "`":
+            end = text.find("`", i + 1)
+            if end < 0:
+                raise ExpressionError("backquoted column name not closed", text, start)
+            name = text[i + 1 : end]
+            if not name:
+                raise ExpressionError("empty column name", text, start)
+            i = end + 1
+            out.append(Token("name", name, start, text[start:i]))
+        elif c.isdigit() or (
+            c in "+-." and i + 1 < n and (text[i + 1].isdigit() or text[i + 1] == ".")
+        ):
+            j = i + 1
+            while j < n and (text[j].isalnum() or text[j] in ".+-_"):
+                if text[j] in "+-" and text[j - 1] not in "eE":
+                    break
+                j += 1
+            raw = text[i:j]
+            try:
+                val: Any = int(raw.replace("_", ""))
+            except ValueError:
+                try:
+                    val = float(raw.replace("_", ""))
+                except ValueError:
+                    raise ExpressionError(f"{raw!r} is not a number", text, i) from None
+            out.append(Token("num", val, i, raw))
+            i = j
+        elif c in _NAME_START:
+            j = i + 1
+            while j < n and text[j] in _NAME_CHARS:
+                j += 1
+            word = text[i:j]
+            if word.lower() in _KEYWORDS and "." not in word:
+                out.append(Token("kw", word.lower(), i, word))
+            else:
+                if word.endswith("."):
+                    raise ExpressionError(f"column name {word!r} ends with '.'", text, j - 1)
+                out.append(Token("name", word, i, word))
+            i = j
+        else:
+            raise ExpressionError(
+                f"unexpected character {c!r} (quote strings, backquote odd column names)", text, i
+            )
+    out.append(Token("end", None, n, ""))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The tree
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Col:
+    name: str
+
+
+@dataclass(frozen=True)
+class Lit:
+    value: Any
+
+
+@dataclass(frozen=True)
+class Cmp:
+    op: str  # one of _OPS, "in", "not in"
+    left: Any
+    right: Any  # a node, or a tuple of literal values for "in"
+
+
+@dataclass(frozen=True)
+class BoolOp:
+    op: str  # "and", "or"
+    items: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    item: Any
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.toks = tokenize(text)
+        self.i = 0
+        self.depth = 0
+
+    @property
+    def tok(self) -> Token:
+        return self.toks[self.i]
+
+    def err(self, what: str, tok: Token | None = None) -> ExpressionError:
+        t = tok or self.tok
+        found = "the end of the expression" if t.kind == "end" else repr(t.text)
+        return ExpressionError(f"{what}, found {found}", self.text, t.pos)
+
+    def kw(self, word: str) -> bool:
+        return self.tok.kind == "kw" and self.tok.value == word
+
+    def parse(self) -> Any:
+        if self.tok.kind == "end":
+            raise ExpressionError("the expression is empty", self.text, 0)
+        node = self.expr()
+        if self.tok.kind != "end":
+            raise self.err("expected 'and', 'or' or the end")
+        return node
+
+    def expr(self) -> Any:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.err("expression nested too deeply")
+        items = [self.and_expr()]
+        while self.kw("or"):
+            self.i += 1
+            items.append(self.and_expr())
+        self.depth -= 1
+        return items[0] if len(items) == 1 else BoolOp("or", tuple(items))
+
+    def and_expr(self) -> Any:
+        items = [self.not_expr()]
+        while self.kw("and"):
+            self.i += 1
+            items.append(self.not_expr())
+        return items[0] if len(items) == 1 else BoolOp("and", tuple(items))
+
+    def not_expr(self) -> Any:
+        if self.kw("not"):
+            self.i += 1
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise self.err("expression nested too deeply")
+            node = Not(self.not_expr())
+            self.depth -= 1
+            return node
+        return self.comparison()
+
+    def comparison(self) -> Any:
+        start = self.tok
+        left = self.operand()
+        t = self.tok
+        if t.kind == "op":
+            self.i += 1
+            right = self.operand()
+            if self.tok.kind == "op":
+                raise self.err("chained comparisons are not supported; join two with 'and'")
+            if isinstance(left, Lit) and isinstance(right, Lit):
+                raise self.err("a comparison needs a column on one side", start)
+            return Cmp(t.value, left, right)
+        negate = False
+        if (
+            self.kw("not")
+            and self.toks[self.i + 1].kind == "kw"
+            and self.toks[self.i + 1].value == "in"
+        ):
+            negate = True
+            self.i += 1
+        if self.kw("in"):
+            self.i += 1
+            values = self.list_literal()
+            if isinstance(left, Lit):
+                raise self.err("'in' needs a column on its left", start)
+            return Cmp("not in" if negate else "in", left, values)
+        if isinstance(left, Lit):
+            if left.value is True or left.value is False:
+                return left
+            raise self.err("expected a comparison (== != < <= > >= in) after a value", t)
+        return left  # a column alone, or a parenthesized expression
+
+    def operand(self) -> Any:
+        t = self.tok
+        if t.kind == "(":
+            self.i += 1
+            node = self.expr()
+            if self.tok.kind != ")":
+                raise self.err("expected ')'")
+            self.i += 1
+            return node
+        if t.kind == "name":
+            self.i += 1
+            return Col(t.value)
+        if t.kind in ("num", "str"):
+            self.i += 1
+            return Lit(t.value)
+        if t.kind == "kw" and t.value in ("true", "false", "null", "none"):
+            self.i += 1
+            return Lit({"true": True, "false": False}.get(t.value))
+        raise self.err("expected a column name or a value")
+
+    def list_literal(self) -> tuple[Any, ...]:
+        t = self.tok
+        close = {"[": "]", "(": ")"}.get(t.kind)
+        if close is None:
+            raise self.err('expected a list like ["a", "b"] after \'in\'')
+        self.i += 1
+        values: list[Any] = []
+        while self.tok.kind != close:
+            lit = self.operand()
+            if not isinstance(lit, Lit):
+                raise self.err("a list after 'in' holds values only", self.toks[self.i - 1])
+            values.append(lit.value)
+            if self.tok.kind == ",":
+                self.i += 1
+            elif self.tok.kind != close:
+                raise self.err(f"expected ',' or '{close}'")
+        self.i += 1
+        return tuple(values)
+
+
+def _columns(node: Any, out: list[str]) -> None:
+    if isinstance(node, Col):
+        if node.name not in out:
+            out.append(node.name)
+    elif isinstance(node, Cmp):
+        _columns(node.left, out)
+        if not isinstance(node.right, tuple):
+            _columns(node.right, out)
+    elif isinstance(node, BoolOp):
+        for x in node.items:
+            _columns(x, out)
+    elif isinstance(node, Not):
+        _columns(node.item, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value semantics (shared by both evaluators)
+# ---------------------------------------------------------------------------------------------
+
+
+def _null(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def compare(op: str, a: Any, b: Any) -> bool:
+    """One comparison under the language's rules (see the module docstring)."""
+    if op in ("==", "!="):
+        if _null(a) or _null(b):
+            eq = _null(a) and _null(b)
+        elif isinstance(a, bool) or isinstance(b, bool):
+            eq = a is b or (isinstance(a, bool) and isinstance(b, bool) and a == b)
+        else:
+            try:
+                eq = bool(a == b)
+            except Exception:
+                eq = False
+        return eq if op == "==" else not eq
+    if _null(a) or _null(b):
+        return False
+    if not ((_num(a) and _num(b)) or (isinstance(a, str) and isinstance(b, str))):
+        return False
+    if op == "<":
+        return a < b
+    if op == "<=":
+        return a <= b
+    if op == ">":
+        return a > b
+    return a >= b
+
+
+def _in(a: Any, values: tuple[Any, ...]) -> bool:
+    return any(compare("==", a, v) for v in values)
+
+
+class Expr:
+    """A parsed expression. ``columns`` lists the column names it reads, in order."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.root = _Parser(text).parse()
+        cols: list[str] = []
+        _columns(self.root, cols)
+        self.columns: tuple[str, ...] = tuple(cols)
+
+    def __repr__(self) -> str:
+        return f"Expr({self.text!r})"
+
+    # -- one row -------------------------------------------------------------------------------
+
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        return bool(self._row(self.root, row))
+
+    def _row(self, node: Any, row: Mapping[str, Any]) -> Any:
+        if isinstance(node, Col):
+            return row.get(node.name)
+        if isinstance(node, Lit):
+            return node.value
+        if isinstance(node, BoolOp):
+            if node.op == "and":
+                return all(self._truth(x, row) for x in node.items)
+            return any(self._truth(x, row) for x in node.items)
+        if isinstance(node, Not):
+            return not self._truth(node.item, row)
+        if node.op == "in":
+            return _in(self._row(node.left, row), node.right)
+        if node.op == "not in":
+            return not _in(self._row(node.left, row), node.right)
+        return compare(node.op, self._row(node.left, row), self._row(node.right, row))
+
+    def _truth(self, node: Any, row: Mapping[str, Any]) -> bool:
+        v = self._row(node, row)
+        return v is True if isinstance(node, Col | Lit) else bool(v)
+
+    # -- whole columns -------------------------------------------------------------------------
+
+    def mask(self, get: Callable[[str], Sequence[Any]], n: int) -> Any:
+        """A numpy bool array of length ``n``: which rows match. ``get(name)`` returns a
+        column as a numpy array (float64 with NaN for missing numbers, or object)."""
+        import numpy as np
+
+        return np.asarray(self._cols(self.root, get, n), dtype=bool)
+
+    def _cols(self, node: Any, get: Callable[[str], Any], n: int) -> Any:
+        import numpy as np
+
+        if isinstance(node, Col | Lit):
+            v = self._vals(node, get, n)
+            return v is True if not isinstance(v, np.ndarray) else _is_true(v)
+        if isinstance(node, BoolOp):
+            out = self._cols(node.items[0], get, n)
+            for x in node.items[1:]:
+                nxt = self._cols(x, get, n)
+                out = (out & nxt) if node.op == "and" else (out | nxt)
+            return np.broadcast_to(np.asarray(out, dtype=bool), (n,))
+        if isinstance(node, Not):
+            return ~np.broadcast_to(np.asarray(self._cols(node.item, get, n), dtype=bool), (n,))
+        left = self._vals(node.left, get, n)
+        if node.op in ("in", "not in"):
+            hit = np.zeros(n, dtype=bool)
+            for v in node.right:
+                hit |= _cmp_arrays("==", left, v, n)
+            return ~hit if node.op == "not in" else hit
+        return _cmp_arrays(node.op, left, self._vals(node.right, get, n), n)
+
+    def _vals(self, node: Any, get: Callable[[str], Any], n: int) -> Any:
+        if isinstance(node, Col):
+            return get(node.name)
+        if isinstance(node, Lit):
+            return node.value
+        return self._cols(node, get, n)
+
+
+def _is_true(arr: Any) -> Any:
+    import numpy as np
+
+    if arr.dtype == bool:
+        return arr
+    if arr.dtype == object:
+        return np.fromiter((v is True for v in arr), dtype=bool, count=len(arr))
+    return np.zeros(len(arr), dtype=bool)
+
+
+def _cmp_arrays(op: str, a: Any, b: Any, n: int) -> Any:
+    """Vectorized ``compare``: numpy for numbers, element by element otherwise."""
+    import numpy as np
+
+    a_arr, b_arr = isinstance(a, np.ndarray), isinstance(b, np.ndarray)
+    a_num = a.dtype.kind in "iuf" if a_arr else _num(a)
+    b_num = b.dtype.kind in "iuf" if b_arr else _num(b)
+    if a_num and b_num:
+        with np.errstate(invalid="ignore"):
+            if op == "==":
+                out = a == b
+            elif op == "!=":
+                out = a != b
+                # two missing values are equal
+                na = np.isnan(a) if a_arr else np.bool_(False)
+                nb = np.isnan(b) if b_arr else np.bool_(False)
+                out = out & ~(na & nb)
+            elif op == "<":
+                out = a < b
+            elif op == "<=":
+                out = a <= b
+            elif op == ">":
+                out = a > b
+            else:
+                out = a >= b
+        return np.broadcast_to(np.asarray(out, dtype=bool), (n,))
+    if a_arr and not b_arr and a.dtype.kind in "iuf" and _null(b) and op in ("==", "!="):
+        out = np.isnan(a) if a.dtype.kind == "f" else np.zeros(n, dtype=bool)
+        return out if op == "==" else ~out
+    if a_arr and a.dtype.kind in "iuf" and not b_arr:
+        return np.full(n, op == "!=", dtype=bool)  # a number column against a string/bool
+    if b_arr and b.dtype.kind in "iuf" and not a_arr:
+        return _cmp_arrays(_flip(op), b, a, n)
+    av = a if a_arr else [a] * n
+    bv = b if b_arr else [b] * n
+    return np.fromiter((compare(op, x, y) for x, y in zip(av, bv, strict=True)), bool, count=n)
+
+
+def _flip(op: str) -> str:
+    return {"<": ">", ">": "<", "<=": ">=", ">=": "<="}.get(op, op)
+
+
+def parse(text: str) -> Expr:
+    """Parse an expression; ``ExpressionError`` (a ``ConfigError``) points at the bad token."""
+    if not isinstance(text, str):
+        raise ConfigError(f"a query expression is text, not {type(text).__name__}.")
+    return Expr(text)

@@ -1,0 +1,486 @@
+"""The derived index: the flat run view (``query.py``) as one Arrow IPC file, kept up to date
+incrementally. Never the source of truth: delete it and the next query rebuilds it.
+
+    STORE/index/runs-v1.arrow       the default place
+    DIR/<sha256(store root)[:16]>/runs-v1.arrow
+                                    with ``index_dir=DIR`` / ``--index-dir`` / $RUNREC_INDEX_DIR
+                                    (a local disk when the store is on NFS), and automatically
+                                    under ~/.cache/runrec/index when the store is read-only
+
+One row per run, plus ``_dir_mtime_ns``: the modification time of the run's directory when it
+was read. Every record version is a new file in that directory, so a new version changes it.
+An update lists the shards, stats each run directory, and reads (versions, fold, flat row) only
+the runs that are new or whose directory time changed. Runs that vanished drop out. A file
+system with coarse times (NFS: a second or more) may give a write the same directory time as
+the stat before an earlier read: so runs changed within ``SLACK_NS`` of the newest change seen
+are *hot*, read again at the next update, and settle once an update starts more than
+``SLACK_NS`` after the one that read them (any same-tick write has happened by then).
+
+Concurrency: the index is written to a temporary file beside it and renamed into place, so a
+reader sees a whole old index or a whole new one, never a part (also on NFS). Two updaters at
+once both write a complete index; the last rename wins and the other's work is redone next
+time. A record written while an update runs is read next time: its directory's time moved
+after the stat. No lock anywhere.
+
+The trust flags (``retired``, ``suspect``) depend on every run's lineage, so they are not stored:
+they are computed when a query asks for them, from the ``_lineage`` column and the retirement
+records (nothing is computed when nothing was ever retired).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import StoreError
+from .query import LINEAGE_COLUMN, TRUST_COLUMNS, flat_row, lineage_part, need_query_extra
+from .store import ReadProblem, Store, layout
+
+INDEX_FORMAT = 1
+INDEX_FILE = f"runs-v{INDEX_FORMAT}.arrow"
+MTIME_COLUMN = "_dir_mtime_ns"
+SLACK_NS = 2_000_000_000
+_META = b"runrec.index"
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "runrec", "index")
+
+
+def _store_key(store: Store) -> str:
+    return hashlib.sha256(store.root.encode()).hexdigest()[:16]
+
+
+def resolve_dir(store: Store, index_dir: str | os.PathLike[str] | None = None) -> str:
+    """Where the index of ``store`` lives (see the module docstring)."""
+    explicit = index_dir or os.environ.get("RUNREC_INDEX_DIR")
+    if explicit:
+        return os.path.join(os.path.abspath(os.fspath(explicit)), _store_key(store))
+    here = os.path.join(store.root, "index")
+    if os.access(here if os.path.isdir(here) else store.root, os.W_OK):
+        return here
+    return os.path.join(default_cache_dir(), _store_key(store))
+
+
+@dataclass
+class UpdateStats:
+    path: str
+    runs: int = 0  # rows in the index after the update
+    read: int = 0  # runs whose records were read
+    removed: int = 0
+    scanned: int = 0  # run directories stat'ed
+    rebuilt: bool = False
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+
+class Index:
+    """The index of one store. ``update()`` brings it up to date; ``select()`` queries it."""
+
+    def __init__(self, store: Store, index_dir: str | os.PathLike[str] | None = None) -> None:
+        self.store = store
+        self.dir = resolve_dir(store, index_dir)
+        self.path = os.path.join(self.dir, INDEX_FILE)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def load(self) -> tuple[Any, dict[str, Any]] | None:
+        """(table, metadata) of the current index file, or None when there is none (or it is
+        from another format or store: then it is rebuilt)."""
+        _, pa = need_query_extra()
+        import pyarrow.ipc as ipc
+
+        try:
+            source = pa.memory_map(self.path, "r")
+        except (FileNotFoundError, OSError):
+            return None
+        try:
+            table = ipc.open_file(source).read_all()
+        except (pa.ArrowInvalid, OSError):
+            return None  # a damaged index is rebuilt, never trusted
+        raw = (table.schema.metadata or {}).get(_META)
+        try:
+            meta = json.loads(raw) if raw else {}
+        except ValueError:
+            return None
+        if meta.get("format") != INDEX_FORMAT or meta.get("store") != self.store.root:
+            return None
+        return table, meta
+
+    # -- updating ------------------------------------------------------------------------------
+
+    def _scan(self) -> dict[str, int]:
+        """run id -> directory mtime (ns), for every run directory of the store."""
+        base = layout.runs_dir(self.store.root)
+        out: dict[str, int] = {}
+        try:
+            shards = os.listdir(base)
+        except FileNotFoundError:
+            return out
+        for shard in shards:
+            if shard.startswith("."):
+                continue
+            try:
+                with os.scandir(os.path.join(base, shard)) as it:
+                    for e in it:
+                        if layout.RUN_ID_RE.match(e.name):
+                            try:
+                                out[e.name] = e.stat().st_mtime_ns
+                            except FileNotFoundError:
+                                continue
+            except (NotADirectoryError, FileNotFoundError):
+                continue
+        return out
+
+    def update(self, rebuild: bool = False) -> UpdateStats:
+        """Read the runs written since the last update and replace the index atomically."""
+        from .query import package_reader
+        from .record import fold
+
+        _, pa = need_query_extra()
+        t0 = time.perf_counter()
+        st = UpdateStats(self.path, rebuilt=rebuild)
+        old = None if rebuild else self.load()
+        if old is None:
+            st.rebuilt = True
+        scan_time = time.time()
+        seen = self._scan()
+        st.scanned = len(seen)
+        old_sig: dict[str, int] = {}
+        old_hot: dict[str, int] = {}
+        settle = False
+        if old is not None:
+            table, meta = old
+            ids = table.column("run_id").to_pylist()
+            mts = table.column(MTIME_COLUMN).to_pylist()
+            old_sig = dict(zip(ids, mts, strict=True))
+            old_hot = {k: int(v) for k, v in meta.get("hot", {}).items()}
+            # long enough after the last update that a write in the same time tick as its
+            # reads has happened by now: re-reading a hot run now settles it
+            settle = scan_time - float(meta.get("scan_time", 0)) > SLACK_NS / 1e9
+        changed = [rid for rid, m in seen.items() if old_sig.get(rid) != m or old_hot.get(rid) == m]
+        gone = [rid for rid in old_sig if rid not in seen]
+        st.removed = len(gone)
+        if old is not None and not changed and not gone:
+            st.runs = old[0].num_rows
+            st.seconds = time.perf_counter() - t0
+            return st  # nothing new: the index file is left as it is
+        pk = package_reader(self.store)
+        rows = []
+        for rid in sorted(changed):
+            probs: list[ReadProblem] = []
+            vs = self.store.versions(rid, probs)
+            st.problems += [f"skipped unreadable record file {p.path}: {p.message}" for p in probs]
+            if not vs:
+                continue
+            try:
+                rec = fold(vs)
+            except Exception as exc:  # a version that decodes but does not fold
+                st.problems.append(f"run {rid} does not fold into a record ({exc})")
+                continue
+            row = flat_row(rec, pk)
+            row[LINEAGE_COLUMN] = lineage_part(rec)
+            row[MTIME_COLUMN] = seen[rid]
+            rows.append(row)
+        st.read = len(rows)
+        new = rows_to_table(rows)
+        if old is not None:
+            import pyarrow.compute as pc
+
+            drop = pa.array(sorted(set(changed) | set(gone)), pa.string())
+            keep = pc.invert(pc.is_in(old[0].column("run_id"), value_set=drop))
+            kept = old[0].filter(keep)
+            table = concat(kept, new) if new.num_rows else kept
+        else:
+            table = new
+        if table.num_columns and table.num_rows:
+            table = table.sort_by("run_id")
+        # runs changed within SLACK_NS of the newest change may get another write in the same
+        # (coarse) time tick after their stat: read them again next time
+        hot_from = max(seen.values(), default=0) - SLACK_NS
+        hot = {
+            rid: seen[rid]
+            for rid in changed
+            if seen[rid] >= hot_from and not (settle and old_hot.get(rid) == seen[rid])
+        }
+        meta = {
+            "format": INDEX_FORMAT,
+            "store": self.store.root,
+            "scan_time": scan_time,
+            "hot": hot,
+            "updated_at": datetime.now(UTC).isoformat(),
+            "json_columns": sorted(json_columns(table)),
+        }
+        table = table.replace_schema_metadata({_META: json.dumps(meta).encode()})
+        self._write(table)
+        st.runs = table.num_rows
+        st.seconds = time.perf_counter() - t0
+        return st
+
+    def _write(self, table: Any) -> None:
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            tmp = os.path.join(self.dir, f"{layout.TMP_PREFIX}{secrets.token_hex(8)}")
+            with pa.OSFile(tmp, "wb") as sink, ipc.new_file(sink, table.schema) as w:
+                w.write_table(table)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write the query index {self.path}: {exc.strerror or exc}. Pass "
+                "--index-dir (or RUNREC_INDEX_DIR) pointing to a writable local directory."
+            ) from exc
+        self._clean_tmp()
+
+    def _clean_tmp(self) -> None:
+        """Remove temporary files an updater killed mid-write left behind (older than 1 h)."""
+        now = time.time()
+        try:
+            with os.scandir(self.dir) as it:
+                for e in it:
+                    if e.name.startswith(layout.TMP_PREFIX):
+                        try:
+                            if now - e.stat().st_mtime > 3600:
+                                os.unlink(e.path)
+                        except OSError:
+                            pass
+        except OSError:
+            pass
+
+    # -- querying ------------------------------------------------------------------------------
+
+    def select(
+        self, expr: Any = None, columns: list[str] | None = None, as_arrow: bool = False
+    ) -> Any:
+        """Rows matching ``expr`` (an ``expr.Expr``), with ``columns`` (default all)."""
+        import numpy as np
+        import pyarrow as pa
+
+        from .query import order_columns
+
+        loaded = self.load()
+        if loaded is None:
+            self.update()
+            loaded = self.load()
+        if loaded is None:
+            raise StoreError(f"the query index {self.path} cannot be read after writing it.")
+        table, meta = loaded
+        jcols = set(meta.get("json_columns", []))
+        n = table.num_rows
+        need_trust = any(c in TRUST_COLUMNS for c in (expr.columns if expr else ())) or (
+            columns is None or any(c in TRUST_COLUMNS for c in columns)
+        )
+        trust = self._trust(table) if need_trust else None
+        cache: dict[str, Any] = {}
+
+        def get(name: str) -> Any:
+            if name not in cache:
+                cache[name] = column_values(table, name, jcols, trust, n)
+            return cache[name]
+
+        if expr is not None:
+            mask = expr.mask(get, n)
+            table = table.filter(pa.array(mask))
+            idx = np.flatnonzero(mask)
+        else:
+            idx = None
+        names = columns if columns is not None else order_columns(table.column_names)
+        if columns is None:
+            names = order_columns([*table.column_names, *TRUST_COLUMNS])
+        arrays, fields = [], []
+        for c in names:
+            if c in TRUST_COLUMNS:
+                vals = trust[c] if trust is not None else np.zeros(n, dtype=bool)
+                arr = pa.array(vals if idx is None else vals[idx], pa.bool_())
+            elif c in table.column_names:
+                arr = table.column(c)
+            else:
+                arr = pa.nulls(table.num_rows)
+            arrays.append(arr)
+            fields.append(pa.field(c, arr.type))
+        out = pa.Table.from_arrays(arrays, schema=pa.schema(fields)) if arrays else table.select([])
+        if as_arrow:
+            return out
+        df = out.to_pandas()
+        for c in names:
+            if c in jcols and c in df.columns:
+                df[c] = [json.loads(v) if isinstance(v, str) else None for v in df[c]]
+        return df
+
+    def _trust(self, table: Any) -> dict[str, Any] | None:
+        """retired / suspect arrays for every row, or None when nothing was ever retired."""
+        import msgspec
+        import numpy as np
+
+        from .lineage import trust_for
+        from .record import RunRecord
+        from .retire import list_retirements
+
+        if not list_retirements(self.store):
+            return None
+        recs = [
+            msgspec.json.decode(v.encode(), type=RunRecord, strict=False)
+            for v in table.column(LINEAGE_COLUMN).to_pylist()
+        ]
+        trust = trust_for(self.store, recs)
+        if trust is None:
+            return None
+        retired = np.zeros(len(recs), dtype=bool)
+        suspect = np.zeros(len(recs), dtype=bool)
+        for i, r in enumerate(recs):
+            flags = trust.of_run(r.run_id)
+            retired[i] = any(f.kind == "retired" for f in flags)
+            suspect[i] = any(f.kind == "suspect" for f in flags)
+        return {"retired": retired, "suspect": suspect}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows to Arrow, and back to numpy for the expression
+# ---------------------------------------------------------------------------------------------
+
+
+def _kind(values: list[Any]) -> str:
+    kinds = set()
+    for v in values:
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            kinds.add("bool")
+        elif isinstance(v, int):
+            kinds.add("int" if -(2**63) <= v < 2**63 else "json")
+        elif isinstance(v, float):
+            kinds.add("float")
+        elif isinstance(v, str):
+            kinds.add("str")
+        else:
+            kinds.add("json")
+        if len(kinds) > 2:
+            return "json"
+    if not kinds:
+        return "null"
+    if len(kinds) == 1:
+        return kinds.pop()
+    if kinds == {"int", "float"}:
+        return "float"
+    return "json"
+
+
+def _json(v: Any) -> str | None:
+    if v is None:
+        return None
+    return json.dumps(v, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> Any:
+    """An Arrow table from flat rows; a column whose values have mixed types (or lists,
+    dicts) is stored as JSON text and named in the metadata's ``json_columns``."""
+    import pyarrow as pa
+
+    names: dict[str, None] = {}
+    for r in rows:
+        for k in r:
+            names.setdefault(k, None)
+    arrays, fields, jcols = [], [], []
+    for name in names:
+        vals = [r.get(name) for r in rows]
+        kind = _kind(vals)
+        if kind == "json":
+            arr = pa.array([_json(v) for v in vals], pa.string())
+            jcols.append(name)
+        else:
+            typ = {
+                "null": pa.null(),
+                "bool": pa.bool_(),
+                "int": pa.int64(),
+                "float": pa.float64(),
+                "str": pa.string(),
+            }[kind]
+            arr = pa.array(vals, typ)
+        arrays.append(arr)
+        fields.append(pa.field(name, arr.type, metadata={b"json": b"1"} if name in jcols else None))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def json_columns(table: Any) -> set[str]:
+    return {f.name for f in table.schema if f.metadata and f.metadata.get(b"json") == b"1"}
+
+
+def _as_json_column(col: Any, was_json: bool) -> Any:
+    import pyarrow as pa
+
+    if was_json:
+        return col
+    return pa.array([_json(v) for v in col.to_pylist()], pa.string())
+
+
+def concat(a: Any, b: Any) -> Any:
+    """Rows of ``a`` then ``b``; a column typed differently in the two is unified (null to the
+    other type, int with float to float, anything else to JSON text)."""
+    import pyarrow as pa
+
+    ja, jb = json_columns(a), json_columns(b)
+    names = list(dict.fromkeys([*a.column_names, *b.column_names]))
+    cols_a, cols_b, fields = [], [], []
+    for name in names:
+        ca = a.column(name) if name in a.column_names else None
+        cb = b.column(name) if name in b.column_names else None
+        ta = ca.type if ca is not None else None
+        tb = cb.type if cb is not None else None
+        is_json = name in ja or name in jb
+        if not is_json:
+            if ta is None or pa.types.is_null(ta):
+                typ = tb
+            elif tb is None or pa.types.is_null(tb) or ta == tb:
+                typ = ta
+            elif {str(ta), str(tb)} <= {"int64", "double"}:
+                typ = pa.float64()
+            else:
+                is_json = True
+        if is_json:
+            typ = pa.string()
+            ca = _as_json_column(ca, name in ja) if ca is not None else None
+            cb = _as_json_column(cb, name in jb) if cb is not None else None
+        ca = pa.nulls(a.num_rows, typ) if ca is None else ca.cast(typ)
+        cb = pa.nulls(b.num_rows, typ) if cb is None else cb.cast(typ)
+        cols_a.append(ca)
+        cols_b.append(cb)
+        fields.append(pa.field(name, typ, metadata={b"json": b"1"} if is_json else None))
+    schema = pa.schema(fields)
+    ta_ = pa.Table.from_arrays(cols_a, schema=schema)
+    tb_ = pa.Table.from_arrays(cols_b, schema=schema)
+    return pa.concat_tables([ta_, tb_])
+
+
+def column_values(table: Any, name: str, jcols: set[str], trust: Any, n: int) -> Any:
+    """A column as numpy for the expression: float64 (NaN for missing) for numbers, bool for a
+    bool column without missing values, object (None for missing) otherwise."""
+    import numpy as np
+    import pyarrow as pa
+
+    if name in TRUST_COLUMNS:
+        return trust[name] if trust is not None else np.zeros(n, dtype=bool)
+    if name not in table.column_names:
+        return np.full(n, None, dtype=object)
+    col = table.column(name)
+    t = col.type
+    if name in jcols:
+        return np.array(
+            [json.loads(v) if v is not None else None for v in col.to_pylist()] + [None],
+            dtype=object,
+        )[:-1]
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return col.to_numpy().astype(np.float64, copy=False)
+    if pa.types.is_boolean(t) and col.null_count == 0:
+        return col.to_numpy()
+    if pa.types.is_null(t):
+        return np.full(n, None, dtype=object)
+    return np.array(col.to_pylist() + [None], dtype=object)[:-1]
