@@ -2,7 +2,8 @@
 
     RunrecError                 root: catch this to catch everything below
     ├── ConfigError             bad input from the user: arguments, config values, settings
-    │   └── DatasetError        a dataset or artifact path that cannot be read or hashed
+    │   ├── DatasetError        a dataset or artifact path that cannot be read or hashed
+    │   └── ExpressionError     a query expression that does not parse (points at the token)
     ├── StoreError              the store cannot be opened, read or written
     │   ├── RecordNotFound      no run matches the id or prefix
     │   ├── AmbiguousRunId      a prefix matches several runs
@@ -31,6 +32,16 @@ class ConfigError(RunrecError):
 
 class DatasetError(ConfigError):
     """A dataset or artifact path that cannot be read or hashed."""
+
+
+class ExpressionError(ConfigError):
+    """A query expression that does not parse; the message points at the bad token."""
+
+    def __init__(self, message: str, text: str, pos: int) -> None:
+        caret = f"\n  {text}\n  {' ' * pos}^"
+        super().__init__(f"bad expression: {message} (character {pos + 1}):{caret}")
+        self.text = text
+        self.pos = pos
 
 
 class StoreError(RunrecError):

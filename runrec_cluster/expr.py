@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, ExpressionError
 
 MAX_LEN = 4000
 MAX_DEPTH = 64
@@ -45,14 +45,6 @@ _NAME_START = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 _NAME_CHARS = _NAME_START | set("0123456789.-/:@")
 
 
-class ExpressionError(ConfigError):
-    """A query expression that does not parse; the message points at the bad token."""
-
-    def __init__(self, message: str, text: str, pos: int) -> None:
-        caret = f"\n  {text}\n  {' ' * pos}^"
-        super().__init__(f"bad expression: {message} (character {pos + 1}):{caret}")
-        self.text = text
-        self.pos = pos
 
 
 # ---------------------------------------------------------------------------------------------
