@@ -31,6 +31,7 @@ from .record import (
     Resources,
     RunRecord,
     RunState,
+    end_patch,
     needs_verdict,
     to_patch,
 )
@@ -336,12 +337,7 @@ class Executor:
             self.store.write_version(
                 s.run_id,
                 "end",
-                to_patch(
-                    state=RunState.FAILED,
-                    state_source="backend",
-                    failure=f,
-                    ended_at=datetime.now(UTC),
-                ),
+                end_patch(f, source="backend"),
                 role="submitter",
             )
 

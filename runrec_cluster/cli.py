@@ -557,15 +557,6 @@ def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
-def _parse_opt(v: str) -> Any:
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v
-
-
 @cli.command("submit", context_settings={"ignore_unknown_options": False})
 @_store_opt
 @click.option("--backend", default="local", show_default=True, help="local, slurm or ray.")
@@ -626,7 +617,9 @@ def submit_cmd(
     from .capture.data import Dataset
 
     store = _open_store(store_path, must_exist=False)
-    opts = {k: _parse_opt(v) for k, v in _kv(options, "--option").items()}
+    from .capture.config import parse_scalar
+
+    opts = {k: parse_scalar(v) for k, v in _kv(options, "--option").items()}
     for key, val in (
         ("slurm_partition", slurm_partition),
         ("slurm_constraint", slurm_constraint),

@@ -24,7 +24,16 @@ import msgspec
 from . import proc
 from .capture import env as envcap
 from .capture import node as nodecap
-from .record import Failure, FailureCause, NodeInfo, ResultRef, RunRecord, RunState, to_patch
+from .record import (
+    Failure,
+    FailureCause,
+    NodeInfo,
+    ResultRef,
+    RunRecord,
+    RunState,
+    end_patch,
+    to_patch,
+)
 from .run import Run, _set_current
 from .store import Store, codec
 
@@ -111,9 +120,7 @@ class _Watchdog:
             self.store.write_version(
                 self.run_id,
                 "end",
-                to_patch(
-                    state=RunState.FAILED, state_source="job", failure=failure, ended_at=_now()
-                ),
+                end_patch(failure, source="job"),
                 role="job",
             )
         finally:
@@ -248,7 +255,7 @@ def _record_failure(store: Store, run_id: str, rank: int, exc: BaseException) ->
     store.write_version(
         run_id,
         "end",
-        to_patch(state=state, state_source="job", failure=failure, ended_at=_now()),
+        end_patch(failure, source="job", state=state),
         role="job",
     )
 
@@ -283,7 +290,7 @@ def _run_command(
         store.write_version(
             rec.run_id,
             "end",
-            to_patch(state=RunState.FAILED, state_source="job", failure=failure, ended_at=_now()),
+            end_patch(failure, source="job"),
             role="job",
         )
         return 127

@@ -14,7 +14,7 @@ schema still decodes (unknown fields are ignored) and is shown with a warning.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
@@ -505,3 +505,16 @@ def to_patch(**fields: Any) -> dict[str, Any]:
         for k, v in fields.items()
         if v is not None
     }
+
+
+def end_patch(
+    failure: Failure | None,
+    *,
+    source: str,
+    state: RunState = RunState.FAILED,
+    ended_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The patch that ends a run: the state, who says so, why, and when."""
+    return to_patch(
+        state=state, state_source=source, failure=failure, ended_at=ended_at or datetime.now(UTC)
+    )

@@ -17,12 +17,11 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from .. import proc
 from ..errors import BackendError
-from ..record import Failure, FailureCause, Process, RunRecord, RunState, to_patch
+from ..record import Failure, FailureCause, Process, RunRecord, RunState, end_patch, to_patch
 from ..store import Store
 from .base import Backend, JobSpec
 
@@ -95,12 +94,7 @@ class LocalBackend(Backend):
             ),
             source="inferred",
         )
-        return to_patch(
-            state=RunState.FAILED,
-            state_source="inferred",
-            failure=failure,
-            ended_at=datetime.now(UTC),
-        )
+        return end_patch(failure, source="inferred")
 
     def cancel(self, rec: RunRecord) -> None:
         targets = []
@@ -119,17 +113,16 @@ class LocalBackend(Backend):
         self.store.write_version(
             rec.run_id,
             "cancel",
-            to_patch(
-                state=RunState.CANCELLED,
-                state_source="backend",
-                failure=Failure(
+            end_patch(
+                Failure(
                     cause=FailureCause.CANCELLED,
                     type="Cancelled",
                     message="cancelled by request",
                     by=os.environ.get("USER") or str(os.getuid()),
                     source="backend",
                 ),
-                ended_at=datetime.now(UTC),
+                source="backend",
+                state=RunState.CANCELLED,
             ),
             role="backend",
         )
@@ -213,17 +206,7 @@ def _supervise(root: str, parallel: int, triples: list[tuple[str, str, str]]) ->
 
 
 def _end(store: Store, run_id: str, failure: Failure) -> None:
-    store.write_version(
-        run_id,
-        "end",
-        to_patch(
-            state=RunState.FAILED,
-            state_source="backend",
-            failure=failure,
-            ended_at=datetime.now(UTC),
-        ),
-        role="backend",
-    )
+    store.write_version(run_id, "end", end_patch(failure, source="backend"), role="backend")
 
 
 def _tail(path: str, n: int = 20) -> str:

@@ -33,7 +33,7 @@ import msgspec
 import ray
 
 from ..errors import BackendError, ConfigError
-from ..record import Failure, FailureCause, NodeInfo, RunRecord, RunState, to_patch
+from ..record import Failure, FailureCause, NodeInfo, RunRecord, RunState, end_patch, to_patch
 from .base import Backend, JobSpec
 
 RAY_OPTIONS = frozenset(
@@ -237,12 +237,7 @@ def _record_sigterm(store_root: str, run_id: str, ray_handler: Any) -> Any:
             Store(store_root).write_version(
                 run_id,
                 "end",
-                to_patch(
-                    state=RunState.FAILED,
-                    state_source="job",
-                    failure=failure,
-                    ended_at=datetime.now(UTC),
-                ),
+                end_patch(failure, source="job"),
                 role="job",
             )
         finally:
@@ -797,9 +792,7 @@ def verdict(
     if word == "FINISHED":
         message = f"Ray says the task finished, but the job did not finish its record (a lost store write?). {message}"
     failure = Failure(cause=cause, type=word, message=message, traceback=traceback, source=source)
-    patch = to_patch(
-        state=state, state_source=source, failure=failure, ended_at=ended_at or datetime.now(UTC)
-    )
+    patch = end_patch(failure, source=source, state=state, ended_at=ended_at)
     patch["execution"] = {"scheduler": {"ray_outcome": word}}
     if attempt is not None:
         patch["attempt"] = attempt
@@ -839,9 +832,7 @@ def _lost_session_verdict(
         ),
         source="inferred",
     )
-    return to_patch(
-        state=RunState.FAILED, state_source="inferred", failure=failure, ended_at=datetime.now(UTC)
-    )
+    return end_patch(failure, source="inferred")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1038,12 +1029,7 @@ def _at_exit() -> None:
             store.write_version(
                 run_id,
                 "end",
-                to_patch(
-                    state=RunState.FAILED,
-                    state_source="backend",
-                    failure=failure,
-                    ended_at=datetime.now(UTC),
-                ),
+                end_patch(failure, source="backend"),
                 role="backend",
             )
         except Exception:

@@ -88,7 +88,8 @@ def function_config(
     return out
 
 
-def _coerce(s: str) -> Any:
+def parse_scalar(s: str) -> Any:
+    """A command-line string as int, float or bool when it is one, else the string."""
     for conv in (int, float):
         try:
             return conv(s)
@@ -108,9 +109,9 @@ def command_config(argv: list[str]) -> dict[str, ConfigEntry]:
         if a.startswith("--") and len(a) > 2:
             key, eq, val = a[2:].partition("=")
             if eq:
-                values[key] = _coerce(val)
+                values[key] = parse_scalar(val)
             elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                values[key] = _coerce(argv[i + 1])
+                values[key] = parse_scalar(argv[i + 1])
                 i += 1
             else:
                 values[key] = True
