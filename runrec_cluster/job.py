@@ -32,6 +32,7 @@ from .record import (
     RunRecord,
     RunState,
     end_patch,
+    signal_failure,
     to_patch,
 )
 from .run import Run, _set_current
@@ -322,13 +323,7 @@ def _run_command(
         patch.update(to_patch(state=RunState.SUCCEEDED, state_source="job"))
     else:
         if rc < 0:
-            failure = Failure(
-                cause=FailureCause.KILLED,
-                type="Signal",
-                message=f"the command was killed by signal {-rc} ({_signame(-rc)})",
-                signal=-rc,
-                source="job",
-            )
+            failure = signal_failure(-rc, "the command", source="job")
         else:
             failure = Failure(
                 cause=FailureCause.EXIT_CODE,
@@ -340,13 +335,6 @@ def _run_command(
         patch.update(to_patch(state=RunState.FAILED, state_source="job", failure=failure))
     store.write_version(rec.run_id, "end", patch, role="job")
     return rc
-
-
-def _signame(n: int) -> str:
-    try:
-        return signal.Signals(n).name
-    except ValueError:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

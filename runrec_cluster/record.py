@@ -518,3 +518,20 @@ def end_patch(
     return to_patch(
         state=state, state_source=source, failure=failure, ended_at=ended_at or datetime.now(UTC)
     )
+
+
+def signal_failure(signum: int, what: str, *, source: str) -> Failure:
+    """``what`` ("the command", "the job process") was killed by signal ``signum``."""
+    import signal
+
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = "unknown"
+    return Failure(
+        cause=FailureCause.KILLED,
+        type="Signal",
+        message=f"{what} was killed by signal {signum} ({name})",
+        signal=signum,
+        source=source,
+    )

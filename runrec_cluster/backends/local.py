@@ -21,7 +21,16 @@ from typing import Any
 
 from .. import proc
 from ..errors import BackendError
-from ..record import Failure, FailureCause, Process, RunRecord, RunState, end_patch, to_patch
+from ..record import (
+    Failure,
+    FailureCause,
+    Process,
+    RunRecord,
+    RunState,
+    end_patch,
+    signal_failure,
+    to_patch,
+)
 from ..store import Store
 from .base import Backend, JobSpec
 
@@ -181,17 +190,7 @@ def _supervise(root: str, parallel: int, triples: list[tuple[str, str, str]]) ->
             if rec.state.is_terminal() and rec.state_source != "inferred":
                 continue  # the job finished its own record (an inference is improved on below)
             if rc < 0:
-                try:
-                    name = signal.Signals(-rc).name
-                except ValueError:
-                    name = "unknown"
-                f = Failure(
-                    cause=FailureCause.KILLED,
-                    type="Signal",
-                    message=f"the job process was killed by signal {-rc} ({name})",
-                    signal=-rc,
-                    source="backend",
-                )
+                f = signal_failure(-rc, "the job process", source="backend")
             else:
                 tail = _tail(os.path.join(log_dir, "stderr.txt"))
                 f = Failure(
