@@ -19,8 +19,9 @@ from .backends import JobSpec, get_backend
 from .capture import config as cfg
 from .capture.env import capture_env
 from .capture.git import capture_code
-from .errors import BackendError, ConfigError, JobFailed, JobTimeout, RunrecError
+from .errors import BackendError, ConfigError, JobFailed, JobTimeout, RunrecError, StoreError
 from .record import (
+    CONTEXT_KEY,
     CodeInfo,
     Entrypoint,
     EnvInfo,
@@ -38,6 +39,19 @@ from .record import (
 from .redact import redact_argv
 from .run import hash_input
 from .store import Store, layout
+
+# what every run of a sweep shares at launch: written once per sweep (Store.put_context)
+SHARED_LAUNCH_KEYS = (
+    "name",
+    "sweep_id",
+    "user",
+    "submit_host",
+    "tags",
+    "code",
+    "inputs",
+    "launch_env",
+)
+_MISSING = object()
 
 
 def _store(store: Store | str | os.PathLike[str] | None) -> Store:
@@ -243,6 +257,8 @@ class Executor:
                 ) from exc
         ctx = self._context(inputs)
         sweep_id = layout.new_id() if sweep else None
+        if sweep and len(calls) > 1:
+            ctx["shared"] = {}  # the sweep's shared launch context, written once (below)
         fname = _function_name(fn)
         specs = []
         for i, (conf, blob) in enumerate(zip(configs, blobs, strict=True)):
@@ -307,7 +323,39 @@ class Executor:
         patch["state"] = RunState.SUBMITTED.value
         patch["state_source"] = "submitter"
         patch["attempt"] = 1
+        if "shared" in ctx:
+            patch = self._use_shared(patch, ctx["shared"])
         self.store.write_version(run_id, "launch", patch, role="submitter")
+
+    def _use_shared(self, patch: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
+        """The launch patch of one run of a sweep, less what every run of the sweep shares:
+        that is written once as a context blob (``Store.put_context``) the patch names. Only
+        values equal to the shared ones are left out, so nothing can be lost."""
+        if not shared:
+            part = {k: patch[k] for k in SHARED_LAUNCH_KEYS if k in patch}
+            part["execution"] = {
+                k: v for k, v in patch.get("execution", {}).items() if k != "log_dir"
+            }
+            part["entrypoint"] = {
+                k: v for k, v in patch.get("entrypoint", {}).items() if k != "call_blob"
+            }
+            shared["part"] = part
+            shared["digest"] = self.store.put_context(part)
+        own: dict[str, Any] = {}
+        for k, v in patch.items():
+            sv = shared["part"].get(k, _MISSING)
+            if sv == v:
+                continue
+            if isinstance(v, dict) and isinstance(sv, dict):
+                rest = {kk: vv for kk, vv in v.items() if sv.get(kk, _MISSING) != vv}
+                if all(kk in v for kk in sv):  # nothing of the shared part is undone
+                    own[k] = rest
+                    continue
+            if sv is not _MISSING:
+                return patch  # differs from the shared part: this run keeps its whole patch
+            own[k] = v
+        own[CONTEXT_KEY] = shared["digest"]
+        return own
 
     def _launch(self, specs: list[JobSpec]) -> list[RunHandle]:
         try:
@@ -461,7 +509,16 @@ class RunHandle:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.05
         while True:
-            rec = self.record()
+            try:
+                rec = self.record()
+            except StoreError as exc:  # the store refused a write: did the job save its end?
+                from .job import find_rescue, rescue_message
+
+                where = find_rescue(self.store, self.run_id)
+                if where is None:
+                    raise
+                msg = f"{exc}. Also: {rescue_message(self.store.root, self.run_id, where)}."
+                raise StoreError(msg) from exc
             if self._settled(rec):
                 return rec
             if deadline is not None and time.monotonic() >= deadline:

@@ -307,18 +307,23 @@ def compare_cmd(store_path, sweep, sort, as_json, index_dir):  # type: ignore[no
 @click.option(
     "--rebuild", is_flag=True, help="Read every record again instead of only the new ones."
 )
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Check every run directory, not only the change journal (finds runs deleted or copied by hand).",
+)
 @_index_opt
-def index_cmd(store_path, rebuild, index_dir):  # type: ignore[no-untyped-def]
+def index_cmd(store_path, rebuild, full, index_dir):  # type: ignore[no-untyped-def]
     """Bring the query index up to date (it is derived: deleting it loses nothing)."""
     from .index import Index
     from .query import need_query_extra
 
     need_query_extra()
     store = _open_store(store_path)
-    st = Index(store, index_dir).update(rebuild=rebuild)
+    st = Index(store, index_dir).update(rebuild=rebuild, full=full)
     for p in st.problems:
         _warn(p)
-    how = "rebuilt" if st.rebuilt else "updated"
+    how = "rebuilt" if st.rebuilt else ("updated (full scan)" if st.full_scan else "updated")
     click.echo(
         f"{how} {st.path}: {st.runs} runs ({st.read} read, {st.removed} removed, "
         f"{st.scanned} run directories checked) in {st.seconds:.2f}s"

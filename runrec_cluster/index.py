@@ -9,12 +9,27 @@ incrementally. Never the source of truth: delete it and the next query rebuilds 
 
 One row per run, plus ``_dir_mtime_ns``: the modification time of the run's directory when it
 was read. Every record version is a new file in that directory, so a new version changes it.
-An update lists the shards, stats each run directory, and reads (versions, fold, flat row) only
-the runs that are new or whose directory time changed. Runs that vanished drop out. A file
-system with coarse times (NFS: a second or more) may give a write the same directory time as
-the stat before an earlier read: so runs changed within ``SLACK_NS`` of the newest change seen
-are *hot*, read again at the next update, and settle once an update starts more than
-``SLACK_NS`` after the one that read them (any same-tick write has happened by then).
+
+How an update finds what changed, without reading every record:
+
+- **The change journal** (the usual way). ``Store.write_version`` appends ``<run_id> <seq>`` to
+  ``STORE/changes/<UTC hour>/<host>-<pid>-<token>.log`` once the version is in place: one file
+  per writing process and hour, so a file has one writer and appends never interleave. The
+  index keeps how far it has read each file of the last ``JOURNAL_WINDOW_S`` (3 h); an update
+  lists those few buckets, stats their files and reads only the new lines, then reads the runs
+  they name. No stat per run: a warm update of 100,000 runs costs a few directory listings. A
+  run whose listing does not yet show the version its journal line names (an NFS client's
+  cached directory) stays *pending* and is read again next time.
+- **A full scan**: the shards are listed and every run directory stat'ed; runs that are new or
+  whose directory time changed are read, runs that vanished drop out. Made when there is no
+  index, on ``rebuild``/``full``, and when the last full scan is older than ``FULL_SCAN_S``
+  (15 min, ``$RUNREC_INDEX_FULL_SCAN_S``). It finds what the journal cannot tell: runs deleted,
+  moved or copied in by hand, a writer killed between its version and its journal line, a
+  writer whose clock is more than 3 h behind, writers of a runrec without the journal. A file
+  system with coarse times (NFS: a second or more) may give a write the same directory time as
+  the stat before an earlier read: so runs changed within ``SLACK_NS`` of the newest change
+  seen are *hot*, read again at the next full scan, and settle once a full scan starts more
+  than ``SLACK_NS`` after the one that read them.
 
 Concurrency: the index is written to a temporary file beside it and renamed into place, so a
 reader sees a whole old index or a whole new one, never a part (also on NFS). Two updaters at
@@ -46,7 +61,16 @@ INDEX_FORMAT = 1
 INDEX_FILE = f"runs-v{INDEX_FORMAT}.arrow"
 MTIME_COLUMN = "_dir_mtime_ns"
 SLACK_NS = 2_000_000_000
+FULL_SCAN_S = 900.0  # a full scan at least this often ($RUNREC_INDEX_FULL_SCAN_S)
+JOURNAL_WINDOW_S = 3 * 3600  # journal buckets read: from this long before now
 _META = b"runrec.index"
+
+
+def full_scan_seconds() -> float:
+    try:
+        return float(os.environ.get("RUNREC_INDEX_FULL_SCAN_S", FULL_SCAN_S))
+    except ValueError:
+        return FULL_SCAN_S
 
 
 def default_cache_dir() -> str:
@@ -77,6 +101,7 @@ class UpdateStats:
     removed: int = 0
     scanned: int = 0  # run directories stat'ed
     rebuilt: bool = False
+    full_scan: bool = False
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -139,8 +164,64 @@ class Index:
                 continue
         return out
 
-    def update(self, rebuild: bool = False) -> UpdateStats:
-        """Read the runs written since the last update and replace the index atomically."""
+    def _read_journal(
+        self, positions: dict[str, int], since: str
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Read the change journal (``STORE/changes``) past ``positions`` (file -> bytes already
+        read), in buckets from ``since`` on. Returns the new positions (of those buckets only)
+        and run id -> highest seq named in the new lines. A last line without its newline is
+        being written: it is read next time."""
+        base = layout.changes_dir(self.store.root)
+        new_pos: dict[str, int] = {}
+        changed: dict[str, int] = {}
+        try:
+            buckets = sorted(
+                b for b in os.listdir(base) if layout.BUCKET_RE.match(b) and b >= since
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            return new_pos, changed
+        for b in buckets:
+            try:
+                entries = list(os.scandir(os.path.join(base, b)))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for e in entries:
+                if not e.name.endswith(".log"):
+                    continue
+                rel = f"{b}/{e.name}"
+                off = positions.get(rel, 0)
+                try:
+                    size = e.stat().st_size
+                except FileNotFoundError:
+                    continue
+                if size > off:
+                    try:
+                        with open(e.path, "rb") as f:
+                            f.seek(off)
+                            data = f.read(size - off)
+                    except OSError:
+                        data = b""
+                    done = data.rfind(b"\n") + 1
+                    for line in data[:done].split(b"\n"):
+                        parts = line.split(b" ")
+                        if len(parts) != 2:
+                            continue
+                        rid = parts[0].decode("ascii", "replace")
+                        if not layout.RUN_ID_RE.match(rid) or not parts[1].isdigit():
+                            continue
+                        changed[rid] = max(changed.get(rid, 0), int(parts[1]))
+                    off += done
+                new_pos[rel] = off
+        return new_pos, changed
+
+    def update(self, rebuild: bool = False, full: bool = False) -> UpdateStats:
+        """Read the runs written since the last update and replace the index atomically.
+
+        Usually only the change journal is read (no stat per run). A *full scan* (a stat of
+        every run directory) is made on ``rebuild``, ``full``, when there is no index yet, and
+        when the last one is older than ``FULL_SCAN_S``: it finds what the journal cannot tell
+        (runs deleted or copied in by hand, a writer killed between its version and its
+        journal line, writers without a journal)."""
         from .query import package_reader
         from .record import fold
 
@@ -151,33 +232,70 @@ class Index:
         if old is None:
             st.rebuilt = True
         scan_time = time.time()
-        seen = self._scan()
-        st.scanned = len(seen)
-        old_sig: dict[str, int] = {}
-        old_hot: dict[str, int] = {}
-        settle = False
-        if old is not None:
-            table, meta = old
-            ids = table.column("run_id").to_pylist()
-            mts = table.column(MTIME_COLUMN).to_pylist()
-            old_sig = dict(zip(ids, mts, strict=True))
-            old_hot = {k: int(v) for k, v in meta.get("hot", {}).items()}
-            # long enough after the last update that a write in the same time tick as its
-            # reads has happened by now: re-reading a hot run now settles it
-            settle = scan_time - float(meta.get("scan_time", 0)) > SLACK_NS / 1e9
-        changed = [rid for rid, m in seen.items() if old_sig.get(rid) != m or old_hot.get(rid) == m]
-        gone = [rid for rid in old_sig if rid not in seen]
-        st.removed = len(gone)
-        if old is not None and not changed and not gone:
+        since = layout.change_bucket(scan_time - JOURNAL_WINDOW_S)
+        old_meta = old[1] if old is not None else {}
+        full = (
+            full
+            or old is None
+            or "journal" not in old_meta
+            or scan_time - float(old_meta.get("scan_time", 0)) > full_scan_seconds()
+        )
+        old_hot: dict[str, int] = {k: int(v) for k, v in old_meta.get("hot", {}).items()}
+        pending: dict[str, int] = {k: int(v) for k, v in old_meta.get("pending", {}).items()}
+        old_pos: dict[str, int] = {k: int(v) for k, v in old_meta.get("journal", {}).items()}
+        # the journal is read BEFORE a directory scan: a line appended after this is read next
+        # time, and at worst reads a run twice
+        positions, jchanged = self._read_journal(old_pos, since)
+        dir_mtime: dict[str, int] = {}
+        if full:
+            st.full_scan = True
+            seen = self._scan()
+            st.scanned = len(seen)
+            old_sig: dict[str, int] = {}
+            settle = False
+            if old is not None:
+                table = old[0]
+                ids = table.column("run_id").to_pylist()
+                mts = table.column(MTIME_COLUMN).to_pylist()
+                old_sig = dict(zip(ids, mts, strict=True))
+                # long enough after the last update that a write in the same time tick as its
+                # reads has happened by now: re-reading a hot run now settles it
+                settle = scan_time - float(old_meta.get("scan_time", 0)) > SLACK_NS / 1e9
+            changed = {
+                rid for rid, m in seen.items() if old_sig.get(rid) != m or old_hot.get(rid) == m
+            }
+            changed |= {rid for rid in jchanged if rid in seen}
+            changed |= {rid for rid in pending if rid in seen}
+            gone = {rid for rid in old_sig if rid not in seen}
+            dir_mtime = seen
+            meta_scan_time = scan_time
+        else:
+            changed = set(jchanged) | set(pending)
+            gone = set()
+            settle = False
+            meta_scan_time = float(old_meta.get("scan_time", 0))
+        expect = {rid: max(jchanged.get(rid, 0), pending.get(rid, 0)) for rid in changed}
+        if old is not None and not changed and not gone and positions == old_pos:
             st.runs = old[0].num_rows
             st.seconds = time.perf_counter() - t0
             return st  # nothing new: the index file is left as it is
         pk = package_reader(self.store)
         rows = []
+        new_pending: dict[str, int] = {}
         for rid in sorted(changed):
+            if rid not in dir_mtime:  # read from the journal: stat it now, before reading
+                try:
+                    dir_mtime[rid] = os.stat(layout.run_dir(self.store.root, rid)).st_mtime_ns
+                except FileNotFoundError:
+                    gone.add(rid)
+                    continue
             probs: list[ReadProblem] = []
             vs = self.store.versions(rid, probs)
             st.problems += [f"skipped unreadable record file {p.path}: {p.message}" for p in probs]
+            if expect.get(rid, 0) > max((v.seq for v in vs), default=0):
+                # the journal names a version this listing does not show yet (an NFS client's
+                # cached directory): read the run again next time
+                new_pending[rid] = expect[rid]
             if not vs:
                 continue
             try:
@@ -187,14 +305,15 @@ class Index:
                 continue
             row = flat_row(rec, pk)
             row[LINEAGE_COLUMN] = lineage_part(rec)
-            row[MTIME_COLUMN] = seen[rid]
+            row[MTIME_COLUMN] = dir_mtime[rid]
             rows.append(row)
         st.read = len(rows)
+        st.removed = len(gone)
         new = rows_to_table(rows)
         if old is not None:
             import pyarrow.compute as pc
 
-            drop = pa.array(sorted(set(changed) | set(gone)), pa.string())
+            drop = pa.array(sorted(changed | gone), pa.string())
             keep = pc.invert(pc.is_in(old[0].column("run_id"), value_set=drop))
             kept = old[0].filter(keep)
             table = concat(kept, new) if new.num_rows else kept
@@ -202,19 +321,26 @@ class Index:
             table = new
         if table.num_columns and table.num_rows:
             table = table.sort_by("run_id")
-        # runs changed within SLACK_NS of the newest change may get another write in the same
-        # (coarse) time tick after their stat: read them again next time
-        hot_from = max(seen.values(), default=0) - SLACK_NS
-        hot = {
-            rid: seen[rid]
-            for rid in changed
-            if seen[rid] >= hot_from and not (settle and old_hot.get(rid) == seen[rid])
-        }
+        if full:
+            # runs changed within SLACK_NS of the newest change may get another write in the
+            # same (coarse) time tick after their stat: read them again at the next full scan
+            hot_from = max(dir_mtime.values(), default=0) - SLACK_NS
+            hot = {
+                rid: dir_mtime[rid]
+                for rid in changed
+                if rid in dir_mtime
+                and dir_mtime[rid] >= hot_from
+                and not (settle and old_hot.get(rid) == dir_mtime[rid])
+            }
+        else:
+            hot = old_hot
         meta = {
             "format": INDEX_FORMAT,
             "store": self.store.root,
-            "scan_time": scan_time,
+            "scan_time": meta_scan_time,
             "hot": hot,
+            "journal": positions,
+            "pending": new_pending,
             "updated_at": datetime.now(UTC).isoformat(),
             "json_columns": sorted(json_columns(table)),
         }

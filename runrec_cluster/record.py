@@ -19,7 +19,11 @@ from typing import Any, Literal
 
 import msgspec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: a launch version may name a shared context blob (CONTEXT_KEY)
+
+# A launch version of a sweep's run names the blob holding what all the sweep's runs share
+# (code, environment, inputs, resources); a reader merges it under the version's own patch.
+CONTEXT_KEY = "context"
 
 
 class Base(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -294,7 +298,8 @@ class Process(Base, frozen=True, kw_only=True):
 class RunRecord(Base, frozen=True, kw_only=True):
     """What a reader sees of a run: every version folded in order."""
 
-    schema_version: int = SCHEMA_VERSION
+    # the default is 1 forever: a v1 file omits it (omit_defaults), so an absent value means 1
+    schema_version: int = 1
     run_id: str
     name: str = ""
     sweep_id: str | None = None
@@ -352,7 +357,7 @@ class Writer(Base, frozen=True, kw_only=True):
 class RecordVersion(Base, frozen=True, kw_only=True):
     """One immutable update of one run, as stored in one file."""
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = 1  # 1 forever, as in RunRecord; writers set SCHEMA_VERSION
     run_id: str
     seq: int
     written_at: datetime
@@ -385,6 +390,29 @@ def _deep_merge(old: Any, new: Any) -> Any:
         for k, v in new.items():
             out[k] = _deep_merge(out.get(k), v) if k in out else v
         return out
+    return new
+
+
+def merge_context(ctx: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """A version's patch with its shared context underneath: the version's own values win,
+    nested dicts (``execution``) merge key by key, and two lists of dicts of the same length
+    (``nodes``: a node's facts shared, its capture time its own) merge item by item."""
+    out = dict(ctx)
+    for k, v in own.items():
+        out[k] = _context_merge(out[k], v) if k in out else v
+    return out
+
+
+def _context_merge(old: Any, new: Any) -> Any:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return merge_context(old, new)
+    if (
+        isinstance(old, list)
+        and isinstance(new, list)
+        and len(old) == len(new)
+        and all(isinstance(x, dict) for x in old + new)
+    ):
+        return [merge_context(a, b) for a, b in zip(old, new, strict=True)]
     return new
 
 

@@ -6,6 +6,8 @@
       blobs/<aa>/<sha256 hex>.zst        content-addressed blobs (diff, package list, pickled call)
       logs/<shard>/<run_id>/             stdout.txt and stderr.txt of the job (plain text)
       cache/datasets/<sha256 of path>.msgpack.zst   hash cache of a dataset (derived, disposable)
+      changes/<YYYYMMDDHH>/<host>-<pid>-<token>.log  change journal: one line ``<run_id> <seq>``
+                                        per version written (derived; read by the query index)
 
 ``<shard>`` is the first 5 characters of the run id (its time prefix: about 2.3 hours a shard),
 so a directory never holds more than the runs of a few hours. Temporary files start with
@@ -105,6 +107,19 @@ def blob_path(root: str, digest: str) -> str:
 
 def dataset_cache_path(root: str, key_hex: str) -> str:
     return os.path.join(root, "cache", "datasets", key_hex + ".msgpack.zst")
+
+
+CHANGES_DIR = "changes"
+BUCKET_RE = re.compile(r"^\d{10}$")
+
+
+def changes_dir(root: str) -> str:
+    return os.path.join(root, CHANGES_DIR)
+
+
+def change_bucket(t: float) -> str:
+    """The journal bucket (UTC hour, ``YYYYMMDDHH``) of a unix time."""
+    return time.strftime("%Y%m%d%H", time.gmtime(t))
 
 
 def version_name(seq: int, writer: str) -> str:

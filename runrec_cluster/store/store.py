@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import socket
+import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import AmbiguousRunId, CorruptRecord, RecordNotFound, StoreError
-from ..record import SCHEMA_VERSION, RecordVersion, RunRecord, Writer, fold
-from . import codec, fs, layout
+from ..record import CONTEXT_KEY, SCHEMA_VERSION, RecordVersion, RunRecord, Writer, fold
+from . import codec, fs, layout, perms
 
 DEFAULT_STORE = "runrec-store"
 
@@ -70,6 +72,10 @@ class Store:
             fsync = os.environ.get("RUNREC_FSYNC", "") not in ("", "0", "false", "no")
         self.fsync = fsync
         self._host = socket.gethostname()
+        perms.register(self.root)  # writes apply the store's permission settings (perms.py)
+        self._jpid = 0  # change journal of this process (see _journal)
+        self._contexts: dict[str, dict[str, Any]] = {}  # shared launch contexts read
+        self._jname = ""
 
     def __repr__(self) -> str:
         return f"Store({self.root!r})"
@@ -79,22 +85,48 @@ class Store:
 
     # -- setup -------------------------------------------------------------------------------
 
-    def ensure_writable(self) -> None:
-        """Create the store if needed and prove it is writable; clear error otherwise."""
+    def ensure_writable(self, *, mode: str | None = None, group: str | int | None = None) -> None:
+        """Create the store if needed and prove it is writable; clear error otherwise.
+
+        ``mode`` and ``group`` are the permission settings of a new store (``umask``, ``private``,
+        ``group``, ``all``: see ``store/perms.py``), kept in its metadata file for every writer.
+        Given for an existing store they must be its settings; change those with ``runrec init``.
+        """
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise StoreError(
                 f"store path {self.root} exists and is not a directory. "
                 "Pass --store / RUNREC_STORE pointing to a directory."
             )
-        fs.makedirs(os.path.join(self.root, "runs"))
-        fs.makedirs(os.path.join(self.root, "blobs"))
-        meta = os.path.join(self.root, layout.META_FILE)
-        if not os.path.exists(meta):
-            fs.write_atomic(
-                meta,
-                codec.encode({"format": layout.STORE_FORMAT, "created_at": _now()}),
-                fsync=self.fsync,
-            )
+        meta_path = os.path.join(self.root, layout.META_FILE)
+        asked = None
+        if mode is not None or group is not None:
+            asked = perms.make_policy(self.root, mode, group)
+        meta = perms.read_meta(self.root)
+        if meta is None:
+            pol = asked or perms.UMASK
+            perms.remember(self.root, pol)
+            fs.makedirs(self.root)
+            perms.set_root(self.root, pol)  # also when it existed (made by hand, then init)
+            fs.makedirs(os.path.join(self.root, "runs"))
+            fs.makedirs(os.path.join(self.root, "blobs"))
+            new = {"format": layout.STORE_FORMAT, "created_at": _now()}
+            if pol.enforced:
+                new["permissions"] = pol.to_meta()
+            if not fs.create_atomic(meta_path, codec.encode(new), fsync=self.fsync):
+                meta = perms.read_meta(self.root)  # another process created it first
+        if meta is not None:
+            pol = perms.policy_from_meta(meta, meta_path)
+            perms.remember(self.root, pol)
+            if asked is not None and asked != pol:
+                raise StoreError(
+                    f"store {self.root} already has the permission settings {pol.describe()}, "
+                    f"not {asked.describe()}. Use the store as it is, or change its settings "
+                    f"with `runrec init {self.root} --mode {asked.mode}"
+                    + (f" --group {asked.group}`" if asked.gid is not None else "`")
+                    + " (which also fixes the files you own)."
+                )
+            fs.makedirs(os.path.join(self.root, "runs"))
+            fs.makedirs(os.path.join(self.root, "blobs"))
         probe = os.path.join(self.root, "runs", f"{layout.TMP_PREFIX}probe-{secrets.token_hex(4)}")
         try:
             with open(probe, "wb"):
@@ -166,7 +198,34 @@ class Store:
             codec.encode(version),
             fsync=self.fsync,
         )
+        self._journal(run_id, seq)
         return version
+
+    def _journal(self, run_id: str, seq: int) -> None:
+        """Append ``<run_id> <seq>`` to this process's change journal (after the version is in
+        place), so the query index finds new versions without a stat per run. One file per
+        process and UTC hour: a file has one writer, so appends never interleave (also on NFS).
+        Best effort: a failure here loses nothing, the index's periodic full scan finds the
+        version anyway."""
+        pid = os.getpid()
+        if self._jpid != pid:  # new Store, or a forked child: a file of its own
+            self._jpid = pid
+            self._jname = f"{_safe_host(self._host)}-{pid}-{secrets.token_hex(4)}.log"
+        bucket = layout.change_bucket(time.time())
+        d = os.path.join(layout.changes_dir(self.root), bucket)
+        line = f"{run_id} {seq}\n".encode()
+        try:
+            try:
+                fd = os.open(os.path.join(d, self._jname), _JOURNAL_FLAGS, 0o644)
+            except FileNotFoundError:
+                os.makedirs(d, exist_ok=True)
+                fd = os.open(os.path.join(d, self._jname), _JOURNAL_FLAGS, 0o644)
+            try:
+                os.write(fd, line)  # one small write: whole or nothing, even under kill -9
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
 
     def _next_seq(self, d: str) -> int:
         try:
@@ -216,8 +275,45 @@ class Store:
                     raise CorruptRecord(msg, path=path)
                 problems.append(ReadProblem(path, msg))
                 continue
+            if CONTEXT_KEY in v.patch:
+                v = self._expand(v, path, problems)
             out.append(v)
         return out
+
+    def put_context(self, patch: dict[str, Any]) -> str:
+        """Store the part of a launch patch that every run of a sweep shares (code, environment,
+        inputs, resources...) once, as a blob; the runs' launch versions name it under
+        ``CONTEXT_KEY`` and carry only what is their own (schema v2)."""
+        return self.put_obj(patch)
+
+    def _expand(
+        self, v: RecordVersion, path: str, problems: list[ReadProblem] | None
+    ) -> RecordVersion:
+        """A version naming a shared context, with the context merged under its own patch."""
+        import msgspec
+
+        from ..record import merge_context
+
+        digest = v.patch[CONTEXT_KEY]
+        ctx = self._contexts.get(digest) if isinstance(digest, str) else None
+        if ctx is None:
+            try:
+                ctx = self.get_obj(digest, dict[str, Any])
+            except (CorruptRecord, msgspec.ValidationError, msgspec.DecodeError, StoreError) as exc:
+                msg = (
+                    f"{path}: the shared launch context {digest} it names cannot be read ({exc}); "
+                    "the run is shown without it (code, environment, inputs). Run `runrec fsck`."
+                )
+                if problems is None:
+                    raise CorruptRecord(msg, path=path) from exc
+                problems.append(ReadProblem(path, msg))
+                ctx = {}
+            else:
+                if len(self._contexts) >= 64:
+                    self._contexts.clear()
+                self._contexts[digest] = ctx
+        own = {k: x for k, x in v.patch.items() if k != CONTEXT_KEY}
+        return msgspec.structs.replace(v, patch=merge_context(ctx, own))
 
     def load(self, run_id_or_prefix: str, problems: list[ReadProblem] | None = None) -> RunRecord:
         run_id = self.resolve(run_id_or_prefix)
@@ -276,6 +372,13 @@ class Store:
 
     def log_dir(self, run_id: str) -> str:
         return layout.log_dir(self.root, run_id)
+
+
+_JOURNAL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+
+
+def _safe_host(host: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", host)[:64] or "host"
 
 
 def _now() -> datetime:

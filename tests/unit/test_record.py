@@ -189,3 +189,30 @@ def test_annotations_append_in_history_order_and_old_readers_skip_them():
     assert rec.state == RunState.FAILED
     old = msgspec.msgpack.decode(codec.encode_raw(rec), type=dict)
     assert "annotations" in old  # a v1 reader decodes RunRecord and skips the unknown field
+
+
+def test_merge_context_puts_the_shared_part_underneath():
+    from runrec_cluster.record import merge_context
+
+    ctx = {
+        "code": {"commit": "abc"},
+        "execution": {"backend": "local", "resources": {"cpus": 1}},
+        "nodes": [{"hostname": "n1", "os": "Debian"}],
+        "tags": {"a": "1"},
+    }
+    own = {
+        "execution": {"log_dir": "/x"},
+        "nodes": [{"captured_at": "t"}],
+        "tags": {"a": "2"},
+        "config": {"lr": 1},
+    }
+    got = merge_context(ctx, own)
+    assert got == {
+        "code": {"commit": "abc"},
+        "execution": {"backend": "local", "resources": {"cpus": 1}, "log_dir": "/x"},
+        "nodes": [{"hostname": "n1", "os": "Debian", "captured_at": "t"}],
+        "tags": {"a": "2"},
+        "config": {"lr": 1},
+    }
+    # lists of another length are the version's own
+    assert merge_context({"nodes": [{"a": 1}]}, {"nodes": []}) == {"nodes": []}

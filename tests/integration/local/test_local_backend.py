@@ -70,6 +70,30 @@ def test_sweep_of_8(ex, store):
     assert len({r.run_id for r in recs}) == 8
     # shared parts are stored once: one call blob per run, one package list, one patch
     assert len({r.launch_env.packages_blob for r in recs}) == 1
+    # ... and the sweep's shared launch context (code, environment, inputs) is one blob that
+    # every launch version names; a reader sees whole records
+    from runrec_cluster.record import CONTEXT_KEY
+    from runrec_cluster.store import codec
+
+    launches = [codec.decode(open(store.version_files(r.run_id)[0], "rb").read()) for r in recs]
+    assert len({v["patch"][CONTEXT_KEY] for v in launches}) == 1
+    assert all("code" not in v["patch"] and "config" in v["patch"] for v in launches)
+    assert {r.code.commit for r in recs} == {recs[0].code.commit} and recs[0].code.commit
+    assert {r.execution.log_dir for r in recs} == {store.log_dir(r.run_id) for r in recs}
+    assert {r.entrypoint.call_blob for r in recs} != {None} and len(
+        {r.entrypoint.call_blob for r in recs}
+    ) == 8
+    assert all(r.name == "t" and r.user and r.launch_env.python_version for r in recs)
+    # a missing context blob is a named problem, never a crash
+    from runrec_cluster.store import layout
+
+    os.unlink(layout.blob_path(store.root, launches[0]["patch"][CONTEXT_KEY]))
+    fresh = rr.Store(store.root)
+    probs = []
+    vs = fresh.versions(recs[0].run_id, probs)
+    assert vs and probs and "shared launch context" in probs[0].message
+    with pytest.raises(rr.errors.CorruptRecord, match="runrec fsck"):
+        fresh.load(recs[0].run_id)
 
 
 def test_command_job_records_exit_code(ex, store, tmp_path):

@@ -236,7 +236,7 @@ def test_index_is_incremental_and_derived(store, tmp_path, monkeypatch):
     assert os.path.exists(os.path.join(store.root, "index", INDEX_FILE))
     # runs written within SLACK_NS of the newest change are read once more, then settle
     monkeypatch.setattr(index_mod, "SLACK_NS", 0)
-    reads = [idx.update().read for _ in range(3)]
+    reads = [idx.update(full=True).read for _ in range(3)]
     assert reads[-1] == 0, f"an unchanged store reads nothing in the end: {reads}"
     new = _write_run(store, 99, lr="fast")  # a string where other runs have numbers
     store.write_version(ids[3], "annotate", {"metrics": {"acc": 0.123}})
@@ -249,7 +249,8 @@ def test_index_is_incremental_and_derived(store, tmp_path, monkeypatch):
     import shutil
 
     shutil.rmtree(layout.run_dir(store.root, ids[0]))
-    assert idx.update().removed == 1
+    assert idx.update().removed == 0, "the journal cannot tell a deletion by hand"
+    assert idx.update(full=True).removed == 1, "a full scan can"
     before = rr.query(store).sort_values("run_id").reset_index(drop=True)
     os.unlink(idx.path)
     after = rr.query(store).sort_values("run_id").reset_index(drop=True)
@@ -267,10 +268,82 @@ def test_hot_runs_settle(store, monkeypatch):
         _write_run(store, i)
     idx = Index(store)
     assert idx.update().read == 5
-    assert idx.update().read == 5  # just written: read again (same-tick writes)
+    assert idx.update(full=True).read == 5  # just written: read again (same-tick writes)
     monkeypatch.setattr(index_mod, "SLACK_NS", 0)  # as if 2 s had passed since
-    idx.update()
+    idx.update(full=True)
+    assert idx.update(full=True).read == 0
+
+
+def _journal_files(store):
+    base = os.path.join(store.root, layout.CHANGES_DIR)
+    return [
+        os.path.join(base, b, f)
+        for b in os.listdir(base)
+        for f in os.listdir(os.path.join(base, b))
+    ]
+
+
+def test_journal_finds_new_versions_without_a_stat_per_run(store, monkeypatch):
+    ids = [_write_run(store, i) for i in range(12)]
+    # one journal file for this process, one line per version, after the version is in place
+    files = _journal_files(store)
+    assert len(files) == 1 and os.path.basename(files[0]).split("-")[1] == str(os.getpid())
+    with open(files[0]) as f:
+        lines = f.read().splitlines()
+    assert lines == [f"{rid} {seq}" for rid in ids for seq in (1, 2)]
+    idx = Index(store)
+    assert idx.update().full_scan  # no index yet: a full scan
+    st = idx.update()
+    assert (st.full_scan, st.scanned, st.read) == (False, 0, 0)
+    store.write_version(ids[5], "annotate", {"metrics": {"acc": 0.5}})
+    new = _write_run(store, 50)
+    st = idx.update()
+    assert (st.full_scan, st.scanned, st.read, st.runs) == (False, 0, 2, 13)
+    assert set(rr.query(store, "metrics.acc == 0.5", refresh=False)["run_id"]) == {ids[5], new}
+    # a line being written (no newline yet) is read once it is whole
+    with open(files[0], "ab") as f:
+        f.write(f"{ids[7]} 3".encode())
     assert idx.update().read == 0
+    with open(files[0], "ab") as f:
+        f.write(b"\n")
+    # ... and a line naming a version this listing does not show yet keeps the run pending
+    assert idx.update().read == 1
+    assert idx.update().read == 1, "still pending: version 3 of the run is not there"
+    store.write_version(ids[7], "annotate", {"metrics": {"acc": 0.7}})
+    assert idx.update().read == 1
+    assert idx.update().read == 0, "settled once the version is there"
+    # a version written without its journal line (writer killed in between) is found by the
+    # periodic full scan
+    import shutil
+
+    shutil.rmtree(os.path.join(store.root, layout.CHANGES_DIR))
+    store.write_version(ids[0], "annotate", {"metrics": {"acc": 0.9}})
+    shutil.rmtree(os.path.join(store.root, layout.CHANGES_DIR))
+    assert idx.update().read == 0
+    monkeypatch.setenv("RUNREC_INDEX_FULL_SCAN_S", "0")
+    st = idx.update()
+    assert st.full_scan and st.read >= 1  # (with the hot runs of the first full scan)
+    assert list(rr.query(store, "metrics.acc == 0.9", refresh=False)["run_id"]) == [ids[0]]
+
+
+def test_journal_of_a_forked_writer_is_its_own(store):
+    """A forked child gets a journal file of its own: one writer per file, always."""
+    rid = _write_run(store, 0)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            store.write_version(rid, "annotate", {"metrics": {"child": 1}})
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    store.write_version(rid, "annotate", {"metrics": {"parent": 1}})
+    files = _journal_files(store)
+    pids = sorted(os.path.basename(f).split("-")[1] for f in files)
+    assert pids == sorted([str(os.getpid()), str(pid)])
+    assert Index(store).update().runs == 1
+    assert (
+        rr.query(store, "metrics.child == 1 and metrics.parent == 1", refresh=False).shape[0] == 1
+    )
 
 
 def test_damaged_index_is_rebuilt(store):
