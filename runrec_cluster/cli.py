@@ -199,10 +199,27 @@ def _ls_row(rec, trust=None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON document (a list of runs) for tools."
 )
-@click.option("--where", default=None, metavar="EXPR", help='Only runs matching EXPR, e.g. \'config.lr > 0.01 and state == "failed"\' (docs/query.md).')
-@click.option("--columns", default=None, metavar="A,B,...", help="Show these columns of the flat run view (docs/query.md).")
-@click.option("--sort", default=None, metavar="COLUMN", help="Sort by COLUMN (COLUMN:desc or -COLUMN: highest first; missing values last).")
-def ls_cmd(store_path, states, name, sweep, limit, negative, as_json, where=None, columns=None, sort=None):  # type: ignore[no-untyped-def]
+@click.option(
+    "--where",
+    default=None,
+    metavar="EXPR",
+    help="Only runs matching EXPR, e.g. 'config.lr > 0.01 and state == \"failed\"' (docs/query.md).",
+)
+@click.option(
+    "--columns",
+    default=None,
+    metavar="A,B,...",
+    help="Show these columns of the flat run view (docs/query.md).",
+)
+@click.option(
+    "--sort",
+    default=None,
+    metavar="COLUMN",
+    help="Sort by COLUMN (COLUMN:desc or -COLUMN: highest first; missing values last).",
+)
+def ls_cmd(
+    store_path, states, name, sweep, limit, negative, as_json, where=None, columns=None, sort=None
+):  # type: ignore[no-untyped-def]
     """List runs, newest last. Runs built on something retired are marked SUSPECT."""
     from .record import RunState
 
@@ -246,7 +263,9 @@ def ls_cmd(store_path, states, name, sweep, limit, negative, as_json, where=None
         recs, rows = recs[-limit:], (rows[-limit:] if rows is not None else None)
     if cols and not negative:
         if as_json:
-            click.echo(json.dumps([{c: r.get(c) for c in cols} for r in rows], indent=1, default=str))
+            click.echo(
+                json.dumps([{c: r.get(c) for c in cols} for r in rows], indent=1, default=str)
+            )
         else:
             print_rows(rows, cols)
         return
@@ -495,7 +514,14 @@ def cancel_cmd(store_path, run):  # type: ignore[no-untyped-def]
 @cli.command("hash")
 @_store_opt
 @click.argument("path", type=click.Path(exists=False))
-def hash_cmd(store_path, path):  # type: ignore[no-untyped-def]
+@click.option(
+    "--algo",
+    type=click.Choice(["blake3", "sha256"]),
+    default=None,
+    help="blake3 (the default, what runs record; b3sum prints the same hex) or sha256 (what "
+    "sha256sum prints, and what records before BLAKE3 hold).",
+)
+def hash_cmd(store_path, path, algo):  # type: ignore[no-untyped-def]
     """Hash a dataset (file or directory) as a run would record it (uses the store's cache)."""
     from .capture.data import Dataset
     from .run import hash_input
@@ -503,7 +529,7 @@ def hash_cmd(store_path, path):  # type: ignore[no-untyped-def]
     store = _open_store(store_path, must_exist=False)
     store.ensure_writable()
     with _progress() as cb:
-        ref = hash_input(store, Dataset(path), progress=cb)
+        ref = hash_input(store, Dataset(path), progress=cb, algo=algo)
     click.echo(f"{ref.digest}  {ref.path}  ({ref.size} bytes, {ref.file_count} files)")
 
 
@@ -652,8 +678,10 @@ def submit_cmd(
     c.print(f"submitted run [bold]{h.run_id}[/bold] ({backend})")
     if backend == "ray" and not wait:
         # Ray ends a driver's tasks when the driver exits: this process must stay
-        c.print("  (ray: waiting for the run, since Ray stops a run when its submitting process exits;"
-                " for long runs submit from a script run with `ray job submit`)")
+        c.print(
+            "  (ray: waiting for the run, since Ray stops a run when its submitting process exits;"
+            " for long runs submit from a script run with `ray job submit`)"
+        )
         wait = True
     c.print(f"  runrec show {h.run_id[:12]}    runrec logs {h.run_id[:12]}    runrec ls")
     if wait:
@@ -730,6 +758,12 @@ from . import cli_query  # noqa: E402,F401  (registers table, compare, index, re
 
 # isort: split
 from . import cli_rerun  # noqa: E402,F401  (registers rerun, diff)
+
+# isort: split
+from . import cli_fsck  # noqa: E402,F401  (registers fsck)
+
+# isort: split
+from . import cli_init  # noqa: E402,F401  (registers init)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -108,7 +108,7 @@ def _graph_and_trust(store: Any) -> tuple[Any, Any]:
 def lineage_cmd(store_path, target, direction, depth, as_json):  # type: ignore[no-untyped-def]
     """Where TARGET came from and what was made from it, transitively.
 
-    TARGET: a run id or unique prefix; a dataset path or content hash (sha256:...); an
+    TARGET: a run id or unique prefix; a dataset path or content hash (blake3:... or sha256:...); an
     artifact RUN:name; a promoted version NAME@vN. Retired and suspect nodes are marked.
     """
     from rich.tree import Tree

@@ -44,7 +44,7 @@ from .store import lineage_layout as ll
 
 ARTIFACT_NAME_MAX = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_DIGEST = re.compile(r"^(sha256|sha256-tree):([0-9a-f]{6,64})$")
+_DIGEST = re.compile(r"^(blake3|blake3-tree|sha256|sha256-tree):([0-9a-f]{6,64})$")
 
 
 def run_node(run_id: str) -> str:
@@ -117,7 +117,7 @@ def resolve_artifact_input(
     """The input an ``rr.Artifact`` stands for: the producing run's recorded digest, checked
     against the file as it is now (refused if the run, the artifact or the file is gone, or the
     file changed since)."""
-    from .capture.data import Dataset
+    from .capture.data import Dataset, algo_of
     from .promote import copy_path, find_promotion
     from .run import hash_input
 
@@ -162,7 +162,9 @@ def resolve_artifact_input(
         raise LineageError(
             f"{label}: {where} was recorded at {path}, which no longer exists. {fix}"
         )
-    now = hash_input(store, Dataset(path), added_by=added_by, progress=progress)
+    now = hash_input(
+        store, Dataset(path), added_by=added_by, progress=progress, algo=algo_of(recorded_digest)
+    )
     if now.digest != recorded_digest:
         raise LineageError(
             f"{label}: {where} changed since it was recorded: {path} hashes to {now.digest}, "
@@ -517,7 +519,7 @@ def resolve_one(store: Store, graph: Graph, text: str, *, what: str = "use") -> 
     raise LineageError(
         f"{text!r} names {len(ids)} things to {what}: "
         + "; ".join(lines)
-        + ". Give the content hash (sha256:...) of the one you mean."
+        + ". Give the content hash (blake3:...) of the one you mean."
     )
 
 

@@ -133,7 +133,9 @@ class InputRef(Base, frozen=True, kw_only=True):
 
     kind: Literal["dataset", "artifact"] = "dataset"
     path: str = ""
-    digest: str = ""  # "sha256:<hex>" of a file, or of the tree manifest for a directory
+    # "blake3:<hex>" of a file, "blake3-tree:<hex>" of a directory's manifest (older records:
+    # sha256: / sha256-tree:; the prefix names the algorithm)
+    digest: str = ""
     size: int = 0
     file_count: int = 1
     is_dir: bool = False
@@ -517,13 +519,23 @@ def fold_patches(patches: list[dict[str, Any]]) -> dict[str, Any]:
 
 def fold(versions: list[RecordVersion]) -> RunRecord:
     """The record a reader sees: versions sorted by (seq, written_at, writer) and folded."""
-    ordered = sorted(versions, key=lambda v: (v.seq, v.written_at, v.writer.host, v.writer.pid))
-    merged = fold_patches([v.patch for v in ordered])
-    if not ordered:
+    if not versions:
         raise ValueError("a run needs at least one version")
-    merged.setdefault("run_id", ordered[0].run_id)
-    merged["schema_version"] = max(v.schema_version for v in ordered)
-    return msgspec.convert(merged, RunRecord, strict=False)
+    try:
+        ordered = sorted(versions, key=lambda v: (v.seq, v.written_at, v.writer.host, v.writer.pid))
+        merged = fold_patches([v.patch for v in ordered])
+        merged.setdefault("run_id", ordered[0].run_id)
+        merged["schema_version"] = max(v.schema_version for v in ordered)
+        return msgspec.convert(merged, RunRecord, strict=False)
+    except (TypeError, ValueError, AttributeError, RecursionError) as exc:
+        # a version that decodes but holds values of the wrong shape (msgspec's
+        # ValidationError is a ValueError): the documented error, naming the run
+        from .errors import CorruptRecord
+
+        raise CorruptRecord(
+            f"run {versions[0].run_id}: its versions do not fold into a record ({exc}); a "
+            "record file holds values of the wrong type. Run `runrec fsck`."
+        ) from exc
 
 
 def to_patch(**fields: Any) -> dict[str, Any]:

@@ -485,7 +485,9 @@ def recheck_inputs(
                     store, Artifact(i.promoted or f"{i.run_id}:{i.artifact}"), added_by=i.added_by
                 )
             else:
-                new = hash_input(store, Dataset(i.path, i.version), added_by=i.added_by)
+                new = hash_input(
+                    store, Dataset(i.path, i.version), added_by=i.added_by, algo=_algo(i.digest)
+                )
             problem = None if new.digest == i.digest else f"now {new.digest}"
         except (LineageError, ConfigError) as exc:  # DatasetError is a ConfigError
             new, problem = None, str(exc)
@@ -841,3 +843,14 @@ def order_with_reruns(recs: list[RunRecord]) -> list[tuple[RunRecord, int]]:
     for r in recs:  # a cycle cannot happen, but never lose a run
         emit(r, 0)
     return out
+
+
+def _algo(digest: str) -> str | None:
+    """The hash algorithm of a recorded input digest (None for an unknown one: the default)."""
+    from .capture.data import algo_of
+    from .errors import DatasetError
+
+    try:
+        return algo_of(digest)
+    except DatasetError:
+        return None

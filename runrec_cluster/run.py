@@ -118,8 +118,11 @@ class Run:
         return ref
 
 
-def hash_input(store: Store, dataset: Any, *, added_by: str = "submit", progress=None) -> InputRef:  # type: ignore[no-untyped-def]
-    """Hash a dataset using (and refreshing) the store's hash cache; resolve an artifact."""
+def hash_input(
+    store: Store, dataset: Any, *, added_by: str = "submit", progress=None, algo: str | None = None
+) -> InputRef:  # type: ignore[no-untyped-def]
+    """Hash a dataset using (and refreshing) the store's hash cache; resolve an artifact.
+    ``algo``: to re-check a recorded digest, its algorithm (default: ``DEFAULT_ALGO``)."""
     if isinstance(dataset, Artifact):
         from .lineage import resolve_artifact_input
 
@@ -141,7 +144,7 @@ def hash_input(store: Store, dataset: Any, *, added_by: str = "submit", progress
         cache = codec.decode(fs.read_bytes(cache_file), DatasetCache, cache_file)
     except Exception:  # a missing or broken cache only costs a re-hash
         cache = None
-    res, new_cache = hash_path(dataset.path, cache=cache, progress=progress)
+    res, new_cache = hash_path(dataset.path, cache=cache, progress=progress, algo=algo)
     if res.hashed_bytes or cache is None or len(new_cache.files) != len(cache.files):
         try:
             fs.write_atomic(cache_file, codec.encode(new_cache), mode=0o664)

@@ -1,8 +1,12 @@
 """Datasets and artifacts by content hash.
 
-A file's digest is ``sha256:<hex>`` of its bytes. A directory's digest is
-``sha256-tree:<hex>``: sha256 over its sorted manifest lines ``<relpath>\\0<size>\\0<file digest>\\n``
-(symlinks are followed; special files are skipped). Unchanged files are not re-hashed: a cache
+A file's digest is ``blake3:<hex>`` of its bytes (BLAKE3, 256 bits: as strong as SHA-256 and
+several times faster, using every core on a big file; ``b3sum FILE`` prints the same hex). A
+directory's digest is ``blake3-tree:<hex>``: BLAKE3 over its sorted manifest lines
+``<relpath>\\0<size>\\0<file digest>\\n`` (symlinks are followed; special files are skipped).
+``algo="sha256"`` gives ``sha256:`` / ``sha256-tree:`` digests instead (``sha256sum`` prints the
+same hex): records written before BLAKE3 hold those, and a recorded digest is always re-checked
+with its own algorithm (``algo_of``). Unchanged files are not re-hashed: a cache
 keyed on (path, size, mtime_ns, inode) lives in the store (``cache/datasets/``), so a stat is
 enough to re-check a dataset whose files did not change.
 """
@@ -14,12 +18,38 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
 from ..errors import DatasetError
 
 CHUNK = 1 << 20
+BIG_CHUNK = 256 << 20  # BLAKE3 of a big file: one threaded update per 256 MiB (then progress)
+ALGOS = ("blake3", "sha256")
+DEFAULT_ALGO = "blake3"
+
+
+def algo_of(digest: str) -> str:
+    """The algorithm of a recorded digest (``blake3:..``, ``sha256-tree:..``)."""
+    name = digest.split(":", 1)[0].removesuffix("-tree")
+    if name not in ALGOS:
+        raise DatasetError(
+            f"{digest!r} is not a content digest runrec knows (blake3: or sha256:, optionally "
+            "-tree for a directory). Copy the digest from the record."
+        )
+    return name
+
+
+def _hasher(algo: str, size: int = 0) -> Any:
+    if algo == "sha256":
+        return hashlib.sha256()
+    import blake3
+
+    # threads only pay off on big inputs
+    return blake3.blake3(max_threads=blake3.blake3.AUTO if size > BIG_CHUNK // 4 else 1)
+
+
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
@@ -85,23 +115,40 @@ class HashResult:
     hashed_bytes: int  # bytes actually read (0 when everything came from the cache)
 
 
-def hash_file(path: str, progress: Callable[[int], None] | None = None) -> str:
-    h = hashlib.sha256()
+def hash_file(
+    path: str, progress: Callable[[int], None] | None = None, algo: str = DEFAULT_ALGO
+) -> str:
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
+        h = _hasher(algo, size)
         if size <= CHUNK:  # small files: one read, no big buffer to allocate
             data = f.read()
             h.update(data)
             if progress:
                 progress(len(data))
-            return "sha256:" + h.hexdigest()
+            return f"{algo}:{h.hexdigest()}"
+        if algo == "blake3":  # map the file: no copy, and BLAKE3 hashes it on every core
+            import mmap
+
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                view = memoryview(m)
+                try:
+                    for off in range(0, size, BIG_CHUNK):
+                        part = view[off : off + BIG_CHUNK]
+                        h.update(part)
+                        if progress:
+                            progress(len(part))
+                        part.release()
+                finally:
+                    view.release()
+            return f"{algo}:{h.hexdigest()}"
         buf = bytearray(CHUNK * 4)
         view = memoryview(buf)
         while n := f.readinto(buf):
             h.update(view[:n])
             if progress:
                 progress(n)
-    return "sha256:" + h.hexdigest()
+    return f"{algo}:{h.hexdigest()}"
 
 
 def _walk(root: str) -> list[tuple[str, os.stat_result]]:
@@ -130,8 +177,13 @@ def hash_path(
     cache: DatasetCache | None = None,
     progress: Progress | None = None,
     workers: int = 2,
+    algo: str | None = None,
 ) -> tuple[HashResult, DatasetCache]:
-    """Hash a file or directory. Returns the result and the updated cache."""
+    """Hash a file or directory with ``algo`` (default ``DEFAULT_ALGO``; to re-check a
+    recorded digest pass ``algo_of(digest)``). Returns the result and the updated cache."""
+    algo = algo or DEFAULT_ALGO
+    if algo not in ALGOS:
+        raise DatasetError(f"unknown hash algorithm {algo!r}; use one of {', '.join(ALGOS)}.")
     full = os.path.abspath(path)
     if not os.path.exists(full):
         raise DatasetError(
@@ -152,7 +204,11 @@ def hash_path(
     digests: dict[str, str] = {}
     for rel, st in entries:
         c = old.get(rel)
-        if c is not None and (c.size, c.mtime_ns, c.ino) == (st.st_size, st.st_mtime_ns, st.st_ino):
+        if (
+            c is not None
+            and (c.size, c.mtime_ns, c.ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+            and c.digest.startswith(algo + ":")
+        ):
             digests[rel] = c.digest
             new_cache[rel] = c
         else:
@@ -170,7 +226,7 @@ def hash_path(
         rel, _st = item
         target = os.path.join(full, rel) if rel else full
         try:
-            return rel, hash_file(target, tick)
+            return rel, hash_file(target, tick, algo)
         except OSError as exc:
             raise DatasetError(f"cannot read {target}: {exc.strerror}.") from exc
 
@@ -185,10 +241,10 @@ def hash_path(
     size = sum(st.st_size for _, st in entries)
     if is_dir:
         manifest = [(rel, st.st_size, digests[rel]) for rel, st in entries]
-        h = hashlib.sha256()
+        h = _hasher(algo)
         for rel, sz, d in manifest:
             h.update(f"{rel}\0{sz}\0{d}\n".encode())
-        digest = "sha256-tree:" + h.hexdigest()
+        digest = f"{algo}-tree:" + h.hexdigest()
     else:
         manifest = None
         digest = digests[""]

@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+import runrec_cluster as rr
 from runrec_cluster.capture import config as cfg
 from runrec_cluster.capture.data import Dataset, hash_path
 from runrec_cluster.capture.env import package_drift, packages, selected_env
@@ -17,14 +18,30 @@ from runrec_cluster.redact import (
 from runrec_cluster.run import hash_input
 
 
-def test_file_hash_matches_sha256sum(tmp_path):
+def test_file_hash_is_blake3_and_sha256_on_request(tmp_path, monkeypatch):
     import hashlib
 
+    import blake3
+
+    from runrec_cluster.capture import data
+
+    monkeypatch.setattr(data, "BIG_CHUNK", 1 << 20)  # the mapped, chunked, threaded path
     p = tmp_path / "a.bin"
     p.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
-    res, _ = hash_path(str(p))
-    assert res.digest == "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
+    seen = []
+    res, _ = hash_path(str(p), progress=lambda done, total: seen.append((done, total)))
+    assert res.digest == "blake3:" + blake3.blake3(p.read_bytes()).hexdigest()
     assert res.size == p.stat().st_size and res.file_count == 1 and not res.is_dir
+    assert len(seen) == 4 and seen[-1] == (res.size, res.size)
+    res, _ = hash_path(str(p), algo="sha256")
+    assert res.digest == "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
+    small = tmp_path / "s.txt"
+    small.write_bytes(b"hello\n")
+    assert hash_path(str(small))[0].digest == "blake3:" + blake3.blake3(b"hello\n").hexdigest()
+    # a recorded digest names its algorithm; re-checks use it
+    assert data.algo_of(res.digest) == "sha256" and data.algo_of("blake3-tree:ab") == "blake3"
+    with pytest.raises(rr.errors.DatasetError, match="not a content digest"):
+        data.algo_of("md5:abc")
 
 
 def test_directory_hashes_as_a_tree_and_cache_skips_unchanged(tmp_path):
@@ -33,9 +50,12 @@ def test_directory_hashes_as_a_tree_and_cache_skips_unchanged(tmp_path):
     for i in range(5):
         (d / "x" / f"{i}.txt").write_text(f"row {i}\n" * 100)
     r1, cache = hash_path(str(d))
-    assert r1.is_dir and r1.file_count == 5 and r1.digest.startswith("sha256-tree:")
+    assert r1.is_dir and r1.file_count == 5 and r1.digest.startswith("blake3-tree:")
     r2, cache2 = hash_path(str(d), cache=cache)
     assert r2.digest == r1.digest and r2.hashed_bytes == 0
+    # the cache holds digests of one algorithm: another one hashes again
+    r_sha, _ = hash_path(str(d), cache=cache, algo="sha256")
+    assert r_sha.digest.startswith("sha256-tree:") and r_sha.hashed_bytes == r1.size
     (d / "x" / "3.txt").write_text("changed\n")
     r3, _ = hash_path(str(d), cache=cache2)
     assert r3.digest != r1.digest and r3.hashed_bytes == len("changed\n")

@@ -177,7 +177,9 @@ def test_lineage_up_and_down_from_every_node(chain):
     def up(t):
         return set(g.reach(lineage.resolve_target(s, g, t), "up"))
 
-    assert down(f"sha256:{a_rec.inputs[0].digest.split(':')[1][:10]}") == {
+    algo, hexd = a_rec.inputs[0].digest.split(":")
+    assert algo == "blake3"
+    assert down(f"{algo}:{hexd[:10]}") == {
         v1,
         A,
         Am,

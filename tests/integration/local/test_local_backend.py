@@ -30,7 +30,7 @@ def test_function_run_records_launch_and_node(ex, store, repo, tmp_path):
         "a": (5, "given"),
         "b": (10, "default"),
     }
-    assert rec.inputs[0].path == str(data) and rec.inputs[0].digest.startswith("sha256:")
+    assert rec.inputs[0].path == str(data) and rec.inputs[0].digest.startswith("blake3:")
     assert rec.tags == {"team": "x"} and rec.entrypoint.function.endswith(":add")
     assert rec.launch_env.package_count > 10
     node = rec.node
@@ -48,7 +48,7 @@ def test_generated_config_metrics_and_artifacts(ex, store, tmp_path):
     h2 = ex.submit(jobfns.with_artifact, str(tmp_path / "m.bin"))
     h2.result(timeout=60)
     art = h2.record().artifacts[0]
-    assert art.name == "model" and art.size == 1100 and art.digest.startswith("sha256:")
+    assert art.name == "model" and art.size == 1100 and art.digest.startswith("blake3:")
 
 
 def test_failure_is_recorded_with_its_traceback(ex):
