@@ -10,6 +10,8 @@
    file in the page cache against ``sha256sum``, ``md5sum`` (DVC's hash), ``openssl dgst
    -sha256``, ``b3sum`` when installed, and ``cat`` (the read limit); then a 20,000-file
    directory hashed with an empty cache and re-checked through the store's hash cache.
+4. ``slurm``: submit with record against bare ``submitit.AutoExecutor`` on the real local Slurm
+   cluster (``bash slurm/up`` first): the submit call, submit to done, and a ``map_array`` of 8.
 
 Every figure is the median of ``--reps`` repetitions (default 5), alternatives interleaved within
 each repetition (their order rotates), because the machine may be shared. Prints one
@@ -695,6 +697,86 @@ def report_records(r: dict[str, Any]) -> str:
     )
 
 
+# -- 4. slurm ---------------------------------------------------------------------------------
+
+
+def bench_slurm(tmp: str, reps: int, array_n: int) -> dict[str, Any]:
+    """Submit with record against bare submitit on the real Slurm cluster (slurm/up)."""
+    import submitit
+
+    import runrec_cluster as rr
+
+    if shutil.which("sinfo") is None or subprocess.run(["sinfo"], capture_output=True).returncode:
+        raise RuntimeError("no Slurm cluster answers `sinfo`: run `bash slurm/up` first")
+    repo = make_repo(tmp)
+    res = {"timeout_min": 5, "cpus": 1, "mem_gb": 0.5}
+    ex = rr.Executor(backend="slurm", store=os.path.join(tmp, "slurm-store"), cwd=repo, **res)
+    se = submitit.AutoExecutor(folder=os.path.join(tmp, "submitit-slurm"), cluster="slurm")
+    se.update_parameters(timeout_min=5, cpus_per_task=1, mem_gb=0.5)
+    pairs = [
+        ("submitit", lambda: se.submit(add_one, 1)),
+        ("runrec", lambda: ex.submit(add_one, 1)),
+    ]
+    for _, fn in pairs:  # warm-up
+        assert fn().result() == 2
+    s: dict[str, list[float]] = {}
+    for rep in range(reps):
+        for name, fn in pairs if rep % 2 == 0 else pairs[::-1]:
+            t0 = time.perf_counter()
+            j = fn()
+            t1 = time.perf_counter()
+            wait_all([j.done], 0.05)
+            t2 = time.perf_counter()
+            assert j.result() == 2
+            s.setdefault(f"submit_ms.{name}", []).append((t1 - t0) * 1e3)
+            s.setdefault(f"done_ms.{name}", []).append((t2 - t0) * 1e3)
+    params = list(range(array_n))
+    arrays = [
+        ("submitit", lambda: se.map_array(add_one, params)),
+        ("runrec", lambda: ex.map_array(add_one, [{"x": p} for p in params])),
+    ]
+    for rep in range(reps):
+        for name, fn in arrays if rep % 2 == 0 else arrays[::-1]:
+            t0 = time.perf_counter()
+            jobs = fn()
+            t1 = time.perf_counter()
+            wait_all([j.done for j in jobs], 0.1)
+            t2 = time.perf_counter()
+            assert [j.result() for j in jobs] == [p + 1 for p in params]
+            s.setdefault(f"array_submit_ms.{name}", []).append((t1 - t0) * 1e3)
+            s.setdefault(f"array_done_ms.{name}", []).append((t2 - t0) * 1e3)
+    return {
+        "reps": reps,
+        "array_n": array_n,
+        "samples": s,
+        "median": {k: med(v) for k, v in s.items()},
+    }
+
+
+def report_slurm(r: dict[str, Any]) -> str:
+    m = r["median"]
+    n = r["array_n"]
+    rows = []
+    for label, key in (
+        ("submit() call (sbatch included)", "submit_ms"),
+        ("submit → done() (polled every 50 ms)", "done_ms"),
+        (f"map_array({n}) call (one sbatch --array)", "array_submit_ms"),
+        (f"map_array({n}) → all done (polled every 100 ms)", "array_done_ms"),
+    ):
+        a, b = m[f"{key}.submitit"], m[f"{key}.runrec"]
+        rows.append([label, a, b, ratio(b, a), b - a])
+    return "\n".join(
+        [
+            f"### 4. Launch on Slurm: submit with record vs bare submitit (the local Slurm "
+            f"cluster of slurm/up; median of {r['reps']} reps)",
+            "",
+            table(
+                ["measure", "submitit ms", "runrec ms", "runrec / submitit", "difference ms"], rows
+            ),
+        ]
+    )
+
+
 # -- 3. hashing ------------------------------------------------------------------------------
 
 
@@ -891,7 +973,7 @@ def report_hashing(r: dict[str, Any]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", default="submit,records,hashing")
+    p.add_argument("--only", default="submit,records,hashing,slurm")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not figures")
@@ -929,9 +1011,16 @@ def main() -> int:
             elif w == "hashing":
                 r = bench_hashing(tmp, a.hash_mib << 20, a.files, reps)
                 sections.append(report_hashing(r))
+            elif w == "slurm":
+                try:
+                    r = bench_slurm(tmp, reps, min(a.array, 8))
+                except RuntimeError as exc:  # no cluster here: say so, measure the rest
+                    print(f"(slurm: skipped, {exc})\n", flush=True)
+                    continue
+                sections.append(report_slurm(r))
             else:
                 print(
-                    f"unknown benchmark {w!r}; choose from submit, records, hashing",
+                    f"unknown benchmark {w!r}; choose from submit, records, hashing, slurm",
                     file=sys.stderr,
                 )
                 return 2

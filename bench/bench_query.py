@@ -2,12 +2,13 @@
 
 1. ``write``: N runs (50 config values, 20 metrics, 10 tags each) written with
    ``Store.write_version`` (a launch version with config and tags, an end version with the
-   metrics), fsync off and on, against MLflow's sqlite store (``create_run`` + ``log_batch`` +
-   ``set_terminated``, the batch path) with the same values. Runs per second.
+   metrics), fsync off and on, against MLflow's sqlite and file stores (``create_run`` +
+   ``log_batch`` + ``set_terminated``, the batch path) with the same values. Runs per second.
 2. ``query``: ``rr.query(store, 'config.lr == 0.01 and metrics.acc > 0.5')`` on the N runs of
    part 1 and on a store of BIG runs: cold (no index: the index build is included), warm (index
-   up to date; one stat per run directory to find new records), and warm without the stat
-   (``refresh=False``); against MLflow ``search_runs`` with the same filter on its ``--mlflow-n`` runs.
+   up to date; the change journal read to find new records), and warm without that
+   (``refresh=False``); against MLflow ``search_runs`` with the same filter on its sqlite store
+   (``--mlflow-n`` runs, default 10,000) and file store (``--file-n``, default 1,000).
 3. ``size``: bytes of version files per run in a real sweep (``map_array`` on the local
    backend), blobs excluded (shared: patch, package lists; per run: pickled call, result).
 
@@ -74,19 +75,20 @@ def write_ours(store: Any, n: int, start: int = 0) -> None:
         store.write_version(rid, "end", end, role="job")
 
 
-def mlflow_client(path: str) -> tuple[Any, str]:
+def mlflow_client(uri: str) -> tuple[Any, str]:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.ERROR)
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow 3 keeps its file store behind this
     from mlflow.tracking import MlflowClient
 
-    c = MlflowClient(tracking_uri=f"sqlite:///{path}")
+    c = MlflowClient(tracking_uri=uri)
     return c, c.create_experiment("bench")
 
 
-def write_mlflow(client: Any, exp: str, n: int) -> None:
+def write_mlflow(client: Any, exp: str, n: int, start: int = 0) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
-    for k in range(n):
+    for k in range(start, start + n):
         config, metrics, tags = run_values(k)
         r = client.create_run(exp)
         ts = int(time.time() * 1000)
@@ -99,13 +101,24 @@ def write_mlflow(client: Any, exp: str, n: int) -> None:
         client.set_terminated(r.info.run_id)
 
 
+WRITERS = ("default", "fsync", "mlflow_sqlite", "mlflow_file")
+
+
 def bench_write_query(
-    tmp: str, n: int, mlflow_n: int, big: int, reps: int, big_cold_reps: int
+    tmp: str, n: int, mlflow_n: int, file_n: int, big: int, reps: int, big_cold_reps: int
 ) -> dict[str, Any]:
+    """Write N runs to ours (fsync off, on), MLflow sqlite (``mlflow_n`` runs) and the MLflow
+    file store (``file_n``), in ``reps`` interleaved batches; then query each."""
     import runrec_cluster as rr
     from runrec_cluster.index import Index
 
-    out: dict[str, Any] = {"n": n, "mlflow_n": mlflow_n, "big": big, "samples": {}}
+    out: dict[str, Any] = {
+        "n": n,
+        "mlflow_n": mlflow_n,
+        "file_n": file_n,
+        "big": big,
+        "samples": {},
+    }
     s = out["samples"]
     stores = {
         "default": rr.Store(os.path.join(tmp, "ours")),
@@ -113,50 +126,46 @@ def bench_write_query(
     }
     for st in stores.values():
         st.ensure_writable()
-    # -- write: one batch per repetition into each store in turn, rotating the order
-    per = max(1, n // reps)
-    mper = max(1, mlflow_n // reps)
-    client, exp = mlflow_client(os.path.join(tmp, "mlflow.db"))
-    written = 0
+    clients = {
+        "mlflow_sqlite": mlflow_client(f"sqlite:///{os.path.join(tmp, 'mlflow.db')}"),
+        "mlflow_file": mlflow_client("file://" + os.path.join(tmp, "mlruns")),
+    }
+    total = {"default": n, "fsync": n, "mlflow_sqlite": mlflow_n, "mlflow_file": file_n}
+    written = dict.fromkeys(WRITERS, 0)
     for rep in range(reps):
-        order = ["default", "fsync", "mlflow"]
-        order = order[rep % 3 :] + order[: rep % 3]
+        order = list(WRITERS[rep % 4 :] + WRITERS[: rep % 4])
         for who in order:
-            if who == "mlflow":
-                dt = clock(lambda: write_mlflow(client, exp, mper))
-                s.setdefault("write_mlflow_runs_per_s", []).append(mper / dt)
+            per = total[who] // reps + (1 if rep < total[who] % reps else 0)
+            w = written[who]
+            if who in clients:
+                c, e = clients[who]
+                dt = clock(lambda c=c, e=e, per=per, w=w: write_mlflow(c, e, per, w))
             else:
-                dt = clock(lambda who=who, w=written: write_ours(stores[who], per, w))
-                s.setdefault(f"write_{who}_runs_per_s", []).append(per / dt)
-        written += per
-    # -- query the N runs: ours cold / warm, MLflow search_runs
+                dt = clock(lambda who=who, per=per, w=w: write_ours(stores[who], per, w))
+            s.setdefault(f"write_{who}_runs_per_s", []).append(per / dt)
+            written[who] += per
+    out["written"] = written
+    # -- query the N runs: ours cold / warm, MLflow search_runs on its sqlite and file stores
     store = stores["default"]
     idx = Index(store)
     expect = len(rr.query(store, FILTER))
     for _rep in range(reps):
         os.unlink(idx.path)
         s.setdefault("query_n_cold_s", []).append(clock(lambda: rr.query(store, FILTER)))
-    time.sleep(2.1)  # past SLACK_NS: the last-written runs settle after one more read
     idx.update()
-    idx.update()
+    got: dict[str, int] = {}
     for _rep in range(reps):
         s.setdefault("query_n_warm_s", []).append(clock(lambda: rr.query(store, FILTER)))
         s.setdefault("query_n_warm_norefresh_s", []).append(
             clock(lambda: rr.query(store, FILTER, refresh=False))
         )
-        got = []
-        s.setdefault("query_mlflow_s", []).append(
-            clock(
-                lambda got=got: got.append(
-                    client.search_runs([exp], MLFLOW_FILTER, max_results=50000)
-                )
-            )
-        )
-    out["matches"] = {
-        "ours": expect,
-        "ours_runs": sum(1 for _ in store.run_ids()),
-        "mlflow": len(got[-1]),
-    }
+        for who, (c, e) in clients.items():
+
+            def search(who: str = who, c: Any = c, e: str = e) -> None:
+                got[who] = len(c.search_runs([e], MLFLOW_FILTER, max_results=50000))
+
+            s.setdefault(f"query_{who}_s", []).append(clock(search))
+    out["matches"] = {"ours": expect, "ours_runs": sum(1 for _ in store.run_ids()), **got}
     # -- query a BIG store (ours only)
     bs = rr.Store(os.path.join(tmp, "big"))
     bs.ensure_writable()
@@ -166,8 +175,6 @@ def bench_write_query(
         if os.path.exists(bidx.path):
             os.unlink(bidx.path)
         s.setdefault("query_big_cold_s", []).append(clock(lambda: rr.query(bs, FILTER)))
-    time.sleep(2.1)
-    bidx.update()
     bidx.update()
     out["big_matches"] = len(rr.query(bs, FILTER))
     for _rep in range(reps):
@@ -176,6 +183,13 @@ def bench_write_query(
             clock(lambda: rr.query(bs, FILTER, refresh=False))
         )
         s.setdefault("index_big_update_noop_s", []).append(clock(bidx.update))
+        s.setdefault("index_big_full_scan_s", []).append(clock(lambda: bidx.update(full=True)))
+    # a warm update that finds new runs: 100 written since the last one
+    for _rep in range(reps):
+        write_ours(bs, 100, big + 100 * _rep)
+        s.setdefault("query_big_warm_after_100_new_s", []).append(
+            clock(lambda: rr.query(bs, FILTER))
+        )
     out["index_bytes"] = {"n": os.path.getsize(idx.path), "big": os.path.getsize(bidx.path)}
     out["medians"] = {k: med(v) for k, v in s.items()}
     return out
@@ -183,67 +197,96 @@ def bench_write_query(
 
 def report_write_query(r: dict[str, Any]) -> str:
     m = r["medians"]
+    base = m["write_mlflow_sqlite_runs_per_s"]
+    q_sql, q_file = m["query_mlflow_sqlite_s"], m["query_mlflow_file_s"]
     lines = [
-        f"### Write: runs per second (50 config values, 20 metrics, 10 tags; ours {r['n']:,} runs, MLflow {r['mlflow_n']:,})",
+        "### Write: runs per second (50 config values, 20 metrics, 10 tags per run)",
+        "",
+        f"Runs written: runrec {r['n']:,} per store, MLflow sqlite {r['mlflow_n']:,}, MLflow file "
+        f"store {r['file_n']:,} (a file per value: slower to fill), in {len(r['samples']['write_default_runs_per_s'])} "
+        "interleaved batches; runs/s is the median over the batches.",
         "",
         table(
-            ["store", "runs/s", "ours / MLflow sqlite"],
+            ["store", "runs/s", "this / MLflow sqlite"],
             [
                 [
                     "runrec, default (atomic, no fsync)",
                     m["write_default_runs_per_s"],
-                    ratio(m["write_default_runs_per_s"], m["write_mlflow_runs_per_s"]),
+                    ratio(m["write_default_runs_per_s"], base),
                 ],
                 [
                     "runrec, fsync",
                     m["write_fsync_runs_per_s"],
-                    ratio(m["write_fsync_runs_per_s"], m["write_mlflow_runs_per_s"]),
+                    ratio(m["write_fsync_runs_per_s"], base),
                 ],
-                ["MLflow sqlite, log_batch", m["write_mlflow_runs_per_s"], "1.0x"],
+                ["MLflow sqlite, log_batch", base, "1.0x"],
+                [
+                    "MLflow file store, log_batch",
+                    m["write_mlflow_file_runs_per_s"],
+                    ratio(m["write_mlflow_file_runs_per_s"], base),
+                ],
             ],
         ),
         "",
         f"### Query `{FILTER}`",
         "",
-        f"{r['matches']['ours']:,} of {r['matches']['ours_runs']:,} runs match in our store; MLflow returns {r['matches']['mlflow']:,} of its {r['mlflow_n']:,}. BIG store: {r['big']:,} runs, {r['big_matches']:,} match.",
+        f"Matches: runrec {r['matches']['ours']:,} of {r['matches']['ours_runs']:,}; MLflow sqlite "
+        f"{r['matches']['mlflow_sqlite']:,} of {r['mlflow_n']:,}; MLflow file store "
+        f"{r['matches']['mlflow_file']:,} of {r['file_n']:,}. BIG store: {r['big']:,} runs, "
+        f"{r['big_matches']:,} match.",
         "",
         table(
-            ["query", "ms", "MLflow search_runs / this"],
+            ["query", "ms", "MLflow sqlite search_runs / this"],
             [
                 [
                     f"runrec, {r['n']:,} runs, cold (index build included)",
                     m["query_n_cold_s"] * 1000,
-                    ratio(m["query_mlflow_s"], m["query_n_cold_s"]),
+                    ratio(q_sql, m["query_n_cold_s"]),
                 ],
                 [
-                    f"runrec, {r['n']:,} runs, warm",
+                    f"runrec, {r['n']:,} runs, warm (journal read included)",
                     m["query_n_warm_s"] * 1000,
-                    ratio(m["query_mlflow_s"], m["query_n_warm_s"]),
+                    ratio(q_sql, m["query_n_warm_s"]),
                 ],
                 [
                     f"runrec, {r['n']:,} runs, warm, refresh=False",
                     m["query_n_warm_norefresh_s"] * 1000,
-                    ratio(m["query_mlflow_s"], m["query_n_warm_norefresh_s"]),
+                    ratio(q_sql, m["query_n_warm_norefresh_s"]),
                 ],
+                [f"MLflow search_runs, sqlite, {r['mlflow_n']:,} runs", q_sql * 1000, "1.0x"],
                 [
-                    f"MLflow search_runs, {r['mlflow_n']:,} runs (sqlite)",
-                    m["query_mlflow_s"] * 1000,
-                    "1.0x",
+                    f"MLflow search_runs, file store, {r['file_n']:,} runs",
+                    q_file * 1000,
+                    ratio(q_sql, q_file),
                 ],
                 [
                     f"runrec, {r['big']:,} runs, cold (index build included)",
                     m["query_big_cold_s"] * 1000,
                     "",
                 ],
-                [f"runrec, {r['big']:,} runs, warm", m["query_big_warm_s"] * 1000, ""],
+                [
+                    f"**runrec, {r['big']:,} runs, warm (journal read included)**",
+                    m["query_big_warm_s"] * 1000,
+                    "",
+                ],
+                [
+                    f"runrec, {r['big']:,} runs, warm, 100 runs new since the last query",
+                    m["query_big_warm_after_100_new_s"] * 1000,
+                    "",
+                ],
                 [
                     f"runrec, {r['big']:,} runs, warm, refresh=False",
                     m["query_big_warm_norefresh_s"] * 1000,
                     "",
                 ],
                 [
-                    f"… of which index.update() finding nothing new ({r['big']:,} stats)",
+                    "… index.update() finding nothing new in the journal",
                     m["index_big_update_noop_s"] * 1000,
+                    "",
+                ],
+                [
+                    f"… index.update(full=True): the periodic full scan ({r['big']:,} stats)",
+                    m["index_big_full_scan_s"] * 1000,
                     "",
                 ],
             ],
@@ -320,7 +363,13 @@ def main() -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--n", type=int, default=None, help="runs written and queried (default 10,000)")
     p.add_argument(
-        "--mlflow-n", type=int, default=None, help="runs written to MLflow (default 1,000)"
+        "--mlflow-n", type=int, default=None, help="runs written to MLflow sqlite (default 10,000)"
+    )
+    p.add_argument(
+        "--file-n",
+        type=int,
+        default=None,
+        help="runs written to MLflow's file store (default 1,000)",
     )
     p.add_argument("--big", type=int, default=None, help="runs of the big store (default 100,000)")
     p.add_argument(
@@ -330,7 +379,8 @@ def main() -> int:
     a = p.parse_args()
     q = a.quick
     n = a.n or (300 if q else 10_000)
-    mlflow_n = a.mlflow_n or (60 if q else 1_000)
+    mlflow_n = a.mlflow_n or (60 if q else 10_000)
+    file_n = a.file_n or (30 if q else 1_000)
     big = a.big or (1_000 if q else 100_000)
     tasks = a.tasks or (8 if q else 100)
     reps = a.reps or (3 if q else 5)
@@ -343,7 +393,7 @@ def main() -> int:
     t0 = time.perf_counter()
     try:
         if only & {"write", "query"}:
-            r = bench_write_query(tmp, n, mlflow_n, big, reps, 1 if big >= 50_000 else reps)
+            r = bench_write_query(tmp, n, mlflow_n, file_n, big, reps, 1 if big >= 50_000 else reps)
             res["write_query"] = r
             md.append(report_write_query(r))
             print(md[-1] + "\n", flush=True)
