@@ -55,7 +55,7 @@ from typing import Any
 
 from .errors import StoreError
 from .query import LINEAGE_COLUMN, TRUST_COLUMNS, flat_row, lineage_part, need_query_extra
-from .store import ReadProblem, Store, layout
+from .store import ReadProblem, Store, fs, layout, perms
 
 INDEX_FORMAT = 1
 INDEX_FILE = f"runs-v{INDEX_FORMAT}.arrow"
@@ -87,7 +87,7 @@ def resolve_dir(store: Store, index_dir: str | os.PathLike[str] | None = None) -
     explicit = index_dir or os.environ.get("RUNREC_INDEX_DIR")
     if explicit:
         return os.path.join(os.path.abspath(os.fspath(explicit)), _store_key(store))
-    here = os.path.join(store.root, "index")
+    here = store.check_inside(os.path.join(store.root, "index"))  # never through a link out
     if os.access(here if os.path.isdir(here) else store.root, os.W_OK):
         return here
     return os.path.join(default_cache_dir(), _store_key(store))
@@ -355,10 +355,13 @@ class Index:
         import pyarrow.ipc as ipc
 
         try:
-            os.makedirs(self.dir, exist_ok=True)
+            fs.makedirs(self.dir)  # the store's group and mode when the index is inside it
             tmp = os.path.join(self.dir, f"{layout.TMP_PREFIX}{secrets.token_hex(8)}")
             with pa.OSFile(tmp, "wb") as sink, ipc.new_file(sink, table.schema) as w:
                 w.write_table(table)
+            pol = perms.policy_for(tmp)
+            if pol.enforced:  # readable by the store's group, whatever this process's umask
+                os.chmod(tmp, pol.file_mode(0o444))
             os.replace(tmp, self.path)
         except OSError as exc:
             raise StoreError(

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .capture.data import hash_path
+from .capture.data import algo_of, hash_path
 from .errors import DatasetError, PromotionError, RunrecError, StoreError
 from .record import Base, RunState
-from .store import Store, codec, fs
+from .store import Store, codec, fs, perms
 from .store import lineage_layout as ll
 
 
@@ -208,7 +208,7 @@ def _check(store: Store, e: VersionEntry) -> Check:
     if not os.path.exists(path):
         return Check(e.ref, False, f"the copy {path} is missing", expected=p.digest)
     try:
-        res, _ = hash_path(path)
+        res, _ = hash_path(path, algo=algo_of(p.digest))
     except DatasetError as exc:
         return Check(e.ref, False, f"cannot re-hash {path}: {exc}", expected=p.digest)
     if res.digest != p.digest:
@@ -292,7 +292,7 @@ def promote(
             "promoted; rerun the run to produce it again."
         )
     try:
-        now, _ = hash_path(src)
+        now, _ = hash_path(src, algo=algo_of(art.digest))
     except DatasetError as exc:
         raise PromotionError(f"cannot re-hash artifact {art.name!r} of run {rid}: {exc}") from None
     if now.digest != art.digest:
@@ -305,15 +305,16 @@ def promote(
     try:
         rel = os.path.join(ll.FILES_DIR, ll.copy_name(src))
         dest = os.path.join(vdir, rel)
-        os.mkdir(os.path.join(vdir, ll.FILES_DIR))
+        fs.mkdir(os.path.join(vdir, ll.FILES_DIR))  # the store's group and mode, as every mkdir
         _copy(store, src, dest, now.manifest)
-        copied, _ = hash_path(dest)
+        copied, _ = hash_path(dest, algo=algo_of(art.digest))
         if copied.digest != art.digest:
             raise PromotionError(
                 f"artifact {art.name!r} of run {rid} changed while it was copied ({src} now "
                 f"hashes to {copied.digest}, the run recorded {art.digest}). Nothing was promoted."
             )
-        _read_only(os.path.join(vdir, ll.FILES_DIR))
+        ro = perms.policy_for(store.root)  # read-only, readable by whom the store's settings say
+        _read_only(os.path.join(vdir, ll.FILES_DIR), ro)
         promotion = Promotion(
             name=to,
             version=version,
@@ -339,7 +340,7 @@ def promote(
     except BaseException:
         _remove(vdir)  # our own claimed, unrecorded directory: nothing refers to it
         raise
-    os.chmod(vdir, 0o555)
+    os.chmod(vdir, ro.ro_dir_mode)
     return promotion
 
 
@@ -352,7 +353,7 @@ def _claim_version(store: Store, name: str) -> tuple[int, str]:
     for _ in range(10_000):
         d = ll.version_dir(store.root, name, n, PromotionError)
         try:
-            os.mkdir(d)
+            fs.mkdir(d)
             return n, d
         except FileExistsError:
             n += 1  # another promoter took it: try the next
@@ -366,19 +367,21 @@ def _copy(store: Store, src: str, dest: str, manifest: list[tuple[str, int, str]
     if manifest is None:
         shutil.copyfile(src, dest)
         return
-    os.mkdir(dest)
+    fs.mkdir(dest)
     for rel, _size, _digest in manifest:
         target = os.path.join(dest, rel)
         ll.inside(dest, target, PromotionError)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fs.makedirs(os.path.dirname(target))
         shutil.copyfile(os.path.join(src, rel), target)
 
 
-def _read_only(top: str) -> None:
+def _read_only(top: str, policy: perms.Policy) -> None:
+    """Files 0444 and directories 0555 (0440 / 2550 in a store shared with a group, 0400 / 0500
+    in a private one: ``perms.py``); a promoted copy is never written again."""
     for dirpath, _dirnames, filenames in os.walk(top, topdown=False):
         for f in filenames:
-            os.chmod(os.path.join(dirpath, f), 0o444)
-        os.chmod(dirpath, 0o555)
+            os.chmod(os.path.join(dirpath, f), policy.ro_file_mode)
+        os.chmod(dirpath, policy.ro_dir_mode)
 
 
 def _remove(path: str) -> None:

@@ -31,7 +31,7 @@ from ..record import (
     signal_failure,
     to_patch,
 )
-from ..store import Store
+from ..store import Store, fs
 from .base import Backend, JobSpec
 
 
@@ -47,7 +47,7 @@ class LocalBackend(Backend):
         python = self.options.get("local_python") or sys.executable
         parallel = int(self.options.get("local_max_parallel") or os.cpu_count() or 1)
         first_log = jobs[0].log_dir
-        os.makedirs(first_log, exist_ok=True)
+        fs.makedirs(first_log)  # the store's group and mode (a group-shared store)
         args = [
             python,
             "-m",
@@ -61,7 +61,7 @@ class LocalBackend(Backend):
         env = dict(os.environ)
         env.update(jobs[0].env)
         try:
-            with open(os.path.join(first_log, "supervisor.txt"), "ab") as log:
+            with fs.open_append(os.path.join(first_log, "supervisor.txt")) as log:
                 p = subprocess.Popen(
                     args,
                     stdin=subprocess.DEVNULL,
@@ -149,9 +149,9 @@ def _supervise(root: str, parallel: int, triples: list[tuple[str, str, str]]) ->
     while queue or running:
         while queue and len(running) < parallel:
             run_id, cwd, log_dir = queue.pop(0)
-            os.makedirs(log_dir, exist_ok=True)
-            out = open(os.path.join(log_dir, "stdout.txt"), "ab")
-            err = open(os.path.join(log_dir, "stderr.txt"), "ab")
+            fs.makedirs(log_dir)
+            out = fs.open_append(os.path.join(log_dir, "stdout.txt"))
+            err = fs.open_append(os.path.join(log_dir, "stderr.txt"))
             try:
                 p = subprocess.Popen(
                     [python, "-m", "runrec_cluster.job", root, run_id],

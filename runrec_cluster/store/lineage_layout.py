@@ -20,11 +20,11 @@ import re
 from ..errors import RunrecError
 from .layout import RUN_ID_RE
 
-PROMOTED_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-VERSION_DIR_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
+PROMOTED_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+VERSION_DIR_RE = re.compile(r"^v([1-9][0-9]{0,8})\Z")
 # the copied file keeps its own name when that name is plain; else it is called "artifact"
-COPY_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=@,-]{0,199}$")
-RETIREMENT_FILE_RE = re.compile(r"^([0-9a-hjkmnp-tv-z]{26})\.msgpack\.zst$")
+COPY_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=@,-]{0,199}\Z")
+RETIREMENT_FILE_RE = re.compile(r"^([0-9a-hjkmnp-tv-z]{26})\.msgpack\.zst\Z")
 PROMOTION_FILE = "promotion.msgpack.zst"
 FILES_DIR = "files"
 NAME_RULE = (

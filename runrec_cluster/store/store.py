@@ -148,6 +148,7 @@ class Store:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = layout.blob_path(self.root, digest)
         if not os.path.exists(path):
+            self.check_inside(os.path.dirname(path))
             fs.write_atomic(path, codec.compress(data), fsync=self.fsync)
         return digest
 
@@ -171,9 +172,7 @@ class Store:
         return self.put_blob(codec.encode_raw(obj))
 
     def get_obj(self, digest: str, type: Any = Any) -> Any:
-        import msgspec
-
-        return msgspec.msgpack.decode(self.get_blob(digest), type=type)
+        return codec.unpack(self.get_blob(digest), type, layout.blob_path(self.root, digest))
 
     # -- versions ----------------------------------------------------------------------------
 
@@ -181,7 +180,7 @@ class Store:
         self, run_id: str, event: str, patch: dict[str, Any], *, role: str = "submitter"
     ) -> RecordVersion:
         """Append one immutable version to a run. Never overwrites anything."""
-        d = layout.run_dir(self.root, run_id)
+        d = self.check_inside(layout.run_dir(self.root, run_id))
         seq = self._next_seq(d)
         version = RecordVersion(
             schema_version=SCHEMA_VERSION,
@@ -213,18 +212,11 @@ class Store:
             self._jname = f"{_safe_host(self._host)}-{pid}-{secrets.token_hex(4)}.log"
         bucket = layout.change_bucket(time.time())
         d = os.path.join(layout.changes_dir(self.root), bucket)
-        line = f"{run_id} {seq}\n".encode()
         try:
-            try:
-                fd = os.open(os.path.join(d, self._jname), _JOURNAL_FLAGS, 0o644)
-            except FileNotFoundError:
-                os.makedirs(d, exist_ok=True)
-                fd = os.open(os.path.join(d, self._jname), _JOURNAL_FLAGS, 0o644)
-            try:
-                os.write(fd, line)  # one small write: whole or nothing, even under kill -9
-            finally:
-                os.close(fd)
-        except OSError:
+            self.check_inside(d)
+            # one small write: whole or nothing, even under kill -9; the store's permissions
+            fs.append_bytes(os.path.join(d, self._jname), f"{run_id} {seq}\n".encode())
+        except (OSError, StoreError):  # StoreError: a link out of the store, not followed
             pass
 
     def _next_seq(self, d: str) -> int:
@@ -234,7 +226,7 @@ class Store:
             fs.makedirs(d)
             return 1
         except OSError as exc:
-            raise StoreError(f"cannot list {d}: {exc.strerror}. Check the store.") from exc
+            raise StoreError(fs.explain(exc, d, "list")) from exc
         top = 0
         for n in names:
             m = layout.VERSION_RE.match(n)
@@ -298,6 +290,8 @@ class Store:
         ctx = self._contexts.get(digest) if isinstance(digest, str) else None
         if ctx is None:
             try:
+                if not (isinstance(digest, str) and layout.DIGEST_RE.match(digest)):
+                    raise CorruptRecord(f"{digest!r} is not a blob digest", path=path)
                 ctx = self.get_obj(digest, dict[str, Any])
             except (CorruptRecord, msgspec.ValidationError, msgspec.DecodeError, StoreError) as exc:
                 msg = (
@@ -313,7 +307,15 @@ class Store:
                     self._contexts.clear()
                 self._contexts[digest] = ctx
         own = {k: x for k, x in v.patch.items() if k != CONTEXT_KEY}
-        return msgspec.structs.replace(v, patch=merge_context(ctx, own))
+        try:
+            patch = merge_context(ctx, own)
+        except RecursionError as exc:
+            msg = f"{path}: nested too deeply to merge with its shared context. Run `runrec fsck`."
+            if problems is None:
+                raise CorruptRecord(msg, path=path) from exc
+            problems.append(ReadProblem(path, msg))
+            patch = own
+        return msgspec.structs.replace(v, patch=patch)
 
     def load(self, run_id_or_prefix: str, problems: list[ReadProblem] | None = None) -> RunRecord:
         run_id = self.resolve(run_id_or_prefix)
@@ -371,10 +373,23 @@ class Store:
         return candidates[0]
 
     def log_dir(self, run_id: str) -> str:
-        return layout.log_dir(self.root, run_id)
+        return self.check_inside(layout.log_dir(self.root, run_id))
 
+    def check_inside(self, path: str) -> str:
+        """``path`` (a place in the store) if, symlinks resolved, it lies inside the store: a
+        link planted in the store that points elsewhere is refused (``StoreError``), never
+        written through. Cheap when no link is on the way (an lstat per level)."""
+        from .lineage_layout import inside
 
-_JOURNAL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        rel = os.path.relpath(path, self.root)
+        if rel == os.curdir:
+            return path
+        cur = self.root
+        for part in rel.split(os.sep):
+            cur = os.path.join(cur, part)
+            if part == os.pardir or os.path.islink(cur):
+                return inside(self.root, path, StoreError)
+        return path
 
 
 def _safe_host(host: str) -> str:
