@@ -241,6 +241,10 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_nan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
 def _fmt(v: Any) -> str:
     return repr(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
 
@@ -276,7 +280,7 @@ class _Eval:
                     f"criteria term `{c.text}`: {name} is {_fmt(v)} ({type(v).__name__}), not a "
                     "number, so it cannot be ordered. Compare it with == or !=."
                 )
-        if math.isnan(a) or math.isnan(b):
+        if _is_nan(a) or _is_nan(b):  # not math.isnan: an int may be too large for a float
             return False
         return {">=": a >= b, "<=": a <= b, ">": a > b, "<": a < b}[c.op]
 

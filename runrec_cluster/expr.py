@@ -45,8 +45,6 @@ _NAME_START = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 _NAME_CHARS = _NAME_START | set("0123456789.-/:@")
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # Tokens
 # ---------------------------------------------------------------------------------------------
@@ -386,7 +384,7 @@ class Expr:
     # -- one row -------------------------------------------------------------------------------
 
     def matches(self, row: Mapping[str, Any]) -> bool:
-        return bool(self._row(self.root, row))
+        return self._truth(self.root, row)  # a column alone means ``column == true``
 
     def _row(self, node: Any, row: Mapping[str, Any]) -> Any:
         if isinstance(node, Col):
@@ -416,7 +414,8 @@ class Expr:
         column as a numpy array (float64 with NaN for missing numbers, or object)."""
         import numpy as np
 
-        return np.asarray(self._cols(self.root, get, n), dtype=bool)
+        # a literal alone (``true``) evaluates to one bool: one per row
+        return np.broadcast_to(np.asarray(self._cols(self.root, get, n), dtype=bool), (n,)).copy()
 
     def _cols(self, node: Any, get: Callable[[str], Any], n: int) -> Any:
         import numpy as np
@@ -463,18 +462,23 @@ def _cmp_arrays(op: str, a: Any, b: Any, n: int) -> Any:
     import numpy as np
 
     a_arr, b_arr = isinstance(a, np.ndarray), isinstance(b, np.ndarray)
+    if (a_arr and _wide_int(b)) or (b_arr and _wide_int(a)):
+        # an integer float64 cannot hold exactly (or at all: 1e400 as digits): compare the
+        # Python values one by one, exactly as the row evaluator does
+        av = a.tolist() if a_arr else [a] * n
+        bv = b.tolist() if b_arr else [b] * n
+        return np.fromiter((compare(op, x, y) for x, y in zip(av, bv, strict=True)), bool, n)
     a_num = a.dtype.kind in "iuf" if a_arr else _num(a)
     b_num = b.dtype.kind in "iuf" if b_arr else _num(b)
     if a_num and b_num:
         with np.errstate(invalid="ignore"):
-            if op == "==":
-                out = a == b
-            elif op == "!=":
-                out = a != b
-                # two missing values are equal
-                na = np.isnan(a) if a_arr else np.bool_(False)
-                nb = np.isnan(b) if b_arr else np.bool_(False)
-                out = out & ~(na & nb)
+            if op in ("==", "!="):
+                # two missing values (NaN) are equal, as null == null
+                na = np.isnan(a) if a_arr and a.dtype.kind == "f" else np.bool_(False)
+                nb = np.isnan(b) if b_arr and b.dtype.kind == "f" else np.bool_(False)
+                out = (a == b) | (na & nb)
+                if op == "!=":
+                    out = ~out
             elif op == "<":
                 out = a < b
             elif op == "<=":
@@ -491,9 +495,15 @@ def _cmp_arrays(op: str, a: Any, b: Any, n: int) -> Any:
         return np.full(n, op == "!=", dtype=bool)  # a number column against a string/bool
     if b_arr and b.dtype.kind in "iuf" and not a_arr:
         return _cmp_arrays(_flip(op), b, a, n)
-    av = a if a_arr else [a] * n
-    bv = b if b_arr else [b] * n
+    # tolist(): Python values (a bool column's np.True_ is not ``True``)
+    av = a.tolist() if a_arr else [a] * n
+    bv = b.tolist() if b_arr else [b] * n
     return np.fromiter((compare(op, x, y) for x, y in zip(av, bv, strict=True)), bool, count=n)
+
+
+def _wide_int(v: Any) -> bool:
+    """An int beyond float64's exact range (2**53)."""
+    return isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2**53
 
 
 def _flip(op: str) -> str:
