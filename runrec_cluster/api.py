@@ -36,7 +36,7 @@ from .record import (
     needs_verdict,
     to_patch,
 )
-from .redact import redact_argv
+from .redact import check_printable, redact_argv, redact_value
 from .run import hash_input
 from .store import Store, layout
 
@@ -288,11 +288,13 @@ class Executor:
     def _write_launch(
         self, run_id, ctx, ep, config, tags, name, sweep_id, sweep_index, extra=None
     ) -> None:  # type: ignore[no-untyped-def]
+        check_printable("run name", self.name or name)
         clean_tags = {}
         for k, v in (tags or {}).items():
             if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)):
                 raise ConfigError(f"tag {k!r}={v!r}: tags are string keys with string values.")
-            clean_tags[k] = str(v)
+            v = redact_value(k, check_printable(f"tag {k!r}", str(v)))
+            clean_tags[check_printable("tag", k)] = v
         now = datetime.now(UTC)
         execution = Execution(
             backend=self.backend.name,

@@ -175,7 +175,7 @@ def materialize(
             )
         code_from = "directory"
     else:
-        d = os.path.join(store.root, "worktrees", label or layout.new_id())
+        d = store.check_inside(os.path.join(store.root, "worktrees", label or layout.new_id()))
         code_from = "worktree"
     os.makedirs(os.path.dirname(d), exist_ok=True)
     p = _git(repo, "worktree", "add", "--detach", d, commit)

@@ -11,6 +11,7 @@ from .capture import config as cfg
 from .capture.data import Artifact, Dataset, DatasetCache, hash_path
 from .errors import ConfigError, DatasetError
 from .record import ArtifactRef, InputRef, to_patch
+from .redact import check_printable
 from .store import Store, codec, fs, layout
 
 _current: Run | None = None
@@ -92,8 +93,9 @@ class Run:
         """Record an output file or directory: its size and content hash."""
         p = os.fspath(path)
         art_name = name or os.path.basename(os.path.normpath(p))
-        if not art_name or "\n" in art_name:
+        if not art_name:
             raise ConfigError(f"artifact name {art_name!r} is not usable; give name='...'.")
+        check_printable("artifact name", art_name)
         try:
             res, _ = hash_path(p)
         except DatasetError as exc:
@@ -136,6 +138,7 @@ def hash_input(
             )
     import hashlib
 
+    check_printable("dataset version", dataset.version)
     full = os.path.abspath(dataset.path)
     key = hashlib.sha256(full.encode()).hexdigest()
     cache_file = layout.dataset_cache_path(store.root, key)
@@ -147,6 +150,7 @@ def hash_input(
     res, new_cache = hash_path(dataset.path, cache=cache, progress=progress, algo=algo)
     if res.hashed_bytes or cache is None or len(new_cache.files) != len(cache.files):
         try:
+            store.check_inside(os.path.dirname(cache_file))  # never through a link out
             fs.write_atomic(cache_file, codec.encode(new_cache), mode=0o664)
         except Exception:
             pass  # the cache is an optimisation; a read-only cache dir is fine

@@ -28,11 +28,11 @@ from ..errors import ConfigError
 
 RUN_ID_LEN = 26
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
-RUN_ID_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
-PREFIX_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{1,26}$")
-DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
+RUN_ID_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}\Z")
+PREFIX_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{1,26}\Z")
+DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})\Z")
 SHARD_LEN = 5
-VERSION_RE = re.compile(r"^v(\d{6,})-([0-9a-z]+)\.msgpack\.zst$")
+VERSION_RE = re.compile(r"^v(\d{6,})-([0-9a-z]+)\.msgpack\.zst\Z")
 TMP_PREFIX = ".tmp-"
 META_FILE = "runrec-store.msgpack.zst"
 STORE_FORMAT = 1
@@ -110,7 +110,7 @@ def dataset_cache_path(root: str, key_hex: str) -> str:
 
 
 CHANGES_DIR = "changes"
-BUCKET_RE = re.compile(r"^\d{10}$")
+BUCKET_RE = re.compile(r"^\d{10}\Z")
 
 
 def changes_dir(root: str) -> str:
