@@ -200,6 +200,9 @@ class Rules:
 
     def kind(self, name: str) -> str | None:
         """``"strong"`` (any value is secret), ``"weak"`` (string values are) or None."""
+        return _kind(self, name)
+
+    def _kind(self, name: str) -> str | None:
         if any(rx.search(name) for rx in self.secret_names):
             return "strong"
         low = name.lower()
@@ -209,6 +212,13 @@ class Rules:
 
 
 BUILTIN = Rules()
+
+
+@functools.lru_cache(maxsize=8192)
+def _kind(rules: Rules, name: str) -> str | None:
+    """``Rules.kind``, remembered: a sweep asks about the same few config keys thousands of
+    times."""
+    return rules._kind(name)
 
 
 def _patterns(items: Any, where: str, key: str) -> tuple[re.Pattern[str], ...]:

@@ -29,26 +29,43 @@ def _hook(obj: Any) -> Any:
     raise NotImplementedError
 
 
-def plain(key: str, value: Any) -> Any:
-    """A storable (msgpack) form of a config value, or ConfigError naming the key."""
+def plain(key: str, value: Any, rules: Any = None) -> Any:
+    """A storable (msgpack) form of a config value, or ConfigError naming the key. ``rules``:
+    the redaction rules, when the caller has them already (``entries`` looks them up once)."""
     try:
-        out = msgspec.to_builtins(value, builtin_types=(datetime, date), enc_hook=_hook)
-        msgspec.msgpack.encode(out)
-    except (TypeError, NotImplementedError, msgspec.EncodeError, OverflowError) as exc:
+        t = type(value)
+        if value is None or t is bool or t is float or (t is int and -(2**63) <= value < 2**64):
+            out = value  # the common case, already plain
+        elif t is str:
+            value.encode()  # a lone surrogate cannot be stored
+            out = value
+        else:
+            out = msgspec.to_builtins(value, builtin_types=(datetime, date), enc_hook=_hook)
+            msgspec.msgpack.encode(out)
+    except (
+        TypeError,
+        NotImplementedError,
+        msgspec.EncodeError,
+        OverflowError,
+        UnicodeEncodeError,  # a lone surrogate: a path made of bytes that are not UTF-8
+    ) as exc:
         raise ConfigError(
             f"config value {key!r} of type {type(value).__name__} cannot be recorded ({exc}). "
             "Pass plain values (numbers, strings, booleans, lists, dicts, paths), or build the "
             "object inside the job and record its settings with run.log_config()."
         ) from None
-    return redact_value(key, out)
+    return redact_value(key, out, rules)
 
 
 def entries(values: Mapping[str, Any], source: str) -> dict[str, ConfigEntry]:
+    from ..redact import active_rules
+
+    rules = active_rules()  # once for all the values
     out = {}
     for k, v in values.items():
         if not isinstance(k, str):
             raise ConfigError(f"config key {k!r} is not a string; use string keys.")
-        out[k] = ConfigEntry(value=plain(k, v), source=source)  # type: ignore[arg-type]
+        out[k] = ConfigEntry(value=plain(k, v, rules), source=source)  # type: ignore[arg-type]
     return out
 
 

@@ -75,6 +75,7 @@ class Store:
         perms.register(self.root)  # writes apply the store's permission settings (perms.py)
         self._jpid = 0  # change journal of this process (see _journal)
         self._contexts: dict[str, dict[str, Any]] = {}  # shared launch contexts read
+        self._inside_ok: set[str] = set()  # directories check_inside found to be no links
         self._jname = ""
 
     def __repr__(self) -> str:
@@ -381,14 +382,22 @@ class Store:
         written through. Cheap when no link is on the way (an lstat per level)."""
         from .lineage_layout import inside
 
+        if path in self._inside_ok:
+            return path
         rel = os.path.relpath(path, self.root)
         if rel == os.curdir:
             return path
         cur = self.root
         for part in rel.split(os.sep):
             cur = os.path.join(cur, part)
+            if cur in self._inside_ok:
+                continue  # checked before by this Store (a shard, runs/, changes/<hour>)
             if part == os.pardir or os.path.islink(cur):
                 return inside(self.root, path, StoreError)
+            if os.path.isdir(cur) and cur != path:
+                if len(self._inside_ok) > 4096:
+                    self._inside_ok.clear()
+                self._inside_ok.add(cur)
         return path
 
 
