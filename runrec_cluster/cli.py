@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from .errors import RunrecError
+from .errors import ExpressionError, RunrecError, StoreError
 
 STORE_HELP = "Store directory (default: $RUNREC_STORE, else [tool.runrec] store in pyproject.toml, else ./runrec-store)."
 
@@ -92,9 +92,17 @@ def _load_all(store, warn=True, check=True):  # type: ignore[no-untyped-def]
             continue
         out.append(rec)
     if check:
-        fresh = {
-            r.run_id: r for r in refresh_many(store, [r for r in out if r.run_id not in damaged])
-        }
+        try:
+            fresh = {
+                r.run_id: r
+                for r in refresh_many(store, [r for r in out if r.run_id not in damaged])
+            }
+        except StoreError as exc:  # a read-only or full store still lists
+            _warn(
+                f"could not record the state of runs whose job is gone ({exc}); "
+                "shown as last recorded."
+            )
+            fresh = {}
         out = [fresh.get(r.run_id, r) for r in out]
     return out
 
@@ -363,7 +371,11 @@ def _load_one(store, run):  # type: ignore[no-untyped-def]
             f"run {rec.run_id} was written by a newer record schema (v{rec.schema_version}; this runrec "
             f"reads v{SCHEMA_VERSION}): fields it does not know are not shown. Upgrade runrec-cluster."
         )
-    return refresh(store, rec)
+    try:
+        return refresh(store, rec)
+    except StoreError as exc:  # a read-only or full store still shows
+        _warn(f"could not record the state of run {rec.run_id} ({exc}); shown as last recorded.")
+        return rec
 
 
 @cli.command("show")
@@ -775,6 +787,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except ExpressionError as exc:  # a malformed --where / --criteria: a usage error
+        if os.environ.get("RUNREC_DEBUG"):
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     except RunrecError as exc:
         if os.environ.get("RUNREC_DEBUG"):
             raise

@@ -118,7 +118,7 @@ def test_cli_ls_where_columns_sort(swept):
     out = run_cli("ls", "--store", store.root, "--where", "state == 'failed'")
     assert out.returncode == 0 and "broken" in out.stdout and "sweep" not in out.stdout
     bad_expr = run_cli("ls", "--store", store.root, "--where", "config.lr >> 1")
-    assert bad_expr.returncode == 1 and "Traceback" not in bad_expr.stderr
+    assert bad_expr.returncode == 2 and "Traceback" not in bad_expr.stderr  # a usage error
     assert "expected a column name or a value, found '>'" in bad_expr.stderr
     assert "  config.lr >> 1\n" in bad_expr.stderr and "\n             ^\n" in bad_expr.stderr
 
