@@ -519,7 +519,7 @@ class RunHandle:
                 where = find_rescue(self.store, self.run_id)
                 if where is None:
                     raise
-                msg = f"{exc}. Also: {rescue_message(self.store.root, self.run_id, where)}."
+                msg = f"{exc}. {rescue_message(self.store.root, self.run_id, where)}."
                 raise StoreError(msg) from exc
             if self._settled(rec):
                 return rec

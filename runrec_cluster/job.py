@@ -5,17 +5,26 @@ in a fresh interpreter, Slurm through submitit, Ray inside a task). It captures 
 the run running, runs the function or command, and records the outcome: result, or failure with
 its traceback as text. Only this module (and an explicit rerun) unpickles the call.
 
+When the store refuses the end of a run (disk full, read-only), the end record and the result
+are saved in a rescue directory laid out like a store (``rescue_dirs``: under the job's log
+directory, else ``~``, else ``$TMPDIR``: ``runrec-rescue/<run_id>/``), and the error says where
+and how to copy them in (``cp -rn``).
+
 Run as ``python -m runrec_cluster.job STORE RUN_ID`` for the local backend.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,19 +33,24 @@ import msgspec
 from . import proc
 from .capture import env as envcap
 from .capture import node as nodecap
+from .errors import StoreError
 from .record import (
+    SCHEMA_VERSION,
     Failure,
     FailureCause,
     NodeInfo,
+    RecordVersion,
     ResultRef,
     RunRecord,
     RunState,
+    Writer,
     end_patch,
     signal_failure,
     to_patch,
 )
+from .redact import redact_text
 from .run import Run, _set_current
-from .store import Store, codec
+from .store import Store, codec, fs, layout
 
 TIMEOUT_EXIT = 124
 
@@ -87,6 +101,117 @@ def _encode_result(store: Store, value: Any) -> ResultRef:
 
         blob = store.put_blob(cloudpickle.dumps(value))
         return ResultRef(blob=blob, format="pickle", type=tname, summary=summary)
+
+
+# -- when the store cannot take the end of a run (disk full, read-only, gone) ------------------
+
+RESCUE_DIR = "runrec-rescue"
+
+
+def rescue_dirs(run_id: str, log_dir: str | None) -> list[str]:
+    """Where a job saves its end record and result when the store refuses them, in the order
+    tried: ``<base>/runrec-rescue/<run_id>`` for the job's log directory, the home directory
+    (shared with the submit host on most clusters), then $TMPDIR (often node-local and wiped
+    when the job ends: the last resort)."""
+    bases = [log_dir] if log_dir else []
+    bases += [os.path.expanduser("~"), os.environ.get("TMPDIR") or "/tmp"]
+    out: list[str] = []
+    for b in bases:
+        d = os.path.join(b, RESCUE_DIR, run_id)
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def rescue_message(store_root: str, run_id: str, where: str) -> str:
+    src = shlex.quote(os.path.join(where, "store")) + "/."
+    return (
+        f"The job saved the end record and result of run {run_id} in {where} instead of the "
+        f"store. Once the store has space (or is writable again), copy them in with "
+        f"`cp -rn {src} {shlex.quote(store_root)}/` (see {os.path.join(where, 'README.txt')})"
+    )
+
+
+def find_rescue(store: Store, run_id: str) -> str | None:
+    """The rescue directory a job of this run left on this machine (``rescue_dirs``), or None."""
+    try:
+        rec = store.load(run_id)
+        log_dir = rec.execution.log_dir if rec.execution else None
+    except Exception:
+        log_dir = None
+    for d in rescue_dirs(run_id, log_dir or store.log_dir(run_id)):
+        if os.path.isfile(os.path.join(d, "README.txt")):
+            return d
+    return None
+
+
+def _write_end(
+    store: Store, run_id: str, log_dir: str | None, make_patch: Callable[[Store], dict[str, Any]]
+) -> None:
+    """Write the end version; ``make_patch(s)`` builds its patch, putting blobs (the result) in
+    ``s``. When the store refuses it (disk full, read-only), the same version and its blobs are
+    saved under a rescue directory (``rescue_dirs``) laid out like a store, and the
+    ``StoreError`` raised says where and how to copy them in."""
+    try:
+        store.write_version(run_id, "end", make_patch(store), role="job")
+        return
+    except StoreError as exc:
+        failed = exc
+    tried = []
+    for d in rescue_dirs(run_id, log_dir):
+        try:
+            _save_rescue(store, run_id, d, make_patch, failed)
+        except (OSError, StoreError) as exc:
+            tried.append(f"{d}: {exc}")
+            continue
+        raise StoreError(
+            f"cannot write the end of run {run_id} to the store {store.root}: {failed}. "
+            + rescue_message(store.root, run_id, d)
+            + "."
+        ) from failed
+    raise StoreError(
+        f"cannot write the end of run {run_id} to the store {store.root}: {failed}; nor save it "
+        f"anywhere else ({'; '.join(tried)}). Its outcome is lost: free space and run it again."
+    ) from failed
+
+
+def _save_rescue(
+    store: Store,
+    run_id: str,
+    where: str,
+    make_patch: Callable[[Store], dict[str, Any]],
+    failed: StoreError,
+) -> None:
+    rescue = Store(os.path.join(where, "store"), fsync=store.fsync)
+    patch = make_patch(rescue)  # the result blob lands in the rescue store
+    seq = 1  # the number the store would have given it
+    for path in store.version_files(run_id):
+        m = layout.VERSION_RE.match(os.path.basename(path))
+        if m:
+            seq = max(seq, int(m.group(1)) + 1)
+    version = RecordVersion(
+        schema_version=SCHEMA_VERSION,
+        run_id=run_id,
+        seq=seq,
+        written_at=_now(),
+        writer=Writer(host=socket.gethostname(), pid=os.getpid(), role="job"),
+        event="end",
+        patch=patch,
+    )
+    name = layout.version_name(seq, secrets.token_hex(6))
+    fs.write_atomic(os.path.join(layout.run_dir(rescue.root, run_id), name), codec.encode(version))
+    src = shlex.quote(rescue.root) + "/."
+    readme = (
+        f"runrec: the store {store.root} could not take the end of run {run_id}:\n"
+        f"  {failed}\n\n"
+        f"Its end record (state {patch.get('state', '?')}) and its result are saved here, laid "
+        f"out like a store:\n  {rescue.root}\n"
+        f"Once the store has space (or is writable again), copy them in (-n: nothing in the "
+        f"store is overwritten):\n  cp -rn {src} {shlex.quote(store.root)}/\n"
+        f"Then `runrec show {run_id}` shows the outcome and the result, `runrec index "
+        f"--rebuild` updates the query index, and this directory can be deleted.\n"
+    )
+    fs.write_atomic(os.path.join(where, "README.txt"), readme.encode(), mode=0o644)
 
 
 class _Watchdog:
@@ -186,6 +311,7 @@ def execute(
     if dog:
         dog.start()
     ep = rec.entrypoint
+    log_dir = rec.execution.log_dir if rec.execution else None
     try:
         if ep is None:
             raise RuntimeError(f"run {run_id} has no entrypoint in its launch record")
@@ -201,23 +327,24 @@ def execute(
         except BaseException as exc:
             if dog:
                 dog.cancel()
-            _record_failure(store, run_id, rank, exc)
+            _record_failure(store, run_id, rank, exc, log_dir)
             raise
         if dog:
             dog.cancel()
         if rank == 0:
             end_node = msgspec.structs.replace(node, runtime=nodecap.runtime_libs())
-            store.write_version(
+            ended_at = _now()
+            _write_end(
+                store,
                 run_id,
-                "end",
-                to_patch(
+                log_dir,
+                lambda s: to_patch(
                     state=RunState.SUCCEEDED,
                     state_source="job",
-                    ended_at=_now(),
-                    result=_encode_result(store, value),
+                    ended_at=ended_at,
+                    result=_encode_result(s, value),
                     nodes=[end_node],
                 ),
-                role="job",
             )
         return value
     finally:
@@ -226,7 +353,9 @@ def execute(
         _set_current(None)
 
 
-def _record_failure(store: Store, run_id: str, rank: int, exc: BaseException) -> None:
+def _record_failure(
+    store: Store, run_id: str, rank: int, exc: BaseException, log_dir: str | None = None
+) -> None:
     if isinstance(exc, KeyboardInterrupt):
         cause, state = FailureCause.CANCELLED, RunState.CANCELLED
     elif isinstance(exc, MemoryError):
@@ -241,8 +370,8 @@ def _record_failure(store: Store, run_id: str, rank: int, exc: BaseException) ->
     failure = Failure(
         cause=cause,
         type=f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
-        message=str(exc),
-        traceback="".join(traceback.format_exception(exc)),
+        message=redact_text(str(exc)),  # a database URL in an error message...
+        traceback=redact_text("".join(traceback.format_exception(exc))),
         source="job",
     )
     if rank != 0:
@@ -253,12 +382,8 @@ def _record_failure(store: Store, run_id: str, rank: int, exc: BaseException) ->
             role="job",
         )
         return
-    store.write_version(
-        run_id,
-        "end",
-        end_patch(failure, source="job", state=state),
-        role="job",
-    )
+    patch = end_patch(failure, source="job", state=state)
+    _write_end(store, run_id, log_dir, lambda _s: patch)
 
 
 def _run_command(
@@ -333,7 +458,8 @@ def _run_command(
                 source="job",
             )
         patch.update(to_patch(state=RunState.FAILED, state_source="job", failure=failure))
-    store.write_version(rec.run_id, "end", patch, role="job")
+    log_dir = rec.execution.log_dir if rec.execution else None
+    _write_end(store, rec.run_id, log_dir, lambda _s: patch)
     return rc
 
 
@@ -344,8 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         out = execute(args[0], args[1])
-    except BaseException:
-        traceback.print_exc()
+    except BaseException:  # recorded already; the log gets the same redacted text
+        sys.stderr.write(redact_text(traceback.format_exc()))
         return 1
     store = Store(args[0])
     rec = store.load(args[1])

@@ -347,7 +347,8 @@ class RunRecord(Base, frozen=True, kw_only=True):
         end = self.ended_at
         if end is None:
             return None
-        return (end - self.started_at).total_seconds()
+        d = (end - self.started_at).total_seconds()
+        return d if d >= 0 else None  # an end recorded by a host whose clock is behind: unknown
 
 
 class Writer(Base, frozen=True, kw_only=True):

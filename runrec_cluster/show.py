@@ -195,6 +195,13 @@ def render(
     _kv(c, "started", rec.started_at.isoformat() if rec.started_at else None)
     _kv(c, "ended", rec.ended_at.isoformat() if rec.ended_at else None)
     _kv(c, "duration", f"{rec.duration_s:.2f} s" if rec.duration_s is not None else None)
+    if rec.started_at and rec.ended_at and rec.duration_s is None:
+        _kv(
+            c,
+            "duration",
+            "unknown: the end was recorded before the start (clock skew between "
+            "the node and the host that recorded the end)",
+        )
     _kv(c, "exit code", rec.exit_code)
     _kv(c, "state recorded by", rec.state_source)
 

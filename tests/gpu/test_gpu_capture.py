@@ -13,7 +13,6 @@ import runrec_cluster as rr
 pytestmark = pytest.mark.gpu
 
 
-
 @pytest.fixture(autouse=True)
 def _needs_gpu():
     if shutil.which("nvidia-smi") is None:
