@@ -35,6 +35,7 @@ from .capture import env as envcap
 from .capture import node as nodecap
 from .errors import StoreError
 from .record import (
+    CONTEXT_KEY,
     SCHEMA_VERSION,
     Failure,
     FailureCause,
@@ -43,6 +44,7 @@ from .record import (
     ResultRef,
     RunRecord,
     RunState,
+    RuntimeLibs,
     Writer,
     end_patch,
     signal_failure,
@@ -88,11 +90,45 @@ def node_facts(
     )
 
 
+# what a node's record keeps per run; the rest (hardware, OS, drivers, packages) is the same
+# for every run on that node and goes into a shared context blob (record schema v2)
+_NODE_OWN = ("captured_at", "env_vars")
+
+
+def node_patch(store: Store, node: NodeInfo) -> dict[str, Any]:
+    """The ``nodes`` part of a job's start version: the node's facts as a shared context blob
+    (``Store.put_context``; written once per node and environment, however many runs land
+    there), and only the per-run fields inline. Readers merge them back (``Store.versions``)."""
+    entry = to_patch(nodes=[node])["nodes"][0]
+    shared = {k: v for k, v in entry.items() if k not in _NODE_OWN}
+    own = {k: v for k, v in entry.items() if k in _NODE_OWN}
+    try:
+        digest = store.put_context({"nodes": [shared]})
+    except StoreError:
+        return {"nodes": [entry]}  # the whole entry inline; the version write says what failed
+    return {CONTEXT_KEY: digest, "nodes": [own]}
+
+
+def _summary(value: Any) -> str:
+    """A short repr of a result, never built whole (a 1 GB bytes result has a 4 GB repr)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = 200
+    r.maxlong = 60
+    try:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            summary = f"<{type(value).__name__} of {len(value):,} bytes: {bytes(value[:60])!r}>"
+        else:
+            summary = r.repr(value)
+    except Exception as exc:  # a __repr__ that raises: the result is still kept
+        summary = f"<{type(value).__name__}: repr failed: {exc}>"
+    return summary if len(summary) <= 200 else summary[:197] + "..."
+
+
 def _encode_result(store: Store, value: Any) -> ResultRef:
     tname = f"{type(value).__module__}.{type(value).__qualname__}"
-    summary = repr(value)
-    if len(summary) > 200:
-        summary = summary[:197] + "..."
+    summary = _summary(value)
     try:
         blob = store.put_blob(codec.encode_raw(value))
         return ResultRef(blob=blob, format="msgpack", type=tname, summary=summary)
@@ -275,7 +311,7 @@ def execute(
     store = Store(store_root)
     rec = store.load(run_id)
     node = node_facts(store, rec, rank=rank, features=features, node_name=node_name)
-    patch: dict[str, Any] = to_patch(nodes=[node])
+    patch: dict[str, Any] = node_patch(store, node)
     if hardware_check is not None:  # a backend's own check (rec, node) -> execution patch
         patch["execution"] = hardware_check(rec, node)
     elif rank == 0 and rec.execution is not None and rec.execution.hardware_expect:
@@ -287,12 +323,14 @@ def execute(
     if scheduler:
         patch.setdefault("execution", {})["scheduler"] = scheduler
     if rank == 0:
+        me = proc.identity()
         patch.update(
             to_patch(
                 state=RunState.RUNNING,
                 state_source="job",
                 started_at=_now(),
-                process=proc.identity(),
+                # unless the local supervisor recorded this very process already
+                process=me if rec.process != me else None,
             )
         )
         patch["attempt"] = attempt or rec.attempt
@@ -333,6 +371,10 @@ def execute(
             dog.cancel()
         if rank == 0:
             end_node = msgspec.structs.replace(node, runtime=nodecap.runtime_libs())
+            # the node's facts again only when the run loaded libraries (CUDA, cuDNN, NCCL)
+            none = RuntimeLibs()
+            changed = (end_node.runtime or none) != (node.runtime or none)
+            end_nodes = [end_node] if changed else None
             ended_at = _now()
             _write_end(
                 store,
@@ -343,7 +385,7 @@ def execute(
                     state_source="job",
                     ended_at=ended_at,
                     result=_encode_result(s, value),
-                    nodes=[end_node],
+                    nodes=end_nodes,
                 ),
             )
         return value
