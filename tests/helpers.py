@@ -31,3 +31,16 @@ def run_cli(*args: str, cwd=None, env=None, input=None):
         input=input,
         timeout=300,
     )
+
+
+def write_figures(name: str, what: str, **figures) -> None:
+    """One reliability test's figures, as a JSON object in $RUNREC_RELIABILITY_RESULTS (default
+    tests/reliability/results/), for tests/reliability/summarize.py and docs/reliability.md."""
+    import json
+
+    d = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "reliability", "results"
+    )
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"{name}.json"), "w") as f:
+        json.dump({"what": what, **figures}, f, indent=1, sort_keys=True, default=str)

@@ -27,6 +27,7 @@ import cloudpickle
 import jobfns
 import pytest
 from helpers import run_cli
+from helpers import write_figures as _results
 
 import runrec_cluster as rr
 
@@ -34,15 +35,6 @@ import runrec_cluster as rr
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 SKEWS = {"-1h": -3600.0, "+1h": 3600.0}
-
-
-def _results(name: str, what: str, **figures) -> None:
-    d = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(
-        os.path.dirname(__file__), "results"
-    )
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"{name}.json"), "w") as f:
-        json.dump({"what": what, **figures}, f, indent=1, sort_keys=True)
 
 
 def _libfaketime() -> str | None:

@@ -37,6 +37,7 @@ from datetime import datetime
 import cloudpickle
 import pytest
 from helpers import run_cli
+from helpers import write_figures as _write_results
 
 import runrec_cluster as rr
 from runrec_cluster import proc
@@ -75,16 +76,6 @@ class Weights:
 def make_weights(mb: int) -> Weights:
     """The job: returns ``mb`` MiB of random bytes, written as one result blob."""
     return Weights(os.urandom(mb << 20))
-
-
-def _write_results(name: str, what: str, **figures) -> None:
-    d = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results"
-    )
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"{name}.json"), "w") as f:
-        json.dump({"what": what, **figures}, f, indent=2)
-        f.write("\n")
 
 
 # -- the clusters --------------------------------------------------------------------------------

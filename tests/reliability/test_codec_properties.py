@@ -16,7 +16,6 @@ writes them to ``$RUNREC_RELIABILITY_RESULTS/<test>.json``.
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 import shutil
@@ -27,6 +26,7 @@ from typing import Any
 
 import msgspec
 import msgspec.inspect as mi
+from helpers import write_figures as _results
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -63,15 +63,6 @@ def _settings(examples: int) -> settings:
             HealthCheck.function_scoped_fixture,
         ],
     )
-
-
-def _results(name: str, what: str, **figures: Any) -> None:
-    """One JSON object of figures for docs/reliability.md."""
-    d = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(HERE, "results")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"{name}.json"), "w") as f:
-        json.dump({"test": name, "what": what, **figures}, f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import cloudpickle
 import jobfns
 import msgspec
 from helpers import run_cli
+from helpers import write_figures as _results
 
 import runrec_cluster as rr
 from runrec_cluster.record import ConfigEntry, Entrypoint, Execution, RunState, to_patch
@@ -31,15 +32,6 @@ RUNS_PER_WRITER = 5
 RUNS = WRITERS * RUNS_PER_WRITER
 ANNOTATION_PASSES = 2
 BARRIER_TIMEOUT_S = 300
-
-
-def _results(name: str, what: str, **figures) -> None:
-    d = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(
-        os.path.dirname(__file__), "results"
-    )
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"{name}.json"), "w") as f:
-        json.dump({"what": what, **figures}, f, indent=1, sort_keys=True)
 
 
 def _lr(i: int) -> float:

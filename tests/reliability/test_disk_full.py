@@ -10,7 +10,6 @@ saves the end record and the result under ``<log dir | ~ | $TMPDIR>/runrec-rescu
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shlex
@@ -22,6 +21,7 @@ import cloudpickle
 import jobfns
 import pytest
 from helpers import run_cli
+from helpers import write_figures as _results
 
 import runrec_cluster as rr
 from runrec_cluster import job
@@ -37,15 +37,6 @@ pytestmark = pytest.mark.skipif(
 
 FS_SIZE = 24 * 1024 * 1024
 RESULT_SEED = 8
-
-
-def _results(name: str, what: str, **figures) -> None:
-    d = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(
-        os.path.dirname(__file__), "results"
-    )
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"{name}.json"), "w") as f:
-        json.dump({"what": what, **figures}, f, indent=1, sort_keys=True)
 
 
 # -- job functions (run in the job process) ---------------------------------------------------

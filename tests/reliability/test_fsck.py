@@ -17,21 +17,13 @@ import cloudpickle
 import jobfns
 import pytest
 from helpers import git, run_cli
+from helpers import write_figures as _results
 
 import runrec_cluster as rr
 from runrec_cluster import fsck, promote, retire
 from runrec_cluster.store import codec, layout
 
 OLD = 2 * 3600  # seconds: older than the default --min-age
-
-
-def _results(name: str, what: str, **numbers) -> None:
-    d = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results"
-    )
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"{name}.json"), "w") as f:
-        json.dump({"test": name, "what": what, **numbers}, f, indent=2)
 
 
 class Real:

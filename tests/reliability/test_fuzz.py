@@ -41,6 +41,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import zstandard
+from helpers import write_figures as _results
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -80,15 +81,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE_V1 = os.path.join(HERE, "..", "fixtures", "store-v1")
 CASE_SECONDS = 10  # generous: a case takes microseconds; only a hang gets near it
 SEED = 20240806
-
-
-def _results(name: str, what: str, **figures: Any) -> None:
-    """One JSON object of figures for docs/reliability.md."""
-    d = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(HERE, "results")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"{name}.json"), "w") as f:
-        json.dump({"test": name, "what": what, **figures}, f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 class Hang(Exception):

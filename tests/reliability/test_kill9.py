@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+from helpers import write_figures as _results
+
 from runrec_cluster import fsck
 from runrec_cluster.store import Store, layout
 
@@ -88,15 +90,6 @@ for line in sys.stdin:
         _, status = os.waitpid(cmd["pid"], 0)
         print(status, flush=True)
 """
-
-
-def _results(name: str, what: str, **numbers) -> None:
-    d = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results"
-    )
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"{name}.json"), "w") as f:
-        json.dump({"test": name, "what": what, **numbers}, f, indent=2)
 
 
 class Zygote:

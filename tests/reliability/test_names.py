@@ -31,6 +31,7 @@ import cloudpickle
 import jobfns
 import pytest
 from helpers import git, run_cli
+from helpers import write_figures as _write_results
 
 import runrec_cluster as rr
 from runrec_cluster import lineage, promote
@@ -40,13 +41,6 @@ from runrec_cluster.store import layout
 RESULTS_DIR = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results"
 )
-
-
-def _write_results(name: str, what: str, **figures) -> None:
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    with open(os.path.join(RESULTS_DIR, f"{name}.json"), "w", encoding="utf-8") as f:
-        json.dump({"test": name, "what": what, **figures}, f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 _TAG = f"evil-{os.getpid()}-{int(time.time())}"

@@ -28,6 +28,7 @@ import traceback
 import pytest
 import rich.console
 import rich.markup  # noqa: F401  (imported before the fork: see the docstring)
+from helpers import write_figures as _results
 
 import runrec_cluster as rr
 import runrec_cluster.annotate
@@ -49,15 +50,6 @@ need_root = pytest.mark.skipif(
     reason="needs root and groupadd/useradd/usermod, to create real users and a real group "
     "(CI runs the tests as root)",
 )
-
-
-def _results(name: str, what: str, **figures) -> None:
-    d = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(
-        os.path.dirname(__file__), "results"
-    )
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"{name}.json"), "w") as f:
-        json.dump({"what": what, **figures}, f, indent=1, sort_keys=True)
 
 
 # -- real users --------------------------------------------------------------------------------

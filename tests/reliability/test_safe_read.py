@@ -18,6 +18,7 @@ import pickle
 import msgspec
 import pytest
 from helpers import run_cli
+from helpers import write_figures as _write_results
 
 import runrec_cluster as rr
 from runrec_cluster import export, lineage
@@ -26,13 +27,6 @@ from runrec_cluster.record import to_patch
 RESULTS_DIR = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results"
 )
-
-
-def _write_results(name: str, what: str, **figures) -> None:
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    with open(os.path.join(RESULTS_DIR, f"{name}.json"), "w", encoding="utf-8") as f:
-        json.dump({"test": name, "what": what, **figures}, f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 def _evil_kit():

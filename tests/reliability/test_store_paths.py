@@ -20,17 +20,9 @@ import time
 import jobfns
 import pytest
 from helpers import run_cli
+from helpers import write_figures as _results
 
 import runrec_cluster as rr
-
-
-def _results(name: str, what: str, **figures) -> None:
-    d = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(
-        os.path.dirname(__file__), "results"
-    )
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"{name}.json"), "w") as f:
-        json.dump({"what": what, **figures}, f, indent=1, sort_keys=True)
 
 
 def _wait_for(cond, timeout=60.0):  # type: ignore[no-untyped-def]
