@@ -56,20 +56,24 @@ class HardwareClass:
         return (not bad), bad
 
 
-def _tables(path: str) -> dict[str, Any]:
+def config_section(path: str, key: str, what: str) -> Any:
+    """``[tool.runrec.<key>]`` of a pyproject.toml, or ``[<key>]`` of a runrec.toml (None when
+    absent or the file is gone); ConfigError naming the file when it is not valid TOML."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
-        return {}
+        return None
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(
-            f"cannot read hardware classes from {path}: {exc}. Fix the TOML."
-        ) from exc
-    hw = data.get("tool", {}).get("runrec", {}).get("hardware")
-    if hw is None and os.path.basename(path) == "runrec.toml":
-        hw = data.get("hardware")
-    return hw or {}
+        raise ConfigError(f"cannot read {what} from {path}: {exc}. Fix the TOML.") from exc
+    t = data.get("tool", {}).get("runrec", {}).get(key)
+    if t is None and os.path.basename(path) == "runrec.toml":
+        t = data.get(key)
+    return t
+
+
+def _tables(path: str) -> dict[str, Any]:
+    return config_section(path, "hardware", "hardware classes") or {}
 
 
 def find_config_files(start: str) -> list[str]:

@@ -44,7 +44,6 @@ import json
 import os
 import re
 import time
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -263,16 +262,9 @@ def _env_list(environ: Mapping[str, str], var: str, commas: bool) -> list[str]:
 
 
 def _file_table(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read redaction rules from {path}: {exc}. Fix the TOML.") from exc
-    t = data.get("tool", {}).get("runrec", {}).get("redact")
-    if t is None and os.path.basename(path) == "runrec.toml":
-        t = data.get("redact")
+    from .hardware import config_section
+
+    t = config_section(path, "redact", "redaction rules")
     if t is None:
         return {}
     if not isinstance(t, dict):
