@@ -45,8 +45,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import msgspec
+
 from .errors import RunrecError, StoreError
-from .record import SCHEMA_VERSION, RecordVersion, Writer, fold
+from .record import CONTEXT_KEY, SCHEMA_VERSION, RecordVersion, Writer, fold
 from .store import Store, codec, fs, layout
 from .store import lineage_layout as ll
 
@@ -481,6 +483,12 @@ class _Checker:
                     f"schema {v.schema_version}; this runrec reads schema {SCHEMA_VERSION}",
                     run_id=run_id,
                 )
+            if CONTEXT_KEY in v.patch:
+                # a shared context (schema v2) is checked as part of the version that names it:
+                # its references are the version's, and the fold needs it
+                ctx = v.patch[CONTEXT_KEY]
+                v = self.store._expand(v, path, [])
+                v = msgspec.structs.replace(v, patch={**v.patch, CONTEXT_KEY: ctx})
             good.append((path, v))
         if not any(v.event == "launch" for _, v in good):
             self.add(
@@ -797,6 +805,10 @@ def blob_refs(patch: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(field path, value) of every blob reference in a version's patch."""
     for k, v in patch.items():
         if k in _SKIP_TOP:
+            continue
+        if k == CONTEXT_KEY:
+            if isinstance(v, str):
+                yield CONTEXT_KEY, v
             continue
         if k == "result" and isinstance(v, dict):
             b = v.get("blob")

@@ -77,9 +77,18 @@ def versions_of(store, run_id):
 
 
 def refs_of(store, run_id):
+    """Every blob a run's versions name: their own fields, what their shared contexts hold
+    (``store.versions`` merges those in), and the context blobs themselves."""
+    from runrec_cluster.record import CONTEXT_KEY
+    from runrec_cluster.store import codec
+
     out = {}
     for v in store.versions(run_id):
         out.update(dict(fsck.blob_refs(v.patch)))
+    for path in store.version_files(run_id):
+        raw = codec.decode(open(path, "rb").read())["patch"]
+        if CONTEXT_KEY in raw:
+            out[CONTEXT_KEY] = raw[CONTEXT_KEY]
     return out
 
 
@@ -119,6 +128,7 @@ def test_a_real_store_is_clean_and_every_blob_reference_is_followed(copy):
     assert c.versions == sum(len(store.versions(r)) for r in (real.art, real.add))
     refs = refs_of(store, real.art)
     assert set(refs) == {
+        "context",  # the node's facts, shared by every run on that node (schema v2)
         "code.patch_blob",
         "entrypoint.call_blob",
         "inputs[0].manifest_blob",
