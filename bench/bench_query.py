@@ -373,7 +373,7 @@ def main() -> int:
     )
     p.add_argument("--big", type=int, default=None, help="runs of the big store (default 100,000)")
     p.add_argument(
-        "--tasks", type=int, default=None, help="tasks of the sweep for the size (default 100)"
+        "--tasks", type=int, default=None, help="tasks of the sweep for the size (default 1,000)"
     )
     p.add_argument("--reps", type=int, default=None)
     a = p.parse_args()
@@ -382,7 +382,7 @@ def main() -> int:
     mlflow_n = a.mlflow_n or (60 if q else 10_000)
     file_n = a.file_n or (30 if q else 1_000)
     big = a.big or (1_000 if q else 100_000)
-    tasks = a.tasks or (8 if q else 100)
+    tasks = a.tasks or (8 if q else 1_000)
     reps = a.reps or (3 if q else 5)
     only = set(a.only.split(","))
     os.makedirs(a.out, exist_ok=True)
