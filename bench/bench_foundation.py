@@ -708,6 +708,7 @@ def bench_slurm(tmp: str, reps: int, array_n: int) -> dict[str, Any]:
 
     if shutil.which("sinfo") is None or subprocess.run(["sinfo"], capture_output=True).returncode:
         raise RuntimeError("no Slurm cluster answers `sinfo`: run `bash slurm/up` first")
+    tmp = os.path.join(tmp, "slurm")  # a repository of its own (the submit part made one)
     repo = make_repo(tmp)
     res = {"timeout_min": 5, "cpus": 1, "mem_gb": 0.5}
     ex = rr.Executor(backend="slurm", store=os.path.join(tmp, "slurm-store"), cwd=repo, **res)
