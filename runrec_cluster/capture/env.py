@@ -8,6 +8,7 @@ import socket
 import sys
 from collections.abc import Callable, Mapping
 from importlib import metadata
+from typing import Any
 
 from ..record import EnvInfo
 from ..redact import redact_value
@@ -47,10 +48,34 @@ ENV_NAMES = frozenset(
 )
 
 
+_packages_cache: tuple[Any, dict[str, str]] | None = None
+
+
 def packages() -> dict[str, str]:
-    """Every installed distribution visible to this interpreter: {name: version}."""
+    """Every installed distribution visible to this interpreter: {name: version}.
+
+    Remembered for the life of the process while the search path and the modification times
+    of its directories stay the same (installing or removing a distribution adds or removes a
+    ``*.dist-info`` directory there, which changes its time): a notebook that submits many
+    runs lists the environment once, one that ``pip install``s between two submits again."""
+    global _packages_cache
+    path = _search_path()
+    sig = []
+    for p in path:
+        try:
+            sig.append((p, os.stat(p).st_mtime_ns))
+        except OSError:
+            sig.append((p, None))
+    if _packages_cache is not None and _packages_cache[0] == sig:
+        return dict(_packages_cache[1])
+    out = _list_packages(path)
+    _packages_cache = (sig, out)
+    return dict(out)
+
+
+def _list_packages(path: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
-    for dist in metadata.distributions(path=_search_path()):
+    for dist in metadata.distributions(path=path):
         try:
             md = dist.metadata  # parsed once: .version would read the file again
             name, version = md["Name"], md["Version"]

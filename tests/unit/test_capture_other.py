@@ -246,3 +246,26 @@ def test_vendored_paths_are_not_installed_packages(tmp_path, monkeypatch):
     before = packages()
     monkeypatch.setattr(sys, "path", [*sys.path, vendored])
     assert packages() == before
+
+
+def test_package_list_is_remembered_until_a_distribution_is_installed(tmp_path, monkeypatch):
+    import time
+
+    from runrec_cluster.capture import env
+
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    first = packages()
+    assert "fake-dist" not in first
+    calls = []
+    real = env._list_packages
+    monkeypatch.setattr(env, "_list_packages", lambda p: calls.append(1) or real(p))
+    assert packages() == first and calls == []  # nothing changed: not listed again
+    time.sleep(0.01)  # a later modification time, also on coarse file systems
+    info = site / "fake_dist-1.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-dist\nVersion: 1.2\n")
+    os.utime(site, None)
+    got = packages()
+    assert calls == [1] and got["fake-dist"] == "1.2"
