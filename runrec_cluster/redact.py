@@ -198,8 +198,17 @@ class Rules:
     sources: tuple[str, ...] = ()
 
     def kind(self, name: str) -> str | None:
-        """``"strong"`` (any value is secret), ``"weak"`` (string values are) or None."""
-        return _kind(self, name)
+        """``"strong"`` (any value is secret), ``"weak"`` (string values are) or None;
+        remembered per name (a sweep asks about the same few config keys thousands of times)."""
+        memo = self.__dict__.get("_memo")
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_memo", memo)  # a cache, not a field: frozen stays frozen
+        if name not in memo:
+            if len(memo) > 8192:
+                memo.clear()
+            memo[name] = self._kind(name)
+        return memo[name]
 
     def _kind(self, name: str) -> str | None:
         if any(rx.search(name) for rx in self.secret_names):
@@ -211,13 +220,6 @@ class Rules:
 
 
 BUILTIN = Rules()
-
-
-@functools.lru_cache(maxsize=8192)
-def _kind(rules: Rules, name: str) -> str | None:
-    """``Rules.kind``, remembered: a sweep asks about the same few config keys thousands of
-    times."""
-    return rules._kind(name)
 
 
 def _patterns(items: Any, where: str, key: str) -> tuple[re.Pattern[str], ...]:
@@ -444,10 +446,13 @@ def redact_value(name: str, value: Any, rules: Rules | None = None) -> Any:
     """Redact a named value (env var, config key): the whole value if the name says it is a
     secret, credential-shaped substrings otherwise; recurses into dicts and lists."""
     r = rules or active_rules()
+    t = type(value)
+    if t is int or t is float or t is bool or value is None:  # the common case, first
+        return REDACTED if _hides(r.kind(name), value) else value
     if not isinstance(value, (dict, list, tuple)) and _hides(r.kind(name), value):
         return REDACTED
     if isinstance(value, str):
-        return redact_text(value, r)
+        return _redact_text(value, r, urls=True)
     if isinstance(value, dict):
         return {k: redact_value(str(k), v, r) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

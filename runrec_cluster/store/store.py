@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import time
 import tomllib
 from collections.abc import Iterator
@@ -384,6 +385,18 @@ class Store:
 
         if path in self._inside_ok:
             return path
+        parent = os.path.dirname(path)
+        if parent in self._inside_ok:  # the usual case: one lstat of the last component
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return path  # to be made, under a parent known to be no link
+            except OSError:
+                st = None
+            if st is not None and not stat.S_ISLNK(st.st_mode):
+                if stat.S_ISDIR(st.st_mode):
+                    self._remember_inside(path)
+                return path
         rel = os.path.relpath(path, self.root)
         if rel == os.curdir:
             return path
@@ -394,11 +407,14 @@ class Store:
                 continue  # checked before by this Store (a shard, runs/, changes/<hour>)
             if part == os.pardir or os.path.islink(cur):
                 return inside(self.root, path, StoreError)
-            if os.path.isdir(cur) and cur != path:
-                if len(self._inside_ok) > 4096:
-                    self._inside_ok.clear()
-                self._inside_ok.add(cur)
+            if os.path.isdir(cur):
+                self._remember_inside(cur)
         return path
+
+    def _remember_inside(self, d: str) -> None:
+        if len(self._inside_ok) > 4096:
+            self._inside_ok.clear()
+        self._inside_ok.add(d)
 
 
 def _safe_host(host: str) -> str:
