@@ -194,6 +194,16 @@ def append_bytes(path: str, data: bytes) -> None:
     """Append ``data`` with one ``write()`` (whole or nothing, even under ``kill -9``) to a file
     that has a single writer (a journal); created with the store's settings like
     ``open_append``. Raises OSError / StoreError: the caller decides whether it matters."""
+    fd = open_append_fd(path)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def open_append_fd(path: str) -> int:
+    """A descriptor appending to ``path`` (created, its directory too, with the store's
+    settings). The caller writes whole lines with one ``os.write`` each and closes it."""
     pol = perms.policy_for(path)
     mode = pol.file_mode(APPEND_MODE) if pol.enforced else 0o644
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
@@ -205,9 +215,10 @@ def append_bytes(path: str, data: bytes) -> None:
     try:
         if pol.enforced and os.fstat(fd).st_size == 0:  # just made: give it its final mode
             os.fchmod(fd, mode)
-        os.write(fd, data)
-    finally:
+    except OSError:
         os.close(fd)
+        raise
+    return fd
 
 
 def _discard(tmp: str, fd: int) -> None:

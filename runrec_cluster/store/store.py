@@ -74,7 +74,9 @@ class Store:
         self.fsync = fsync
         self._host = socket.gethostname()
         perms.register(self.root)  # writes apply the store's permission settings (perms.py)
-        self._jpid = 0  # change journal of this process (see _journal)
+        self._jpid = 0  # change journal of this process (see _journal): its file, kept open
+        self._jfd: int | None = None  # for the current UTC hour
+        self._jhour = -1
         self._contexts: dict[str, dict[str, Any]] = {}  # shared launch contexts read
         self._inside_ok: set[str] = set()  # directories check_inside found to be no links
         self._jname = ""
@@ -209,16 +211,40 @@ class Store:
         Best effort: a failure here loses nothing, the index's periodic full scan finds the
         version anyway."""
         pid = os.getpid()
+        hour = int(time.time() // 3600)
+        line = f"{run_id} {seq}\n".encode()  # one small write: whole or nothing, even under kill -9
+        if self._jfd is not None and self._jpid == pid and self._jhour == hour:
+            try:
+                os.write(self._jfd, line)  # the usual case: the file of this hour is open
+                return
+            except OSError:
+                pass  # reopened below
         if self._jpid != pid:  # new Store, or a forked child: a file of its own
+            if self._jfd is not None:
+                _close(self._jfd)  # the parent's file, inherited: not this process's to write
+                self._jfd = None
             self._jpid = pid
             self._jname = f"{_safe_host(self._host)}-{pid}-{secrets.token_hex(4)}.log"
-        bucket = layout.change_bucket(time.time())
-        d = os.path.join(layout.changes_dir(self.root), bucket)
+        self._close_journal()
+        d = os.path.join(layout.changes_dir(self.root), layout.change_bucket(hour * 3600))
         try:
             self.check_inside(d)
-            # one small write: whole or nothing, even under kill -9; the store's permissions
-            fs.append_bytes(os.path.join(d, self._jname), f"{run_id} {seq}\n".encode())
+            self._jfd = fs.open_append_fd(os.path.join(d, self._jname))  # the store's modes
+            self._jhour = hour
+            os.write(self._jfd, line)
         except (OSError, StoreError):  # StoreError: a link out of the store, not followed
+            self._close_journal()
+
+    def _close_journal(self) -> None:
+        if self._jfd is not None:
+            _close(self._jfd)
+            self._jfd = None
+
+    def __del__(self) -> None:
+        try:
+            if self._jfd is not None and self._jpid == os.getpid():
+                _close(self._jfd)
+        except Exception:  # interpreter shutdown: nothing to do
             pass
 
     def _next_seq(self, d: str) -> int:
@@ -415,6 +441,13 @@ class Store:
         if len(self._inside_ok) > 4096:
             self._inside_ok.clear()
         self._inside_ok.add(d)
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _safe_host(host: str) -> str:
