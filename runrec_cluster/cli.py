@@ -49,7 +49,7 @@ def _warn(msg: str) -> None:
 
 
 def _esc(s: Any) -> str:
-    from rich.markup import escape
+    from .show import escape
 
     return escape(str(s))
 
@@ -324,7 +324,7 @@ def _print_table(recs, trust=None, depth=None) -> None:  # type: ignore[no-untyp
         "host",
         *metric_keys,
     ):
-        t.add_column(col, no_wrap=col not in ("name",))
+        t.add_column(_esc(col), no_wrap=col not in ("name",))
     for r in recs:
         node = r.node
         backend = r.execution.backend if r.execution else "-"
@@ -474,7 +474,7 @@ def history_cmd(store_path, run):  # type: ignore[no-untyped-def]
     vs = sorted(store.versions(run_id), key=lambda v: (v.seq, v.written_at))
     t = Table(box=None, header_style="bold")
     for col in ("seq", "written", "event", "writer", "fields"):
-        t.add_column(col)
+        t.add_column(_esc(col))
     for v in vs:
         t.add_row(
             str(v.seq),

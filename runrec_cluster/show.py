@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.markup import escape
+from rich.markup import escape as _markup_escape
 
 from .record import RunRecord
 from .store import Store
+
+# control characters a record may hold (written before names were checked, or in free text)
+# that would drive the terminal (ESC, CSI, carriage return, bell...): shown as \xNN, never
+# sent raw; tabs and newlines stay (tracebacks, notes)
+_CONTROL = {
+    c: f"\\x{c:02x}"
+    for c in (*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0D, 0x20), *range(0x7F, 0xA0))
+}
+
+
+def escape(s: str) -> str:
+    """Text from a record, safe to print: rich markup escaped, control characters visible."""
+    return _markup_escape(str(s).translate(_CONTROL))
 
 
 def _kv(c: Any, key: str, value: Any) -> None:

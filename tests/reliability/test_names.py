@@ -523,3 +523,24 @@ def test_store_names_reject_traversal_at_the_path_rules():
     ]:
         with pytest.raises(ConfigError):
             layout.blob_path("/store", bad)
+
+
+def test_control_characters_in_old_records_never_reach_the_terminal(store):
+    """A record written before names were checked (or by hand) may hold terminal escapes: ls and
+    show print them as \\xNN, never raw."""
+    from runrec_cluster.record import to_patch
+
+    rid = layout.new_id()
+    evil = "x\x1b]0;owned\x07\x1b[2J\rfake\x9b"
+    store.write_version(
+        rid, "launch", {**to_patch(run_id=rid, name=evil), "state": "submitted", "attempt": 1}
+    )
+    store.write_version(
+        rid, "end", {"state": "succeeded", "state_source": "job", "metrics": {evil: 1.0}}
+    )
+    for args in (("ls",), ("show", rid)):
+        out = run_cli(*args, "--store", store.root)
+        assert out.returncode == 0, out.stderr
+        for ch in ("\x1b", "\x07", "\r", "\x9b"):
+            assert ch not in out.stdout, (args, repr(out.stdout))
+        assert "\\x1b" in out.stdout
