@@ -31,8 +31,16 @@ How an update finds what changed, without reading every record:
   seen are *hot*, read again at the next full scan, and settle once a full scan starts more
   than ``SLACK_NS`` after the one that read them.
 
-Concurrency: the index is written to a temporary file beside it and renamed into place, so a
-reader sees a whole old index or a whole new one, never a part (also on NFS). Two updaters at
+Two files: ``runs-v1.arrow`` (the base) and ``runs-v1.delta.arrow`` (the rows changed since the
+base was written, with the latest metadata). An update that finds new or changed runs rewrites
+only the delta (small), unless runs vanished or the delta holds more than ``DELTA_MIN_ROWS``
+rows and a tenth of the base: then both are folded into a new base and the delta removed. A
+query reads both side by side without copying the base and hides the base rows the delta
+supersedes. Each base has a random ``gen``; a delta names the ``base_gen`` it belongs to, and
+a delta of another base (a concurrent updater's, written around a fold) is ignored.
+
+Concurrency: each file is written to a temporary file beside it and renamed into place, so a
+reader sees a whole old file or a whole new one, never a part (also on NFS). Two updaters at
 once both write a complete index; the last rename wins and the other's work is redone next
 time. A record written while an update runs is read next time: its directory's time moved
 after the stat. No lock anywhere.
@@ -59,6 +67,9 @@ from .store import ReadProblem, Store, fs, layout, perms
 
 INDEX_FORMAT = 1
 INDEX_FILE = f"runs-v{INDEX_FORMAT}.arrow"
+DELTA_FILE = f"runs-v{INDEX_FORMAT}.delta.arrow"  # rows changed since the base file was written
+DELTA_MIN_ROWS = 2000  # the delta is folded into the base when it holds more rows than this
+DELTA_SHARE = 10  # ... and more than 1/DELTA_SHARE of the base's rows
 MTIME_COLUMN = "_dir_mtime_ns"
 SLACK_NS = 2_000_000_000
 FULL_SCAN_S = 900.0  # a full scan at least this often ($RUNREC_INDEX_FULL_SCAN_S)
@@ -113,17 +124,39 @@ class Index:
         self.store = store
         self.dir = resolve_dir(store, index_dir)
         self.path = os.path.join(self.dir, INDEX_FILE)
+        self.delta_path = os.path.join(self.dir, DELTA_FILE)
 
     # -- reading -------------------------------------------------------------------------------
 
     def load(self) -> tuple[Any, dict[str, Any]] | None:
-        """(table, metadata) of the current index file, or None when there is none (or it is
-        from another format or store: then it is rebuilt)."""
+        """(table, metadata) of the index: the base file with the delta's rows in place of the
+        ones they supersede (a copy), or None when there is no index (or it is from another
+        format or store: then it is rebuilt)."""
+        parts = self.load_parts()
+        if parts is None:
+            return None
+        table, meta, live = _combine(*parts)
+        return (table if live is None else table.filter(live)), meta
+
+    def load_parts(self) -> tuple[Any, dict[str, Any], Any, dict[str, Any] | None] | None:
+        """(base table, base metadata, delta table or None, delta metadata or None). A delta
+        written for another base (one folded in by a concurrent update) is ignored."""
+        base = self._read(self.path)
+        if base is None:
+            return None
+        delta = self._read(self.delta_path)
+        if delta is not None and delta[1].get("base_gen") != base[1].get("gen"):
+            delta = None
+        if delta is None:
+            return base[0], base[1], None, None
+        return base[0], base[1], delta[0], delta[1]
+
+    def _read(self, path: str) -> tuple[Any, dict[str, Any]] | None:
         _, pa = need_query_extra()
         import pyarrow.ipc as ipc
 
         try:
-            source = pa.memory_map(self.path, "r")
+            source = pa.memory_map(path, "r")
         except (FileNotFoundError, OSError):
             return None
         try:
@@ -228,12 +261,14 @@ class Index:
         _, pa = need_query_extra()
         t0 = time.perf_counter()
         st = UpdateStats(self.path, rebuilt=rebuild)
-        old = None if rebuild else self.load()
-        if old is None:
+        parts = None if rebuild else self.load_parts()
+        if parts is None:
             st.rebuilt = True
+        base_t, base_meta, delta_t, delta_meta = parts or (None, {}, None, None)
         scan_time = time.time()
         since = layout.change_bucket(scan_time - JOURNAL_WINDOW_S)
-        old_meta = old[1] if old is not None else {}
+        old_meta = delta_meta if delta_meta is not None else base_meta
+        old = parts  # (for the checks below: is there an index at all)
         full = (
             full
             or old is None
@@ -254,10 +289,11 @@ class Index:
             old_sig: dict[str, int] = {}
             settle = False
             if old is not None:
-                table = old[0]
-                ids = table.column("run_id").to_pylist()
-                mts = table.column(MTIME_COLUMN).to_pylist()
-                old_sig = dict(zip(ids, mts, strict=True))
+                for t in (base_t, delta_t):  # the delta's rows replace the base's
+                    if t is not None:
+                        ids = t.column("run_id").to_pylist()
+                        mts = t.column(MTIME_COLUMN).to_pylist()
+                        old_sig.update(zip(ids, mts, strict=True))
                 # long enough after the last update that a write in the same time tick as its
                 # reads has happened by now: re-reading a hot run now settles it
                 settle = scan_time - float(old_meta.get("scan_time", 0)) > SLACK_NS / 1e9
@@ -276,9 +312,9 @@ class Index:
             meta_scan_time = float(old_meta.get("scan_time", 0))
         expect = {rid: max(jchanged.get(rid, 0), pending.get(rid, 0)) for rid in changed}
         if old is not None and not changed and not gone and positions == old_pos:
-            st.runs = old[0].num_rows
+            st.runs = _live_rows(base_t, delta_t)
             st.seconds = time.perf_counter() - t0
-            return st  # nothing new: the index file is left as it is
+            return st  # nothing new: the index files are left as they are
         pk = package_reader(self.store)
         rows = []
         new_pending: dict[str, int] = {}
@@ -310,17 +346,25 @@ class Index:
         st.read = len(rows)
         st.removed = len(gone)
         new = rows_to_table(rows)
-        if old is not None:
-            import pyarrow.compute as pc
-
-            drop = pa.array(sorted(changed | gone), pa.string())
-            keep = pc.invert(pc.is_in(old[0].column("run_id"), value_set=drop))
-            kept = old[0].filter(keep)
-            table = concat(kept, new) if new.num_rows else kept
-        else:
-            table = new
-        if table.num_columns and table.num_rows:
-            table = table.sort_by("run_id")
+        drop = changed | gone
+        # the new rows go to the delta file (small, rewritten each time) unless runs vanished,
+        # there is no base, or the delta has grown: then everything is folded into a new base
+        delta = None
+        if old is not None and not gone:
+            kept = _without(delta_t, drop) if delta_t is not None else None
+            delta = concat(kept, new) if kept is not None and new.num_rows else (kept or new)
+            if delta.num_rows > max(DELTA_MIN_ROWS, base_t.num_rows // DELTA_SHARE):
+                delta = None
+        if delta is None:
+            if old is not None:
+                base_kept = _without(base_t, drop | _ids(delta_t))
+                if delta_t is not None:
+                    base_kept = concat(base_kept, _without(delta_t, drop))
+                table = concat(base_kept, new) if new.num_rows else base_kept
+            else:
+                table = new
+            if table.num_columns and table.num_rows:
+                table = table.sort_by("run_id")
         if full:
             # runs changed within SLACK_NS of the newest change may get another write in the
             # same (coarse) time tick after their stat: read them again at the next full scan
@@ -342,15 +386,29 @@ class Index:
             "journal": positions,
             "pending": new_pending,
             "updated_at": datetime.now(UTC).isoformat(),
-            "json_columns": sorted(json_columns(table)),
         }
-        table = table.replace_schema_metadata({_META: json.dumps(meta).encode()})
-        self._write(table)
-        st.runs = table.num_rows
+        if delta is not None:  # base untouched; the delta names the base it belongs to
+            meta["base_gen"] = base_meta.get("gen")
+            meta["json_columns"] = sorted(json_columns(delta))
+            self._write(
+                delta.replace_schema_metadata({_META: json.dumps(meta).encode()}), self.delta_path
+            )
+            st.runs = _live_rows(base_t, delta)
+        else:
+            meta["gen"] = secrets.token_hex(8)  # a delta of an older base is ignored from now
+            meta["json_columns"] = sorted(json_columns(table))
+            self._write(
+                table.replace_schema_metadata({_META: json.dumps(meta).encode()}), self.path
+            )
+            try:
+                os.unlink(self.delta_path)
+            except OSError:
+                pass
+            st.runs = table.num_rows
         st.seconds = time.perf_counter() - t0
         return st
 
-    def _write(self, table: Any) -> None:
+    def _write(self, table: Any, path: str) -> None:
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
@@ -362,10 +420,10 @@ class Index:
             pol = perms.policy_for(tmp)
             if pol.enforced:  # readable by the store's group, whatever this process's umask
                 os.chmod(tmp, pol.file_mode(0o444))
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
         except OSError as exc:
             raise StoreError(
-                f"cannot write the query index {self.path}: {exc.strerror or exc}. Pass "
+                f"cannot write the query index {path}: {exc.strerror or exc}. Pass "
                 "--index-dir (or RUNREC_INDEX_DIR) pointing to a writable local directory."
             ) from exc
         self._clean_tmp()
@@ -396,13 +454,15 @@ class Index:
 
         from .query import order_columns
 
-        loaded = self.load()
-        if loaded is None:
+        parts = self.load_parts()
+        if parts is None:
             self.update()
-            loaded = self.load()
-        if loaded is None:
+            parts = self.load_parts()
+        if parts is None:
             raise StoreError(f"the query index {self.path} cannot be read after writing it.")
-        table, meta = loaded
+        # base and delta side by side without copying; ``live`` hides the base rows the delta
+        # supersedes
+        table, meta, live = _combine(*parts)
         jcols = set(meta.get("json_columns", []))
         n = table.num_rows
         need_trust = any(c in TRUST_COLUMNS for c in (expr.columns if expr else ())) or (
@@ -416,8 +476,14 @@ class Index:
                 cache[name] = column_values(table, name, jcols, trust, n)
             return cache[name]
 
+        mask = None
         if expr is not None:
             mask = expr.mask(get, n)
+            if live is not None:
+                mask = mask & live
+        elif live is not None:
+            mask = live
+        if mask is not None:
             table = table.filter(pa.array(mask))
             idx = np.flatnonzero(mask)
         else:
@@ -470,6 +536,55 @@ class Index:
             retired[i] = any(f.kind == "retired" for f in flags)
             suspect[i] = any(f.kind == "suspect" for f in flags)
         return {"retired": retired, "suspect": suspect}
+
+
+def _ids(table: Any) -> set[str]:
+    if table is None or not table.num_rows or "run_id" not in table.column_names:
+        return set()
+    return set(table.column("run_id").to_pylist())
+
+
+def _without(table: Any, ids: set[str]) -> Any:
+    """``table`` less the rows of these run ids."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not ids or not table.num_rows or "run_id" not in table.column_names:
+        return table
+    drop = pa.array(sorted(ids), pa.string())
+    return table.filter(pc.invert(pc.is_in(table.column("run_id"), value_set=drop)))
+
+
+def _live_rows(base: Any, delta: Any) -> int:
+    if base is None:
+        return 0
+    if delta is None or not delta.num_rows:
+        return base.num_rows
+    return base.num_rows - len(_ids(base) & _ids(delta)) + delta.num_rows
+
+
+def _combine(
+    base: Any, base_meta: dict[str, Any], delta: Any, delta_meta: dict[str, Any] | None
+) -> tuple[Any, dict[str, Any], Any]:
+    """(table, metadata, live): the base and the delta's rows one after the other (no copy of
+    the base's columns when their types agree), and a numpy mask of the rows that count (None
+    when there is no delta): a base row whose run is in the delta is superseded."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if delta is None or not delta.num_columns or not delta.num_rows:
+        return base, base_meta, None
+    table = concat(base, delta)
+    if base.num_rows and "run_id" in base.column_names:
+        superseded = pc.is_in(
+            base.column("run_id"), value_set=delta.column("run_id").combine_chunks()
+        ).to_numpy(zero_copy_only=False)
+    else:
+        superseded = np.zeros(base.num_rows, bool)
+    live = np.concatenate([np.logical_not(superseded), np.ones(delta.num_rows, bool)])
+    meta = dict(delta_meta or {})
+    meta["json_columns"] = sorted(json_columns(table))
+    return table, meta, live
 
 
 # ---------------------------------------------------------------------------------------------

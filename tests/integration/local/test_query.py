@@ -399,3 +399,68 @@ def test_concurrent_writers_and_readers(store):
     Index(store).update()
     assert len(rr.query(store, refresh=False)) == n
     assert not [f for f in os.listdir(os.path.join(store.root, "index")) if f.startswith(".tmp-")]
+
+
+def test_new_runs_go_to_a_delta_file_folded_in_when_it_grows(store, monkeypatch):
+    """A warm update writes only the changed rows (a small delta file beside the index); the
+    delta is folded into a new base when it grows or runs vanish; a delta left from an older
+    base is ignored. Queries always see each run once, as a rebuild would."""
+    import shutil
+
+    import runrec_cluster.index as index_mod
+    from runrec_cluster.index import DELTA_FILE
+
+    ids = [_write_run(store, i) for i in range(30)]
+    idx = Index(store)
+    idx.update()
+    base_ino = os.stat(idx.path).st_ino
+    delta = os.path.join(idx.dir, DELTA_FILE)
+    assert not os.path.exists(delta)
+
+    def same_as_rebuild():
+        got = rr.query(store, refresh=False).sort_values("run_id").reset_index(drop=True)
+        ref_dir = os.path.join(store.root, "ref-index")
+        shutil.rmtree(ref_dir, ignore_errors=True)
+        want = rr.query(store, index_dir=ref_dir).sort_values("run_id").reset_index(drop=True)
+        assert list(got["run_id"]) == list(want["run_id"])  # each run once
+        assert got.drop(columns=["_dir_mtime_ns"], errors="ignore").equals(
+            want.drop(columns=["_dir_mtime_ns"], errors="ignore")
+        )
+        return got
+
+    new = [_write_run(store, 100 + i, lr="fast") for i in range(3)]
+    store.write_version(ids[4], "annotate", {"metrics": {"acc": 0.404, "extra": 1}})
+    st = idx.update()
+    assert (st.read, st.runs) == (4, 33)
+    assert os.stat(idx.path).st_ino == base_ino, "the base file is not rewritten"
+    assert os.path.exists(delta)
+    got = same_as_rebuild()
+    assert got.loc[got.run_id == ids[4], "metrics.acc"].item() == 0.404
+    assert len(rr.query(store, "config.lr == 'fast'", refresh=False)) == 3
+    # a second change to a run already in the delta replaces its delta row
+    store.write_version(new[0], "annotate", {"metrics": {"acc": 0.5}})
+    assert idx.update().runs == 33
+    same_as_rebuild()
+    # the delta grows past its limit: folded into a new base, the delta file goes
+    stale = delta + ".old"
+    shutil.copy(delta, stale)
+    monkeypatch.setattr(index_mod, "DELTA_MIN_ROWS", 2)
+    monkeypatch.setattr(index_mod, "DELTA_SHARE", 1000)
+    for i in range(3):
+        _write_run(store, 200 + i)
+    assert idx.update().runs == 36
+    assert not os.path.exists(delta) and os.stat(idx.path).st_ino != base_ino
+    same_as_rebuild()
+    # a delta written for the old base (a concurrent updater's, say) is ignored
+    os.replace(stale, delta)
+    assert len(rr.query(store, refresh=False)) == 36
+    same_as_rebuild()
+    # a vanished run (a full scan) folds everything into a new base as well
+    monkeypatch.setattr(index_mod, "DELTA_MIN_ROWS", 2000)
+    _write_run(store, 300)
+    idx.update()
+    assert os.path.exists(delta)
+    shutil.rmtree(layout.run_dir(store.root, ids[0]))
+    st = idx.update(full=True)
+    assert st.removed == 1 and st.runs == 36 and not os.path.exists(delta)
+    same_as_rebuild()
