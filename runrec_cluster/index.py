@@ -460,20 +460,31 @@ class Index:
             parts = self.load_parts()
         if parts is None:
             raise StoreError(f"the query index {self.path} cannot be read after writing it.")
-        # base and delta side by side without copying; ``live`` hides the base rows the delta
-        # supersedes
-        table, meta, live = _combine(*parts)
-        jcols = set(meta.get("json_columns", []))
-        n = table.num_rows
+        # the base and the delta are evaluated apart (no copy of the base); ``live`` hides the
+        # base rows the delta supersedes; only the selected rows of each are put together
+        base, _, delta, _ = parts
+        pieces = [base] if delta is None or not delta.num_rows else [base, delta]
+        live = _live_mask(base, delta) if len(pieces) == 2 else None
+        n = sum(p.num_rows for p in pieces)
         need_trust = any(c in TRUST_COLUMNS for c in (expr.columns if expr else ())) or (
             columns is None or any(c in TRUST_COLUMNS for c in columns)
         )
-        trust = self._trust(table) if need_trust else None
+        trust = None
+        if need_trust:
+            per = [self._trust(p) for p in pieces]
+            if all(t is not None for t in per):
+                trust = {k: np.concatenate([t[k] for t in per]) for k in TRUST_COLUMNS}
         cache: dict[str, Any] = {}
 
         def get(name: str) -> Any:
             if name not in cache:
-                cache[name] = column_values(table, name, jcols, trust, n)
+                vals = [
+                    column_values(p, name, json_columns(p), trust, p.num_rows)
+                    if name not in TRUST_COLUMNS
+                    else column_values(p, name, set(), trust, n)
+                    for p in pieces
+                ]
+                cache[name] = vals[0] if len(vals) == 1 or name in TRUST_COLUMNS else _join(vals)
             return cache[name]
 
         mask = None
@@ -484,20 +495,27 @@ class Index:
         elif live is not None:
             mask = live
         if mask is not None:
-            table = table.filter(pa.array(mask))
+            nb = base.num_rows
+            chosen = [base.filter(pa.array(mask[:nb]))]
+            if len(pieces) == 2:
+                chosen.append(delta.filter(pa.array(mask[nb:])))
+            table = chosen[0] if len(chosen) == 1 else concat(chosen[0], chosen[1])
             idx = np.flatnonzero(mask)
         else:
+            table = base
             idx = None
-        names = columns if columns is not None else order_columns(table.column_names)
+        jcols = json_columns(table)
+        pos = {c: i for i, c in enumerate(table.column_names)}
+        names = columns if columns is not None else order_columns(list(pos))
         if columns is None:
-            names = order_columns([*table.column_names, *TRUST_COLUMNS])
+            names = order_columns([*pos, *TRUST_COLUMNS])
         arrays, fields = [], []
         for c in names:
             if c in TRUST_COLUMNS:
                 vals = trust[c] if trust is not None else np.zeros(n, dtype=bool)
                 arr = pa.array(vals if idx is None else vals[idx], pa.bool_())
-            elif c in table.column_names:
-                arr = table.column(c)
+            elif c in pos:
+                arr = table.column(pos[c])
             else:
                 arr = pa.nulls(table.num_rows)
             arrays.append(arr)
@@ -555,12 +573,36 @@ def _without(table: Any, ids: set[str]) -> Any:
     return table.filter(pc.invert(pc.is_in(table.column("run_id"), value_set=drop)))
 
 
+def _live_mask(base: Any, delta: Any) -> Any:
+    """True for the rows that count in base-then-delta order: a base row whose run is in the
+    delta is superseded."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if base.num_rows and "run_id" in base.column_names:
+        superseded = pc.is_in(
+            base.column("run_id"), value_set=delta.column("run_id").combine_chunks()
+        ).to_numpy(zero_copy_only=False)
+    else:
+        superseded = np.zeros(base.num_rows, bool)
+    return np.concatenate([np.logical_not(superseded), np.ones(delta.num_rows, bool)])
+
+
+def _join(parts: list[Any]) -> Any:
+    """Column values of the base then the delta, as one numpy array for the expression."""
+    import numpy as np
+
+    if all(p.dtype == parts[0].dtype for p in parts):
+        return np.concatenate(parts)
+    return np.concatenate([p.astype(object) for p in parts])
+
+
 def _live_rows(base: Any, delta: Any) -> int:
     if base is None:
         return 0
     if delta is None or not delta.num_rows:
         return base.num_rows
-    return base.num_rows - len(_ids(base) & _ids(delta)) + delta.num_rows
+    return int(_live_mask(base, delta).sum())
 
 
 def _combine(
@@ -569,19 +611,11 @@ def _combine(
     """(table, metadata, live): the base and the delta's rows one after the other (no copy of
     the base's columns when their types agree), and a numpy mask of the rows that count (None
     when there is no delta): a base row whose run is in the delta is superseded."""
-    import numpy as np
-    import pyarrow.compute as pc
 
     if delta is None or not delta.num_columns or not delta.num_rows:
         return base, base_meta, None
     table = concat(base, delta)
-    if base.num_rows and "run_id" in base.column_names:
-        superseded = pc.is_in(
-            base.column("run_id"), value_set=delta.column("run_id").combine_chunks()
-        ).to_numpy(zero_copy_only=False)
-    else:
-        superseded = np.zeros(base.num_rows, bool)
-    live = np.concatenate([np.logical_not(superseded), np.ones(delta.num_rows, bool)])
+    live = _live_mask(base, delta)
     meta = dict(delta_meta or {})
     meta["json_columns"] = sorted(json_columns(table))
     return table, meta, live
@@ -672,11 +706,14 @@ def concat(a: Any, b: Any) -> Any:
     import pyarrow as pa
 
     ja, jb = json_columns(a), json_columns(b)
-    names = list(dict.fromkeys([*a.column_names, *b.column_names]))
+    # by position, once: ``column_names`` builds a list and ``column(name)`` searches it
+    pos_a = {n: i for i, n in enumerate(a.column_names)}
+    pos_b = {n: i for i, n in enumerate(b.column_names)}
+    names = list(dict.fromkeys([*pos_a, *pos_b]))
     cols_a, cols_b, fields = [], [], []
     for name in names:
-        ca = a.column(name) if name in a.column_names else None
-        cb = b.column(name) if name in b.column_names else None
+        ca = a.column(pos_a[name]) if name in pos_a else None
+        cb = b.column(pos_b[name]) if name in pos_b else None
         ta = ca.type if ca is not None else None
         tb = cb.type if cb is not None else None
         is_json = name in ja or name in jb
@@ -693,8 +730,8 @@ def concat(a: Any, b: Any) -> Any:
             typ = pa.string()
             ca = _as_json_column(ca, name in ja) if ca is not None else None
             cb = _as_json_column(cb, name in jb) if cb is not None else None
-        ca = pa.nulls(a.num_rows, typ) if ca is None else ca.cast(typ)
-        cb = pa.nulls(b.num_rows, typ) if cb is None else cb.cast(typ)
+        ca = pa.nulls(a.num_rows, typ) if ca is None else (ca if ca.type == typ else ca.cast(typ))
+        cb = pa.nulls(b.num_rows, typ) if cb is None else (cb if cb.type == typ else cb.cast(typ))
         cols_a.append(ca)
         cols_b.append(cb)
         fields.append(pa.field(name, typ, metadata={b"json": b"1"} if is_json else None))
@@ -712,7 +749,7 @@ def column_values(table: Any, name: str, jcols: set[str], trust: Any, n: int) ->
 
     if name in TRUST_COLUMNS:
         return trust[name] if trust is not None else np.zeros(n, dtype=bool)
-    if name not in table.column_names:
+    if table.schema.get_field_index(name) < 0:
         return np.full(n, None, dtype=object)
     col = table.column(name)
     t = col.type

@@ -418,15 +418,25 @@ def test_new_runs_go_to_a_delta_file_folded_in_when_it_grows(store, monkeypatch)
     assert not os.path.exists(delta)
 
     def same_as_rebuild():
-        got = rr.query(store, refresh=False).sort_values("run_id").reset_index(drop=True)
         ref_dir = os.path.join(store.root, "ref-index")
         shutil.rmtree(ref_dir, ignore_errors=True)
-        want = rr.query(store, index_dir=ref_dir).sort_values("run_id").reset_index(drop=True)
-        assert list(got["run_id"]) == list(want["run_id"])  # each run once
-        assert got.drop(columns=["_dir_mtime_ns"], errors="ignore").equals(
-            want.drop(columns=["_dir_mtime_ns"], errors="ignore")
-        )
-        return got
+        for where in (
+            None,
+            "metrics.acc > 0.1",
+            "metrics.extra == 1 or config.lr == 'fast'",
+            "not (config.lr == 0.01)",
+        ):
+            got = rr.query(store, where, refresh=False).sort_values("run_id")
+            want = rr.query(store, where, index_dir=ref_dir).sort_values("run_id")
+            assert list(got["run_id"]) == list(want["run_id"]), where  # each run once
+            if where is None:
+                drop = ["_dir_mtime_ns"]
+                assert (
+                    got.drop(columns=drop, errors="ignore")
+                    .reset_index(drop=True)
+                    .equals(want.drop(columns=drop, errors="ignore").reset_index(drop=True))
+                )
+        return rr.query(store, refresh=False)
 
     new = [_write_run(store, 100 + i, lr="fast") for i in range(3)]
     store.write_version(ids[4], "annotate", {"metrics": {"acc": 0.404, "extra": 1}})
