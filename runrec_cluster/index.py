@@ -312,7 +312,9 @@ class Index:
             meta_scan_time = float(old_meta.get("scan_time", 0))
         expect = {rid: max(jchanged.get(rid, 0), pending.get(rid, 0)) for rid in changed}
         if old is not None and not changed and not gone and positions == old_pos:
-            st.runs = _live_rows(base_t, delta_t)
+            # (an index written before "runs" was kept: count its rows)
+            runs = old_meta.get("runs")
+            st.runs = runs if isinstance(runs, int) else _live_rows(base_t, delta_t)
             st.seconds = time.perf_counter() - t0
             return st  # nothing new: the index files are left as they are
         pk = package_reader(self.store)
@@ -388,15 +390,17 @@ class Index:
             "updated_at": datetime.now(UTC).isoformat(),
         }
         if delta is not None:  # base untouched; the delta names the base it belongs to
+            st.runs = _live_rows(base_t, delta)
             meta["base_gen"] = base_meta.get("gen")
             meta["json_columns"] = sorted(json_columns(delta))
+            meta["runs"] = st.runs  # counted once here, not at every update that finds nothing
             self._write(
                 delta.replace_schema_metadata({_META: json.dumps(meta).encode()}), self.delta_path
             )
-            st.runs = _live_rows(base_t, delta)
         else:
             meta["gen"] = secrets.token_hex(8)  # a delta of an older base is ignored from now
             meta["json_columns"] = sorted(json_columns(table))
+            meta["runs"] = table.num_rows
             self._write(
                 table.replace_schema_metadata({_META: json.dumps(meta).encode()}), self.path
             )
