@@ -312,7 +312,7 @@ def bench_submit(tmp: str, reps: int, array_reps: int, array_n: int) -> dict[str
     starts = {
         "python -c pass": [py, "-c", "pass"],
         "python -c 'import submitit'": [py, "-c", "import submitit"],
-        "python -c 'import runrec_cluster.job'": [py, "-c", "import runrec_cluster.job"],
+        "python -c 'import runrec_cluster.job.execute'": [py, "-c", "import runrec_cluster.job.execute"],
     }
     start_s: dict[str, list[float]] = {k: [] for k in starts}
     for _ in range(reps):
@@ -397,19 +397,13 @@ def realistic_versions(
     import cloudpickle
     import msgspec
 
-    from runrec_cluster import proc
     from runrec_cluster.capture import config as cfg
     from runrec_cluster.capture import env as envcap
     from runrec_cluster.capture import node as nodecap
+    from runrec_cluster.capture import proc
     from runrec_cluster.capture.git import capture_code
-    from runrec_cluster.job import _encode_result
-    from runrec_cluster.record import (
-        Entrypoint,
-        Execution,
-        Resources,
-        RunState,
-        to_patch,
-    )
+    from runrec_cluster.job.execute import _encode_result
+    from runrec_cluster.record import Entrypoint, Execution, Resources, RunState, to_patch
     from runrec_cluster.store import layout
 
     code = capture_code(repo, store.put_blob)
@@ -784,7 +778,7 @@ def report_slurm(r: dict[str, Any]) -> str:
 def bench_hashing(tmp: str, size: int, files: int, reps: int) -> dict[str, Any]:
     import runrec_cluster as rr
     from runrec_cluster.capture.data import hash_path
-    from runrec_cluster.run import hash_input
+    from runrec_cluster.capture.inputs import hash_input
     from runrec_cluster.store import Store
 
     big = os.path.join(tmp, "big.bin")

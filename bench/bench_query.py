@@ -110,7 +110,7 @@ def bench_write_query(
     """Write N runs to ours (fsync off, on), MLflow sqlite (``mlflow_n`` runs) and the MLflow
     file store (``file_n``), in ``reps`` interleaved batches; then query each."""
     import runrec_cluster as rr
-    from runrec_cluster.index import Index
+    from runrec_cluster.query.index import Index
 
     out: dict[str, Any] = {
         "n": n,

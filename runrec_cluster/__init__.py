@@ -1,8 +1,9 @@
 """runrec-cluster: record every R&D run while it happens, on local, Slurm and Ray."""
 
-from .api import Executor, RunHandle, load
-from .capture.data import Artifact, Dataset
-from .errors import (
+from runrec_cluster.api import Executor, RunHandle, load
+from runrec_cluster.capture.data import Dataset
+from runrec_cluster.capture.inputs import Artifact
+from runrec_cluster.errors import (
     AmbiguousRunId,
     BackendError,
     ConfigError,
@@ -17,13 +18,12 @@ from .errors import (
     RunrecError,
     StoreError,
 )
-from .query import query
-from .record import SCHEMA_VERSION, FailureCause, RunRecord, RunState
-from .rerun import rerun
-from .run import Run, current_run
-from .store import Store
-
-__version__ = "0.1.0"
+from runrec_cluster.job.run import Run, current_run
+from runrec_cluster.query.select import query
+from runrec_cluster.record import SCHEMA_VERSION, FailureCause, RunRecord, RunState
+from runrec_cluster.rerun.core import rerun
+from runrec_cluster.store import Store
+from runrec_cluster.version import __version__
 
 __all__ = [
     "SCHEMA_VERSION",

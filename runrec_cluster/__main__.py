@@ -1,3 +1,3 @@
-from .cli import main
+from runrec_cluster.cli._common import main
 
 main()

@@ -7,7 +7,6 @@ then the backend launches the jobs and their scheduler ids are appended to the r
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 import time
@@ -15,12 +14,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from .backends import JobSpec, get_backend
-from .capture import config as cfg
-from .capture.env import capture_env
-from .capture.git import capture_code
-from .errors import BackendError, ConfigError, JobFailed, JobTimeout, RunrecError, StoreError
-from .record import (
+from runrec_cluster.backends import JobSpec, get_backend
+from runrec_cluster.capture import config as cfg
+from runrec_cluster.capture.env import capture_env
+from runrec_cluster.capture.git import capture_code
+from runrec_cluster.capture.inputs import hash_input
+from runrec_cluster.capture.proc import current_user
+from runrec_cluster.capture.redact import check_printable, redact_argv, redact_value
+from runrec_cluster.errors import (
+    BackendError,
+    ConfigError,
+    JobFailed,
+    JobTimeout,
+    RunrecError,
+    StoreError,
+)
+from runrec_cluster.record import (
     CONTEXT_KEY,
     CodeInfo,
     Entrypoint,
@@ -36,9 +45,7 @@ from .record import (
     needs_verdict,
     to_patch,
 )
-from .redact import check_printable, redact_argv, redact_value
-from .run import hash_input
-from .store import Store, layout
+from runrec_cluster.store import Store, as_store, layout
 
 # what every run of a sweep shares at launch: written once per sweep (Store.put_context)
 SHARED_LAUNCH_KEYS = (
@@ -54,22 +61,9 @@ SHARED_LAUNCH_KEYS = (
 _MISSING = object()
 
 
-def _store(store: Store | str | os.PathLike[str] | None) -> Store:
-    if isinstance(store, Store):
-        return store
-    return Store(store)
-
-
 def load(store: Store | str | os.PathLike[str] | None, run_id: str) -> RunRecord:
     """The record of a run (any unique prefix of its id works)."""
-    return _store(store).load(run_id)
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return str(os.getuid())
+    return as_store(store).load(run_id)
 
 
 def _function_name(fn: Callable[..., Any]) -> str:
@@ -104,7 +98,7 @@ class Executor:
         hash_progress: Callable[[int, int], None] | None = None,
         **options: Any,
     ) -> None:
-        self.store = _store(store)
+        self.store = as_store(store)
         self.store.ensure_writable()
         self.hash_progress = hash_progress
         self.name = name
@@ -142,7 +136,7 @@ class Executor:
             )
         hw = None
         if hardware is not None:  # a class name, or a HardwareClass already loaded (rerun)
-            from .hardware import HardwareClass, load_hardware_class
+            from runrec_cluster.capture.hardware import HardwareClass, load_hardware_class
 
             hw = (
                 hardware
@@ -236,7 +230,7 @@ class Executor:
             "code": code,
             "env": env,
             "inputs": refs,
-            "user": _user(),
+            "user": current_user(),
             "host": socket.gethostname(),
         }
 
@@ -424,7 +418,7 @@ def forget_check_times() -> None:
     """Make the next check ask the schedulers now (``runrec reconcile``), not rate-limited."""
     import sys
 
-    for name in ("runrec_cluster.backends.slurm", "runrec_cluster.backends.ray"):
+    for name in ("runrec_cluster.backends.slurm", "runrec_cluster.backends.ray.backend"):
         mod = sys.modules.get(name)
         if mod is not None and hasattr(mod, "_last_check"):
             mod._last_check.clear()
@@ -514,7 +508,7 @@ class RunHandle:
             try:
                 rec = self.record()
             except StoreError as exc:  # the store refused a write: did the job save its end?
-                from .job import find_rescue, rescue_message
+                from runrec_cluster.job.execute import find_rescue, rescue_message
 
                 where = find_rescue(self.store, self.run_id)
                 if where is None:

@@ -14,10 +14,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from .api import Executor, RunHandle
-from .capture.data import Dataset
-from .run import current_run
-from .store import Store
+from runrec_cluster.api import Executor, RunHandle
+from runrec_cluster.capture.data import Dataset
+from runrec_cluster.job.run import current_run
+from runrec_cluster.store import Store
 
 
 def make_dataset(path: str, n: int = 400, seed: int = 7) -> None:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError, ExpressionError
+from runrec_cluster.errors import ConfigError, ExpressionError
 
 MAX_LEN = 4000
 MAX_DEPTH = 64

@@ -531,7 +531,7 @@ def fold(versions: list[RecordVersion]) -> RunRecord:
     except (TypeError, ValueError, AttributeError, RecursionError) as exc:
         # a version that decodes but holds values of the wrong shape (msgspec's
         # ValidationError is a ValueError): the documented error, naming the run
-        from .errors import CorruptRecord
+        from runrec_cluster.errors import CorruptRecord
 
         raise CorruptRecord(
             f"run {versions[0].run_id}: its versions do not fold into a record ({exc}); a "
@@ -576,3 +576,53 @@ def signal_failure(signum: int, what: str, *, source: str) -> Failure:
         signal=signum,
         source=source,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Lineage records: promotions and retirements (stored apart from runs, immutable)
+# ---------------------------------------------------------------------------------------------
+
+RetirementState = Literal["superseded", "invalidated", "withdrawn"]
+
+
+class Promotion(Base, frozen=True, kw_only=True):
+    """One promoted version, as stored in ``promoted/NAME/vN/promotion.msgpack.zst``."""
+
+    name: str
+    version: int
+    run_id: str
+    run_name: str = ""
+    artifact: str  # the artifact's name in the run
+    digest: str  # the content hash the run recorded, and the copy has
+    size: int
+    file_count: int = 1
+    is_dir: bool = False
+    source_path: str  # where the run wrote it
+    files: str  # the copy, relative to the version directory ("files/model.pt")
+    criteria: str | None = None
+    values: dict[str, Any] = {}  # every metric the criteria named, as the run recorded it
+    approved_by: str  # a person or a process; defaults to the promoting user
+    promoted_by: str = ""
+    host: str = ""
+    promoted_at: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+
+class Retirement(Base, frozen=True, kw_only=True):
+    """One retirement, as stored in ``retirements/<id>.msgpack.zst``."""
+
+    id: str  # layout.new_id(): unique, sorts by time
+    target: str  # the lineage node id: "run:<id>", "dataset:<digest>", "artifact:<run>:<name>",
+    #               "promoted:<name>@v<n>"
+    target_label: str = ""  # what a person recognizes (a path, a run's name)
+    state: RetirementState
+    reason: str
+    superseded_by: str | None = None  # a node id
+    by: str = ""
+    host: str = ""
+    at: datetime
+    downstream: list[str] = []  # node ids downstream when it was retired (for the record;
+    #                             suspicion is recomputed at read time)

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import ConfigError
-from .base import Backend, JobSpec
+from runrec_cluster.backends.base import Backend, JobSpec
+from runrec_cluster.errors import ConfigError
 
 BACKENDS = {
     "local": ("runrec_cluster.backends.local", "LocalBackend", None),
     "slurm": ("runrec_cluster.backends.slurm", "SlurmBackend", None),
-    "ray": ("runrec_cluster.backends.ray", "RayBackend", "pip install 'runrec-cluster[ray]'"),
+    "ray": (
+        "runrec_cluster.backends.ray.backend",
+        "RayBackend",
+        "pip install 'runrec-cluster[ray]'",
+    ),
 }
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..record import Resources, RunRecord
-from ..store import Store
+from runrec_cluster.record import Resources, RunRecord
+from runrec_cluster.store import Store
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``launch`` starts one detached supervisor process per submission (``python -m
 runrec_cluster.backends.local SUPERVISE ...``) that runs the jobs, at most ``local_max_parallel``
-at a time (default: the number of CPUs), each as ``python -m runrec_cluster.job STORE RUN_ID``
+at a time (default: the number of CPUs), each as ``python -m runrec_cluster.job.execute STORE RUN_ID``
 with stdout and stderr in the store's ``logs/`` directory. The supervisor survives the
 submitting process. When a job process dies without finishing its record, the supervisor
 records how (signal, exit code); when the supervisor is gone too (``kill -9`` of both, a reboot),
@@ -19,9 +19,11 @@ import sys
 import time
 from typing import Any
 
-from .. import proc
-from ..errors import BackendError
-from ..record import (
+from runrec_cluster.backends.base import Backend, JobSpec
+from runrec_cluster.capture import proc
+from runrec_cluster.capture.proc import current_user
+from runrec_cluster.errors import BackendError
+from runrec_cluster.record import (
     Failure,
     FailureCause,
     Process,
@@ -31,8 +33,7 @@ from ..record import (
     signal_failure,
     to_patch,
 )
-from ..store import Store, fs
-from .base import Backend, JobSpec
+from runrec_cluster.store import Store, fs
 
 
 class LocalBackend(Backend):
@@ -127,7 +128,7 @@ class LocalBackend(Backend):
                     cause=FailureCause.CANCELLED,
                     type="Cancelled",
                     message="cancelled by request",
-                    by=os.environ.get("USER") or str(os.getuid()),
+                    by=current_user(),
                     source="backend",
                 ),
                 source="backend",
@@ -154,7 +155,7 @@ def _supervise(root: str, parallel: int, triples: list[tuple[str, str, str]]) ->
             err = fs.open_append(os.path.join(log_dir, "stderr.txt"))
             try:
                 p = subprocess.Popen(
-                    [python, "-m", "runrec_cluster.job", root, run_id],
+                    [python, "-m", "runrec_cluster.job.execute", root, run_id],
                     cwd=cwd if os.path.isdir(cwd) else None,
                     stdin=subprocess.DEVNULL,
                     stdout=out,

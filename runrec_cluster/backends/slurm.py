@@ -22,9 +22,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import BackendError, ConfigError
-from ..record import Failure, FailureCause, RunRecord, RunState, needs_verdict, to_patch
-from .base import Backend, JobSpec
+from runrec_cluster.backends.base import Backend, JobSpec
+from runrec_cluster.errors import BackendError, ConfigError
+from runrec_cluster.record import (
+    Failure,
+    FailureCause,
+    RunRecord,
+    RunState,
+    needs_verdict,
+    to_patch,
+)
 
 SLURM_OPTIONS = {
     "slurm_partition": "partition",
@@ -103,7 +110,7 @@ class SlurmEntry:
         self.run_id = run_id
 
     def __call__(self) -> Any:
-        from ..job import execute
+        from runrec_cluster.job.execute import execute
 
         env = os.environ
         rank = int(env.get("SLURM_PROCID", "0") or 0)

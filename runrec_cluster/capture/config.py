@@ -15,9 +15,9 @@ from typing import Any
 
 import msgspec
 
-from ..errors import ConfigError
-from ..record import ConfigEntry
-from ..redact import redact_value
+from runrec_cluster.capture.redact import redact_value
+from runrec_cluster.errors import ConfigError
+from runrec_cluster.record import ConfigEntry
 
 
 def _hook(obj: Any) -> Any:
@@ -58,7 +58,7 @@ def plain(key: str, value: Any, rules: Any = None) -> Any:
 
 
 def entries(values: Mapping[str, Any], source: str) -> dict[str, ConfigEntry]:
-    from ..redact import active_rules
+    from runrec_cluster.capture.redact import active_rules
 
     rules = active_rules()  # once for all the values
     out = {}

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from ..errors import DatasetError
+from runrec_cluster.errors import DatasetError
 
 CHUNK = 1 << 20
 BIG_CHUNK = 256 << 20  # BLAKE3 of a big file: one threaded update per 256 MiB (then progress)
@@ -67,29 +67,6 @@ class Dataset:
 
     def __repr__(self) -> str:
         return f"Dataset({self.path!r}{', version=' + repr(self.version) if self.version else ''})"
-
-
-class Artifact:
-    """An artifact recorded by another run, used as an input: ``Artifact("RUN:name")`` (RUN: a
-    run id or unique prefix, name: the artifact's name in that run), or a promoted version
-    ``Artifact("NAME@v3")`` / ``Artifact("NAME@latest")``.
-
-    It is resolved when the run is submitted (or when ``run.use_input`` is called in a job) to
-    the producing run's recorded content hash, and refused if the run, the artifact or the
-    promoted version does not exist, or if the file no longer holds what the run recorded. The
-    run's record then links back to the producing run (``runrec lineage``).
-    """
-
-    kind = "artifact"
-
-    def __init__(self, ref: str) -> None:
-        from ..lineage import parse_artifact_ref  # validates the shape now, resolves later
-
-        parse_artifact_ref(ref)
-        self.ref = ref.strip()
-
-    def __repr__(self) -> str:
-        return f"Artifact({self.ref!r})"
 
 
 class CacheEntry(msgspec.Struct, array_like=True):

@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
-from ..record import EnvInfo
-from ..redact import redact_value
+from runrec_cluster.capture.redact import redact_value
+from runrec_cluster.record import EnvInfo
 
 ENV_PREFIXES = (
     "CUDA_",

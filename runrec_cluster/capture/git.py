@@ -13,8 +13,8 @@ import hashlib
 import os
 from collections.abc import Callable
 
-from ..record import CodeInfo, Submodule, UntrackedFile
-from ..redact import strip_url_credentials
+from runrec_cluster.capture.redact import strip_url_credentials
+from runrec_cluster.record import CodeInfo, Submodule, UntrackedFile
 
 UNTRACKED_TEXT_CAP = 1024 * 1024  # bytes per untracked file whose content is recorded
 UNTRACKED_LIST_CAP = 10_000  # untracked files listed at most

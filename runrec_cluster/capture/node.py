@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from ..record import GPUInfo, NodeInfo, RuntimeLibs
+from runrec_cluster.record import GPUInfo, NodeInfo, RuntimeLibs
 
 
 def cpu_model() -> str:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import msgspec
 import zstandard
 
-from ..errors import CorruptRecord, StoreError
+from runrec_cluster.errors import CorruptRecord, StoreError
 
 T = TypeVar("T")
 

@@ -17,9 +17,9 @@ import os
 import secrets
 from typing import BinaryIO
 
-from ..errors import StoreError
-from . import perms
-from .layout import TMP_PREFIX
+from runrec_cluster.errors import StoreError
+from runrec_cluster.store import policy as perms
+from runrec_cluster.store.layout import TMP_PREFIX
 
 IMMUTABLE_MODE = 0o444  # records and blobs are never rewritten (umask still applies)
 APPEND_MODE = 0o644  # logs and journals: appended by their one writer, read by the others

@@ -15,9 +15,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import AmbiguousRunId, CorruptRecord, RecordNotFound, StoreError
-from ..record import CONTEXT_KEY, SCHEMA_VERSION, RecordVersion, RunRecord, Writer, fold
-from . import codec, fs, layout, perms
+from runrec_cluster.errors import AmbiguousRunId, CorruptRecord, RecordNotFound, StoreError
+from runrec_cluster.record import (
+    CONTEXT_KEY,
+    SCHEMA_VERSION,
+    RecordVersion,
+    RunRecord,
+    Writer,
+    fold,
+)
+from runrec_cluster.store import codec, fs, layout
+from runrec_cluster.store import policy as perms
 
 DEFAULT_STORE = "runrec-store"
 
@@ -312,7 +320,7 @@ class Store:
         """A version naming a shared context, with the context merged under its own patch."""
         import msgspec
 
-        from ..record import merge_context
+        from runrec_cluster.record import merge_context
 
         digest = v.patch[CONTEXT_KEY]
         ctx = self._contexts.get(digest) if isinstance(digest, str) else None
@@ -407,7 +415,7 @@ class Store:
         """``path`` (a place in the store) if, symlinks resolved, it lies inside the store: a
         link planted in the store that points elsewhere is refused (``StoreError``), never
         written through. Cheap when no link is on the way (an lstat per level)."""
-        from .lineage_layout import inside
+        from runrec_cluster.store.layout import inside
 
         if path in self._inside_ok:
             return path
@@ -456,3 +464,10 @@ def _safe_host(host: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def as_store(store: Store | str | os.PathLike[str] | None) -> Store:
+    """``store`` itself, or the Store at that path (None: the default location)."""
+    if isinstance(store, Store):
+        return store
+    return Store(store)

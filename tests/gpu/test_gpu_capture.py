@@ -75,7 +75,7 @@ def test_node_capture_matches_nvidia_smi_and_torch(tmp_path):
         assert rt.cudnn
     out = os.environ.get("RUNREC_GPU_OUT")
     if out:
-        from runrec_cluster.export import export_json
+        from runrec_cluster.views.export import export_json
 
         doc = export_json(store, rec)
         with open(os.path.join(out, "gpu-record.json"), "w") as f:

@@ -40,7 +40,7 @@ from helpers import run_cli
 from helpers import write_figures as _write_results
 
 import runrec_cluster as rr
-from runrec_cluster import proc
+from runrec_cluster.capture import proc
 from runrec_cluster.errors import JobFailed
 from runrec_cluster.record import RecordVersion
 from runrec_cluster.store import codec, fs, layout

@@ -47,8 +47,8 @@ def _lr(i: int) -> float:
 BURST = r"""
 import fcntl, json, os, random, sys, time, traceback
 import multiprocessing as mp
-from runrec_cluster import job
-from runrec_cluster.annotate import annotate
+from runrec_cluster.job import execute as job
+from runrec_cluster.lineage.annotate import annotate
 from runrec_cluster.store import Store
 
 root, out_dir, ids_file = sys.argv[1:4]

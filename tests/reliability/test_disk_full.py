@@ -24,8 +24,8 @@ from helpers import run_cli
 from helpers import write_figures as _results
 
 import runrec_cluster as rr
-from runrec_cluster import job
-from runrec_cluster.annotate import annotate
+from runrec_cluster.job import execute as job
+from runrec_cluster.lineage.annotate import annotate
 from runrec_cluster.store import layout
 
 # the job functions below travel by value: the job process cannot import this test module

@@ -20,8 +20,10 @@ from helpers import git, run_cli
 from helpers import write_figures as _results
 
 import runrec_cluster as rr
-from runrec_cluster import fsck, promote, retire
+from runrec_cluster.fsck import check as fsck
+from runrec_cluster.lineage import promote, retire
 from runrec_cluster.store import codec, layout
+from runrec_cluster.store import promoted as store_promoted
 
 OLD = 2 * 3600  # seconds: older than the default --min-age
 
@@ -446,7 +448,7 @@ def test_promotion_and_retirement_damage(copy):
     fixed = fsck.repair(store)
     assert fixed.ok and os.path.isdir(vdir) and not os.path.exists(rec)
     assert [(f.kind, f.path) for f in fixed.leftovers] == [("incomplete_promotion", vdir)]
-    assert promote.list_promotions(store, "m")[0].promotion is None
+    assert store_promoted.list_promotions(store, "m")[0].promotion is None
 
 
 def test_a_retirement_whose_run_is_gone_is_named(copy):

@@ -46,7 +46,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import runrec_cluster as rr
-from runrec_cluster import criteria, expr
+from runrec_cluster import expr
 from runrec_cluster.errors import (
     ConfigError,
     CorruptRecord,
@@ -54,6 +54,7 @@ from runrec_cluster.errors import (
     PromotionError,
     StoreError,
 )
+from runrec_cluster.lineage import criteria
 from runrec_cluster.record import (
     CONTEXT_KEY,
     Annotation,

@@ -34,9 +34,12 @@ from helpers import git, run_cli
 from helpers import write_figures as _write_results
 
 import runrec_cluster as rr
-from runrec_cluster import lineage, promote
+from runrec_cluster.capture import inputs as capture_inputs
 from runrec_cluster.errors import ConfigError, LineageError, PromotionError, StoreError
+from runrec_cluster.lineage import graph as lineage
+from runrec_cluster.lineage import promote
 from runrec_cluster.store import layout
+from runrec_cluster.store import promoted as store_promoted
 
 RESULTS_DIR = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results"
@@ -133,7 +136,7 @@ def cli(area, command, *args):
 def cli_here(area, command, *args):
     """The same entry point (``runrec_cluster.cli.main``: exit codes, error lines) in this
     process: many cases without an interpreter start each."""
-    from runrec_cluster.cli import main
+    from runrec_cluster.cli._common import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -202,7 +205,7 @@ def test_data_names_are_stored_verbatim_and_never_become_paths(area):
     # an artifact named like a path is looked up by name in its run's record, never opened
     # as a path: each resolves to the file the producer logged
     for n in PATH_NAMES:
-        ref = lineage.resolve_artifact_input(area.store, f"{art.run_id}:{n}")
+        ref = capture_inputs.resolve_artifact_input(area.store, f"{art.run_id}:{n}")
         assert ref.artifact == n and ref.path == str(area.work / "model.bin")
     r = cli(area, "ls", "--json")
     assert r.returncode == 0 and all(n in r.stdout for n in ["../" + _TAG, "/tmp/" + _TAG])
@@ -484,12 +487,12 @@ def test_symlinks_planted_in_the_store_are_never_written_through(area, where):
         with pytest.raises(PromotionError, match="outside the store"):
             promote.promote(s, first.run_id, "model", to="fine")
         with pytest.raises(PromotionError, match="outside the store"):
-            promote.list_promotions(s)
+            store_promoted.list_promotions(s)
     elif where == "retirements":
         r = cli(area, "retire", first.run_id, "--state", "withdrawn", "--reason", "x")
         _refused(r, "outside the store")
         with pytest.raises(LineageError, match="outside the store"):
-            from runrec_cluster import retire
+            from runrec_cluster.lineage import retire
 
             retire.retire(s, first.run_id, state="withdrawn", reason="x")
     assert os.listdir(target) == [], os.listdir(target)

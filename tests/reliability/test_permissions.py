@@ -31,15 +31,16 @@ import rich.markup  # noqa: F401  (imported before the fork: see the docstring)
 from helpers import write_figures as _results
 
 import runrec_cluster as rr
-import runrec_cluster.annotate
-import runrec_cluster.cli
-import runrec_cluster.criteria
-import runrec_cluster.lineage  # noqa: F401  (imported before the fork: see the docstring)
+import runrec_cluster.cli._common
+import runrec_cluster.lineage.annotate
+import runrec_cluster.lineage.criteria
+import runrec_cluster.lineage.graph  # noqa: F401  (imported before the fork: see the docstring)
 from runrec_cluster.errors import StoreError
-from runrec_cluster.promote import promote, verify
+from runrec_cluster.job.run import Run
+from runrec_cluster.lineage.promote import promote, verify
 from runrec_cluster.record import RunState, end_patch
-from runrec_cluster.run import Run
-from runrec_cluster.store import layout, perms
+from runrec_cluster.store import layout
+from runrec_cluster.store import policy as perms
 
 LAB = "rrtest-permlab"
 ALICE, BOB, EVE = "rrtest-perm-alice", "rrtest-perm-bob", "rrtest-perm-eve"
@@ -569,7 +570,7 @@ def w_probe_interpreter() -> dict:
         env = dict(os.environ, PYTHONPATH=path) if path else dict(os.environ)
         try:
             p = subprocess.run(
-                [python, "-c", "import runrec_cluster.job, msgspec, zstandard"],
+                [python, "-c", "import runrec_cluster.job.execute, msgspec, zstandard"],
                 capture_output=True,
                 text=True,
                 timeout=120,

@@ -21,8 +21,9 @@ from helpers import run_cli
 from helpers import write_figures as _write_results
 
 import runrec_cluster as rr
-from runrec_cluster import export, lineage
+from runrec_cluster.lineage import graph as lineage
 from runrec_cluster.record import to_patch
+from runrec_cluster.views import export
 
 RESULTS_DIR = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results"

@@ -38,8 +38,7 @@ from helpers import git, run_cli
 from helpers import write_figures as _write_results
 
 import runrec_cluster as rr
-from runrec_cluster.errors import ConfigError
-from runrec_cluster.redact import (
+from runrec_cluster.capture.redact import (
     REDACTED,
     load_rules,
     redact_argv,
@@ -47,6 +46,7 @@ from runrec_cluster.redact import (
     redact_value,
     strip_url_credentials,
 )
+from runrec_cluster.errors import ConfigError
 from runrec_cluster.store import layout
 
 RESULTS_DIR = os.environ.get("RUNREC_RELIABILITY_RESULTS") or os.path.join(

@@ -86,7 +86,7 @@ def test_read_only_store_reads_and_refuses_writes_clearly(store, repo, tmp_path,
     ex = rr.Executor(backend="local", store=store, name="ro", cwd=repo)
     done = ex.submit(jobfns.train, 0.1)
     assert done.result(timeout=120)["acc"] == 0.9
-    from runrec_cluster.annotate import annotate
+    from runrec_cluster.lineage.annotate import annotate
 
     annotate(store, done.run_id, verdict="positive", note="fine")
     killed = _killed_run(store, repo, tmp_path)

@@ -6,16 +6,16 @@ import runrec_cluster as rr
 from runrec_cluster.capture import config as cfg
 from runrec_cluster.capture.data import Dataset, hash_path
 from runrec_cluster.capture.env import package_drift, packages, selected_env
+from runrec_cluster.capture.inputs import hash_input
 from runrec_cluster.capture.node import capture_node, gpu_info, runtime_libs
-from runrec_cluster.errors import ConfigError, DatasetError
-from runrec_cluster.redact import (
+from runrec_cluster.capture.redact import (
     REDACTED,
     redact_argv,
     redact_text,
     redact_value,
     strip_url_credentials,
 )
-from runrec_cluster.run import hash_input
+from runrec_cluster.errors import ConfigError, DatasetError
 
 
 def test_file_hash_is_blake3_and_sha256_on_request(tmp_path, monkeypatch):

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from runrec_cluster.criteria import evaluate, parse
 from runrec_cluster.errors import PromotionError
+from runrec_cluster.lineage.criteria import evaluate, parse
 
 M = {
     "val_acc": 0.93,

@@ -7,7 +7,7 @@ import os
 import shutil
 
 import runrec_cluster as rr
-from runrec_cluster.export import export_json
+from runrec_cluster.views.export import export_json
 
 HERE = os.path.dirname(__file__)
 

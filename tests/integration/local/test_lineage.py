@@ -23,9 +23,15 @@ import pytest
 from helpers import git, run_cli
 
 import runrec_cluster as rr
-from runrec_cluster import lineage, promote, retire
-from runrec_cluster.annotate import annotate, negatives
+from runrec_cluster.capture import inputs as capture_inputs
+from runrec_cluster.lineage import graph as lineage
+from runrec_cluster.lineage import promote, retire
+from runrec_cluster.lineage import records as lineage_records
+from runrec_cluster.lineage import refs as lineage_refs
+from runrec_cluster.lineage import trust as lineage_trust
+from runrec_cluster.lineage.annotate import annotate, negatives
 from runrec_cluster.store import layout
+from runrec_cluster.store import promoted as store_promoted
 
 cloudpickle.register_pickle_by_value(lineage_jobs)
 
@@ -165,11 +171,13 @@ def test_lineage_up_and_down_from_every_node(chain):
     s = chain.store
     g = lineage.build_graph(s)
     a_rec = s.load(chain.A)
-    v1 = lineage.dataset_node(a_rec.inputs[0].digest)
-    v2 = lineage.dataset_node(next(i.digest for i in s.load(chain.C).inputs if i.kind == "dataset"))
-    A, B, C = (lineage.run_node(x) for x in (chain.A, chain.B, chain.C))
-    Am, Bm, Cm = (lineage.artifact_node(x, "model") for x in (chain.A, chain.B, chain.C))
-    P = lineage.promoted_node("best-model", 1)
+    v1 = lineage_refs.dataset_node(a_rec.inputs[0].digest)
+    v2 = lineage_refs.dataset_node(
+        next(i.digest for i in s.load(chain.C).inputs if i.kind == "dataset")
+    )
+    A, B, C = (lineage_refs.run_node(x) for x in (chain.A, chain.B, chain.C))
+    Am, Bm, Cm = (lineage_refs.artifact_node(x, "model") for x in (chain.A, chain.B, chain.C))
+    P = lineage_refs.promoted_node("best-model", 1)
 
     def down(t):
         return set(g.reach(lineage.resolve_target(s, g, t), "down")) - {None}
@@ -253,7 +261,7 @@ def test_lineage_cli_tree_and_json(chain):
 
 def test_promotion_record_copy_and_verify(chain):
     s = chain.store
-    (e,) = promote.list_promotions(s, "best-model")
+    (e,) = store_promoted.list_promotions(s, "best-model")
     p = e.promotion
     b = s.load(chain.B)
     assert p.run_id == chain.B and p.artifact == "model" and p.digest == b.artifacts[0].digest
@@ -300,7 +308,7 @@ def test_promotion_refused_on_unmet_criteria(copy):
         promote.promote(
             s, copy.B, "model", to="best-model", criteria="__import__('os').system('true')"
         )
-    assert [e.version for e in promote.list_promotions(s, "best-model")] == [1]
+    assert [e.version for e in store_promoted.list_promotions(s, "best-model")] == [1]
 
 
 def test_promotion_refused_on_failed_run_and_missing_artifact(copy):
@@ -334,7 +342,7 @@ def test_promotion_refused_on_changed_artifact(copy, tmp_path, monkeypatch):
     with pytest.raises(rr.PromotionError, match="is gone"):
         promote.promote(s, h.run_id, "model", to="edited")
     with pytest.raises(rr.LineageError, match="no longer exists"):
-        lineage.resolve_artifact_input(s, f"{h.run_id}:model")
+        capture_inputs.resolve_artifact_input(s, f"{h.run_id}:model")
     assert not os.path.exists(os.path.join(s.root, "promoted", "edited"))
 
 
@@ -378,7 +386,7 @@ def test_directory_artifact_is_copied_and_tampering_is_detected(copy):
     assert r.returncode == 1 and "no promoted version dir-model@v7" in r.stderr
     # an interrupted promotion (a version directory without its record) is listed, not used
     os.mkdir(os.path.join(s.root, "promoted", "dir-model", "v2"))
-    assert promote.find_promotion(s, "dir-model").version == 1
+    assert store_promoted.find_promotion(s, "dir-model").version == 1
     assert promote.promote(s, copy.D, "model", to="dir-model").version == 3
     r = cli(s, "promoted", "dir-model")
     assert "INCOMPLETE" in r.stdout and "dir-model@v3" in r.stdout
@@ -400,7 +408,9 @@ def test_a_promoted_version_is_an_input_and_a_node(copy, tmp_path, monkeypatch):
     assert inp.promoted == "best-model@v1" and inp.run_id == copy.B
     assert inp.path.startswith(os.path.join(s.root, "promoted", "best-model", "v1"))
     g = lineage.build_graph(s)
-    assert lineage.run_node(h.run_id) in g.reach([lineage.promoted_node("best-model", 1)], "down")
+    assert lineage_refs.run_node(h.run_id) in g.reach(
+        [lineage_refs.promoted_node("best-model", 1)], "down"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +434,7 @@ def test_withdrawing_the_dataset_marks_everything_downstream_suspect(copy, tmp_p
     for rid in (copy.A, copy.B, copy.C):
         assert f"run {rid[:12]}" in out
     assert "promoted best-model@v1" in out and copy.F[:12] not in out
-    (ret,) = retire.list_retirements(s)
+    (ret,) = lineage_records.list_retirements(s)
     assert ret.target == f"dataset:{v1}" and ret.reason.startswith("labels of rows") and ret.by
     assert layout.RUN_ID_RE.match(ret.id)
     assert os.path.isfile(os.path.join(s.root, "retirements", f"{ret.id}.msgpack.zst"))
@@ -458,9 +468,9 @@ def test_withdrawing_the_dataset_marks_everything_downstream_suspect(copy, tmp_p
         inputs=[rr.Artifact(f"{copy.B}:model")],
     )
     h.result(timeout=120)
-    t = lineage.trust_for(s)
-    assert t.marker(lineage.run_node(h.run_id)) == "SUSPECT"
-    assert t.marker(lineage.run_node(copy.F)) == ""
+    t = lineage_trust.trust_for(s)
+    assert t.marker(lineage_refs.run_node(h.run_id)) == "SUSPECT"
+    assert t.marker(lineage_refs.run_node(copy.F)) == ""
     # and nothing suspect can be promoted
     with pytest.raises(
         rr.PromotionError, match="SUSPECT .*a retired or suspect run cannot be promoted"
@@ -504,9 +514,9 @@ def test_retire_a_run_an_artifact_and_a_promoted_version(copy):
         f"run:{copy.B}",
         f"run:{copy.C}",
     }
-    t = lineage.trust_for(s)
-    assert t.marker(lineage.promoted_node("best-model", p2.version)) == "SUSPECT"
-    assert t.marker(lineage.run_node(copy.A)) == ""  # upstream of a retired artifact: fine
+    t = lineage_trust.trust_for(s)
+    assert t.marker(lineage_refs.promoted_node("best-model", p2.version)) == "SUSPECT"
+    assert t.marker(lineage_refs.run_node(copy.A)) == ""  # upstream of a retired artifact: fine
     listed = cli(s, "retirements").stdout
     assert listed.count("\n") >= 4 and "superseded" in listed and "leaked test data" in listed
     # usage and input errors
@@ -615,7 +625,7 @@ def test_symlinks_planted_in_the_store_are_not_followed(copy, tmp_path):
         promote.promote(s, copy.B, "model", to="evil")
     r = cli(s, "verify", "evil")
     assert r.returncode == 1 and "outside the store" in r.stderr and "Traceback" not in r.stderr
-    assert [e.ref for e in promote.list_promotions(s)] == ["best-model@v1"]  # not listed
+    assert [e.ref for e in store_promoted.list_promotions(s)] == ["best-model@v1"]  # not listed
     with pytest.raises(rr.LineageError, match="outside the store"):
         rr.Executor(backend="local", store=s).submit(
             lineage_jobs.finetune, None, "x", 1, 1, inputs=[rr.Artifact("evil@v1")]
@@ -628,12 +638,12 @@ def test_symlinks_planted_in_the_store_are_not_followed(copy, tmp_path):
     s2.ensure_writable()
     os.symlink(outside, os.path.join(s2.root, "promoted"))
     with pytest.raises(rr.PromotionError, match="outside the store"):
-        promote.list_promotions(s2)
+        store_promoted.list_promotions(s2)
     assert os.listdir(outside) == []
 
 
 def test_the_copied_file_name_is_never_a_path():
-    from runrec_cluster.store.lineage_layout import copy_name
+    from runrec_cluster.store.layout import copy_name
 
     assert copy_name("/x/model.pt") == "model.pt"
     assert copy_name("/x/dir/") == "dir"
@@ -659,7 +669,7 @@ def test_openlineage_events_validate_against_the_spec(chain, copy, tmp_path, mon
     import ol_schema
     from openlineage.client.generated.base import RunEvent
 
-    from runrec_cluster.openlineage import FACET_SCHEMAS, RUN_EVENT_SCHEMA, run_uuid
+    from runrec_cluster.views.openlineage import FACET_SCHEMAS, RUN_EVENT_SCHEMA, run_uuid
 
     def major(url):  # ".../facets/1-1-0/X.json#/$defs/X" -> ("facets", "1", "X.json#/$defs/X")
         m = re.match(r"https://openlineage.io/spec/(facets/)?(\d+)-\d+-\d+/(.*)$", url)
@@ -763,7 +773,7 @@ def test_openlineage_events_validate_against_the_spec(chain, copy, tmp_path, mon
 def test_run_uuid_is_a_uuid7_carrying_the_run_time():
     import uuid
 
-    from runrec_cluster.openlineage import run_uuid
+    from runrec_cluster.views.openlineage import run_uuid
 
     rid = layout.new_id()
     u = uuid.UUID(run_uuid(rid))

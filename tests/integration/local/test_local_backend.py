@@ -8,7 +8,7 @@ import jobfns
 import pytest
 
 import runrec_cluster as rr
-from runrec_cluster import proc
+from runrec_cluster.capture import proc
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import pytest
 from helpers import git, run_cli
 
 import runrec_cluster as rr
-from runrec_cluster.index import INDEX_FILE, Index
-from runrec_cluster.query import BASE_COLUMNS
+from runrec_cluster.query.columns import BASE_COLUMNS
+from runrec_cluster.query.index import INDEX_FILE, Index
 from runrec_cluster.record import ConfigEntry, to_patch
 from runrec_cluster.store import layout
 
@@ -227,7 +227,7 @@ def _write_run(store, i, lr=0.01, acc=None, state="succeeded"):
 
 
 def test_index_is_incremental_and_derived(store, tmp_path, monkeypatch):
-    import runrec_cluster.index as index_mod
+    from runrec_cluster.query import index as index_mod
 
     ids = [_write_run(store, i) for i in range(30)]
     idx = Index(store)
@@ -262,7 +262,7 @@ def test_index_is_incremental_and_derived(store, tmp_path, monkeypatch):
 
 
 def test_hot_runs_settle(store, monkeypatch):
-    import runrec_cluster.index as index_mod
+    from runrec_cluster.query import index as index_mod
 
     for i in range(5):
         _write_run(store, i)
@@ -407,8 +407,8 @@ def test_new_runs_go_to_a_delta_file_folded_in_when_it_grows(store, monkeypatch)
     base is ignored. Queries always see each run once, as a rebuild would."""
     import shutil
 
-    import runrec_cluster.index as index_mod
-    from runrec_cluster.index import DELTA_FILE
+    from runrec_cluster.query import index as index_mod
+    from runrec_cluster.query.index import DELTA_FILE
 
     ids = [_write_run(store, i) for i in range(30)]
     idx = Index(store)

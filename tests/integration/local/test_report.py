@@ -49,7 +49,7 @@ def sweep(tmp_path_factory):
     hs = ex.map_array(fit, calls)
     for h in hs:
         h.wait(timeout=120)
-    rr_annotate = __import__("runrec_cluster.annotate", fromlist=["annotate"]).annotate
+    rr_annotate = __import__("runrec_cluster.lineage.annotate", fromlist=["annotate"]).annotate
     rr_annotate(store, hs[2].run_id, verdict="negative", note="too slow to converge")
     return store, hs, base
 

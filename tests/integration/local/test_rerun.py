@@ -13,7 +13,7 @@ import pytest
 from helpers import git, run_cli
 
 import runrec_cluster as rr
-from runrec_cluster.rerun import apply_overrides, coerce, order_with_reruns, rewrite_argv
+from runrec_cluster.rerun.core import apply_overrides, coerce, order_with_reruns, rewrite_argv
 
 TRAIN = """\
 import random

@@ -16,7 +16,7 @@ import rayfns
 from helpers import run_cli
 
 import runrec_cluster as rr
-from runrec_cluster import proc
+from runrec_cluster.capture import proc
 from runrec_cluster.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -436,7 +436,7 @@ def test_a_node_that_cannot_read_the_store(store):
     the submitter's verdict says so, with Ray's traceback, not a guess."""
     import ray
 
-    from runrec_cluster.backends import ray as rb
+    from runrec_cluster.backends.ray import backend as rb
 
     ref = rb._remote("entry", rb._entry).remote(
         "/nonexistent/store", "01m8cbndfrs7655fpya89aym4p", None
@@ -448,7 +448,7 @@ def test_a_node_that_cannot_read_the_store(store):
         "the Ray task raised before the job recorded its end: runrec_cluster.errors.RecordNotFound: "
         "no run 01m8cbndfrs7655fpya89aym4p in store /nonexistent/store. List runs with `runrec ls`."
     )
-    assert 'ray.py", line' in tb and "in _entry" in tb and "\x1b[" not in tb
+    assert "/backends/ray/" in tb and '.py", line' in tb and "in _entry" in tb and "\x1b[" not in tb
     rec = rr.RunRecord(run_id="01m8cbndfrs7655fpya89aym4p", state=rr.RunState.SUBMITTED)
     p = rb.verdict(rec, word, message, source="backend", traceback=tb)
     assert (

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import ray.exceptions as rx
 
-from runrec_cluster.backends.ray import RAY_OUTCOMES, RayBackend, error_word, verdict
+from runrec_cluster.backends.ray.backend import RAY_OUTCOMES, RayBackend, error_word, verdict
 from runrec_cluster.record import Execution, Process, RunRecord, RunState
 
 

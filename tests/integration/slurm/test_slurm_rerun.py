@@ -100,7 +100,7 @@ def test_sweep_rerun_as_an_array_on_another_class(store, project):
     origs = [h.wait(timeout=120) for h in handles]
     assert {r.node.scheduler_node for r in origs} == {"n1"}
     notes = []
-    from runrec_cluster.rerun import rerun_sweep
+    from runrec_cluster.rerun.core import rerun_sweep
 
     news = rerun_sweep(
         store, origs[0].sweep_id, hardware="cpu-y", overrides={"b": 10}, echo=notes.append

@@ -1,0 +1,486 @@
+"""What user text may reach a record: secret redaction, and no control characters in names.
+See docs/security.md.
+
+Redaction happens before anything is written. Three kinds of rule, applied to environment
+variables, command lines, config values (given, default, generated; backend options; metric
+values), git remote URLs and the message and traceback of a job's exception:
+
+- **Names.** A value whose *name* (environment variable, config key, ``--flag``, ``name=value``
+  inside text) says it holds a secret is replaced as a whole. Names are split into words
+  (``AWS_SECRET_ACCESS_KEY``, ``apiKey``, ``X-Api-Key``); *strong* words (password, secret,
+  credential, api key, private key, connection string, ...) redact any value, *weak* ones
+  (a final ``token``, ``key``, ``auth``, ``cookie``, ``sig``) only strings, and never the
+  ML names that merely contain them (``max_tokens``, ``eos_token``, ``sort_key``). A name that
+  describes a secret (``password_file``, ``token_url``) is not one.
+- **Value shapes.** Substrings with the shape of a well-known credential (GitHub, GitLab,
+  Slack, OpenAI, Anthropic, Hugging Face, Stripe, npm, PyPI, AWS key ids, Google API keys,
+  JWTs, PEM/OpenSSH private keys, ``Authorization:`` headers, ``Bearer`` tokens) are replaced
+  wherever they appear, whatever the name. Bare hex (commit hashes, sha256 digests) and run
+  ids are never a shape: a W&B key (40 hex) is caught by its name.
+- **URLs.** ``scheme://user:password@host`` loses its user and password.
+
+Configuration, from ``[tool.runrec.redact]`` in the nearest ``pyproject.toml`` / ``runrec.toml``
+above the current directory (found as for hardware classes) and from environment variables::
+
+    [tool.runrec.redact]
+    secret_names = ["^corp_", "pin$"]          # regexes, searched in names (any case)
+    secret_values = ["corp-[0-9a-f]{32}"]      # regexes, replaced anywhere in text
+    not_secret = ["max_key", "*_token_id"]     # names (globs, any case) the built-in
+                                               # name rules must leave alone
+
+``RUNREC_REDACT_NAMES``, ``RUNREC_REDACT_VALUES``, ``RUNREC_REDACT_NOT_SECRET``: one pattern,
+or a JSON list of patterns (``RUNREC_REDACT_NOT_SECRET`` also takes comma-separated names).
+Files and variables add up. Precedence: your ``secret_names`` and ``secret_values`` always
+apply; ``not_secret`` exempts a name from the *built-in* name rules only, so a name matched by
+your own ``secret_names`` stays secret, and a value with a credential's shape is redacted under
+any name. A broken rule (bad regex, unknown key) refuses the submit with ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import json
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from runrec_cluster.errors import ConfigError
+
+REDACTED = "[redacted]"
+
+ENV_NAMES = "RUNREC_REDACT_NAMES"
+ENV_VALUES = "RUNREC_REDACT_VALUES"
+ENV_NOT_SECRET = "RUNREC_REDACT_NOT_SECRET"
+TABLE_KEYS = ("secret_names", "secret_values", "not_secret")
+
+# -- names ------------------------------------------------------------------------------------
+
+# joined words (``AWS_SECRET_ACCESS_KEY`` -> ``awssecretaccesskey``) containing one of these
+_STRONG_PARTS = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "credential",
+    "apikey",
+    "privatekey",
+    "accesskey",
+    "secretkey",
+    "accountkey",
+    "signingkey",
+    "encryptionkey",
+    "masterkey",
+    "accesstoken",
+    "refreshtoken",
+    "authtoken",
+    "apitoken",
+    "bearertoken",
+    "sessiontoken",
+    "sessionkey",
+    "sastoken",
+    "connectionstring",
+    "authorization",
+)
+_STRONG_WORDS = frozenset({"pass", "pwd", "passwords", "signature", "otp", "totp"})
+# a final word that holds a secret when the value is a string
+_WEAK_LAST = frozenset({"token", "key", "keys", "auth", "cookie", "cookies", "sig"})
+# ... unless the word before it makes it an ML name (special tokens, dict and sort keys)
+_NOT_SECRET_BEFORE = {
+    "token": frozenset(
+        "eos bos pad unk sep cls mask special start end stop sos eot eom boi eoi begin image img "
+        "audio video vision text max min num n first last next prev new added additional extra "
+        "decoder encoder placeholder dummy sentinel null default prefix suffix boundary separator "
+        "class label register think answer".split()
+    ),
+    "key": frozenset(
+        "sort cache label labels text image img input output target metric monitor primary "
+        "foreign dict column col field feature group partition random rng prng seed data dataset "
+        "batch hash lookup join index audio video id name map sample shard split state score "
+        "attr attribute value query attn attention mask caption prompt response answer question "
+        "context instruction embedding tensor hot config json yaml file node rank frame track "
+        "merge order unique composite row record entry item lang language".split()
+    ),
+}
+_NOT_SECRET_BEFORE["keys"] = _NOT_SECRET_BEFORE["key"]
+# a last word that makes the name describe a secret, not hold one (``password_file``)
+_DESCRIBES = frozenset(
+    "file files path dir directory env var name names len length min max count size prompt "
+    "hint policy required enabled enable disabled expiry expires ttl type kind mode format "
+    "endpoint url uri host port header".split()
+)
+# names that hold a directory, not a password
+_NOT_SECRET_NAMES = frozenset({"pwd", "oldpwd"})
+
+
+def _words(name: str) -> list[str]:
+    s = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", s)
+    return [w for w in re.split(r"[^A-Za-z0-9]+", s.lower()) if w]
+
+
+@functools.lru_cache(maxsize=4096)
+def _builtin_kind(name: str) -> str | None:
+    """``"strong"``, ``"weak"`` or None for a name, by the built-in rules."""
+    words = _words(name)
+    if not words or name.lower() in _NOT_SECRET_NAMES:
+        return None
+    if len(words) > 1 and words[-1] in _DESCRIBES:
+        return None
+    joined = "".join(words)
+    if any(p in joined for p in _STRONG_PARTS) or any(w in _STRONG_WORDS for w in words):
+        return "strong"
+    last = words[-1]
+    if last in _WEAK_LAST:
+        before = words[-2] if len(words) > 1 else ""
+        if before in _NOT_SECRET_BEFORE.get(last, ()):
+            return None
+        return "weak"
+    return None
+
+
+# -- value shapes -----------------------------------------------------------------------------
+
+# shapes of well-known credentials (fake examples in tests/reliability/test_secrets.py)
+SECRET_VALUE_RES = [
+    re.compile(
+        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
+        r"(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|$)"
+    ),
+    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}"),  # GitHub tokens
+    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{40,}"),
+    re.compile(r"\bgl(?:pat|dt|rt|cbt|ptt|ft|imt|oas|soat|agent)-[A-Za-z0-9_\-]{20,}"),  # GitLab
+    re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA)[A-Z0-9]{16}\b"),
+    re.compile(r"\bxox[abposre]-[A-Za-z0-9-]{10,}"),  # Slack
+    re.compile(r"\bxapp-[0-9]-[A-Za-z0-9-]{10,}"),
+    re.compile(r"\bsk-(?=[A-Za-z0-9_\-]*[0-9])[A-Za-z0-9_\-]{20,}"),  # OpenAI, Anthropic
+    re.compile(r"\bhf_[A-Za-z0-9]{30,}"),  # Hugging Face
+    re.compile(r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"),  # Stripe
+    re.compile(r"\bnpm_[A-Za-z0-9]{36}\b"),
+    re.compile(r"\bpypi-[A-Za-z0-9_\-]{50,}"),
+    re.compile(r"\bAIza[0-9A-Za-z_\-]{35}"),  # Google API key
+    re.compile(r"\bya29\.[0-9A-Za-z_\-]{20,}"),  # Google OAuth access token
+    re.compile(r"\bSG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"),  # SendGrid
+    re.compile(r"\bdapi[0-9a-f]{32}\b"),  # Databricks
+    re.compile(r"\beyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{8,}"),  # JWT
+]
+_SHAPES_RE = re.compile("|".join(f"(?:{rx.pattern})" for rx in SECRET_VALUE_RES))
+# ``Authorization: Bearer x`` (the scheme goes too), and a bare ``Bearer x``
+_HEADER_RE = re.compile(
+    r"(?i)\b((?:proxy-)?authorization)(\\?[\"']?\s*[:=]\s*\\?[\"']?)"
+    r"(?:(?:bearer|basic|token|digest|negotiate|apikey)\s+)?[^\s\"',;\\]+"
+)
+_BEARER_RE = re.compile(r"\b([Bb]earer\s+)[A-Za-z0-9._~+/=\-]{12,}")
+# ``name=value``, ``name: value``, ``"name": "value"`` inside text (URL queries, connection
+# strings, JSON, YAML, ``--flag=value``)
+_NAMED_RE = re.compile(
+    r"(?<![A-Za-z0-9_])(?P<name>[A-Za-z_][A-Za-z0-9_.\-]{0,80})(?P<q1>\\?[\"']?)\s*[:=]\s*"
+    r"(?:(?P<q2>\\?[\"'])(?P<qval>.*?)(?P=q2)|(?P<val>[^\s\"',;&}\])]+))"
+)
+_URL_CRED_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s?#\"'<>]*@")
+_NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
+
+
+# -- configurable rules -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The rules beyond the built-in ones: from ``[tool.runrec.redact]`` and the environment."""
+
+    secret_names: tuple[re.Pattern[str], ...] = ()
+    secret_values: tuple[re.Pattern[str], ...] = ()
+    not_secret: tuple[str, ...] = ()  # lowercased globs
+    sources: tuple[str, ...] = ()
+
+    def kind(self, name: str) -> str | None:
+        """``"strong"`` (any value is secret), ``"weak"`` (string values are) or None;
+        remembered per name (a sweep asks about the same few config keys thousands of times)."""
+        memo = self.__dict__.get("_memo")
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_memo", memo)  # a cache, not a field: frozen stays frozen
+        if name not in memo:
+            if len(memo) > 8192:
+                memo.clear()
+            memo[name] = self._kind(name)
+        return memo[name]
+
+    def _kind(self, name: str) -> str | None:
+        if any(rx.search(name) for rx in self.secret_names):
+            return "strong"
+        low = name.lower()
+        if any(fnmatch.fnmatchcase(low, g) for g in self.not_secret):
+            return None
+        return _builtin_kind(name)
+
+
+BUILTIN = Rules()
+
+
+def _patterns(items: Any, where: str, key: str) -> tuple[re.Pattern[str], ...]:
+    out = []
+    for p in _as_list(items, where, key):
+        try:
+            out.append(re.compile(p, re.IGNORECASE if key == "secret_names" else 0))
+        except re.error as exc:
+            raise ConfigError(
+                f"redaction rule {key} = {p!r} in {where} is not a valid regular expression "
+                f"({exc}). Fix the pattern (Python `re` syntax)."
+            ) from None
+    return tuple(out)
+
+
+def _as_list(items: Any, where: str, key: str) -> list[str]:
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+        raise ConfigError(
+            f"redaction rule {key} in {where} must be a list of non-empty strings, got {items!r}."
+        )
+    return items
+
+
+def _env_list(environ: Mapping[str, str], var: str, commas: bool) -> list[str]:
+    raw = environ.get(var, "").strip()
+    if not raw:
+        return []
+    if raw.startswith("["):
+        try:
+            items = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"${var} starts with '[' but is not a JSON list of strings ({exc}). "
+                'Give one pattern, or a JSON list like ["a", "b"].'
+            ) from None
+        return _as_list(items, f"${var}", var)
+    if commas:
+        return [s.strip() for s in raw.split(",") if s.strip()]
+    return [raw]
+
+
+def _file_table(path: str) -> dict[str, Any]:
+    from runrec_cluster.settings import config_section
+
+    t = config_section(path, "redact", "redaction rules")
+    if t is None:
+        return {}
+    if not isinstance(t, dict):
+        raise ConfigError(f"[tool.runrec.redact] in {path} must be a table.")
+    unknown = sorted(set(t) - set(TABLE_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"[tool.runrec.redact] in {path} has unknown keys {unknown}; "
+            f"use {', '.join(TABLE_KEYS)}."
+        )
+    return t
+
+
+def load_rules(start: str | None = None, environ: Mapping[str, str] | None = None) -> Rules:
+    """The configured rules for a project directory (default: the current one)."""
+    from runrec_cluster.settings import find_config_files
+
+    env = os.environ if environ is None else environ
+    names: list[re.Pattern[str]] = []
+    values: list[re.Pattern[str]] = []
+    allow: list[str] = []
+    sources = []
+    for path in find_config_files(start or os.getcwd()):
+        t = _file_table(path)
+        if not t:
+            continue
+        sources.append(path)
+        names += _patterns(t.get("secret_names", []), path, "secret_names")
+        values += _patterns(t.get("secret_values", []), path, "secret_values")
+        allow += [g.lower() for g in _as_list(t.get("not_secret", []), path, "not_secret")]
+    for var, key in ((ENV_NAMES, "secret_names"), (ENV_VALUES, "secret_values")):
+        items = _env_list(env, var, commas=False)
+        if items:
+            sources.append(f"${var}")
+            (names if key == "secret_names" else values).extend(_patterns(items, f"${var}", key))
+    items = _env_list(env, ENV_NOT_SECRET, commas=True)
+    if items:
+        sources.append(f"${ENV_NOT_SECRET}")
+        allow += [g.lower() for g in items]
+    return Rules(tuple(names), tuple(values), tuple(allow), tuple(sources))
+
+
+_cache: dict[Any, tuple[Any, Rules, float]] = {}
+RECHECK_S = 1.0  # how often the config files are looked for again (a sweep redacts thousands
+# of values in a second; a file edited between two submissions is seen by the second)
+
+
+def active_rules() -> Rules:
+    """``load_rules()`` for the current directory and environment, read again when a config
+    file appears, changes or goes."""
+    env = os.environ
+    key = (os.getcwd(), env.get(ENV_NAMES), env.get(ENV_VALUES), env.get(ENV_NOT_SECRET))
+    now = time.monotonic()
+    hit = _cache.get(key)
+    if hit is not None and now - hit[2] < RECHECK_S:
+        return hit[1]
+    from runrec_cluster.settings import find_config_files
+
+    cwd = key[0]
+    sig = []
+    for p in find_config_files(cwd):
+        try:
+            st = os.stat(p)
+            sig.append((p, st.st_mtime_ns, st.st_size))
+        except OSError:
+            sig.append((p, 0, 0))
+    if hit is not None and hit[0] == sig:
+        _cache[key] = (sig, hit[1], now)
+        return hit[1]
+    rules = load_rules(cwd)
+    if len(_cache) > 32:
+        _cache.clear()
+    _cache[key] = (sig, rules, now)
+    return rules
+
+
+# -- names and labels ------------------------------------------------------------------------
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_printable(what: str, value: Any) -> Any:
+    """``value``, or ``ConfigError`` when it is a string holding a control character (NUL,
+    newline, escape...). Run names, tags, artifact names and dataset labels are data, never
+    paths; but they are shown in terminals and tables, where a control character could hide
+    or forge output (a newline makes a fake row, an escape sequence rewrites the screen)."""
+    if isinstance(value, str):
+        m = _CONTROL_RE.search(value)
+        if m:
+            raise ConfigError(
+                f"{what} {value!r} contains the control character {m.group(0)!r} at position "
+                f"{m.start()}; names and labels are shown in terminals and tables, where it could "
+                "hide or forge output. Use printable text."
+            )
+    return value
+
+
+# -- applying them ----------------------------------------------------------------------------
+
+
+def is_secret_name(name: str, rules: Rules | None = None) -> bool:
+    """Whether a value under ``name`` is treated as a secret (strings always; numbers only for
+    strong names such as ``password``)."""
+    return (rules or active_rules()).kind(name) is not None
+
+
+def _hides(kind: str | None, value: Any) -> bool:
+    if kind is None or value in (None, "", False, True):
+        return False
+    if kind == "weak":
+        return isinstance(value, (str, bytes)) and not (
+            isinstance(value, str) and _NUMBER_RE.match(value)
+        )
+    return True
+
+
+def redact_text(text: str, rules: Rules | None = None) -> str:
+    """Replace credential-shaped substrings, secret ``name=value`` pairs and URL credentials in
+    free text."""
+    return _redact_text(text, rules or active_rules(), urls=True)
+
+
+def _redact_text(text: str, r: Rules, *, urls: bool) -> str:
+    out = text
+    if urls and "://" in out:
+        out = _URL_CRED_RE.sub(lambda m: m.group(1) + REDACTED + "@", out)
+    out = _SHAPES_RE.sub(REDACTED, out)
+    for rx in r.secret_values:
+        out = rx.sub(REDACTED, out)
+    low = out.lower()
+    if "authorization" in low:
+        out = _HEADER_RE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, out)
+    if "bearer" in low:
+        out = _BEARER_RE.sub(lambda m: m.group(1) + REDACTED, out)
+    if "=" not in out and ":" not in out:
+        return out
+
+    # a pair whose name is not secret is skipped by its name only: its "value" may hold the
+    # next pair (``https://host/x?token=...``)
+    pieces = []
+    pos = 0
+    while (m := _NAMED_RE.search(out, pos)) is not None:
+        quoted = m.group("q2") is not None
+        val = m.group("qval") if quoted else m.group("val")
+        if val and not val.startswith(REDACTED[:-1]) and _hides(r.kind(m.group("name")), val):
+            start, end = m.span("qval" if quoted else "val")
+            pieces += [out[pos:start], REDACTED]
+            pos = end
+        else:
+            pieces.append(out[pos : m.end("name")])
+            pos = m.end("name")
+    pieces.append(out[pos:])
+    return "".join(pieces)
+
+
+_SSH_SCHEMES = ("ssh", "git+ssh", "ssh+git")
+
+
+def strip_url_credentials(url: str, rules: Rules | None = None) -> str:
+    """``https://user:tok@host/x`` -> ``https://host/x`` (an https user alone is often a
+    token); ``ssh://git@host/x`` and scp-style ``git@host:x`` keep their password-less ssh user;
+    secret-looking query values and credential shapes are redacted."""
+    r = rules or active_rules()
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _redact_text(url, r, urls=True)
+    if parts.scheme and "@" in parts.netloc:
+        user, _, host = parts.netloc.rpartition("@")
+        if parts.scheme.lower() in _SSH_SCHEMES and ":" not in user:
+            return _redact_text(url, r, urls=False)
+        url = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return _redact_text(url, r, urls=True)
+
+
+def redact_value(name: str, value: Any, rules: Rules | None = None) -> Any:
+    """Redact a named value (env var, config key): the whole value if the name says it is a
+    secret, credential-shaped substrings otherwise; recurses into dicts and lists."""
+    r = rules or active_rules()
+    t = type(value)
+    if t is int or t is float or t is bool or value is None:  # the common case, first
+        return REDACTED if _hides(r.kind(name), value) else value
+    if not isinstance(value, (dict, list, tuple)) and _hides(r.kind(name), value):
+        return REDACTED
+    if isinstance(value, str):
+        return _redact_text(value, r, urls=True)
+    if isinstance(value, dict):
+        return {k: redact_value(str(k), v, r) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_value(name, v, r) for v in value)
+    return value
+
+
+def redact_argv(argv: list[str], rules: Rules | None = None) -> list[str]:
+    """``--password x``, ``--token=x`` and credential-shaped arguments are redacted (the value
+    after a secret flag unless it is itself a ``--flag``)."""
+    r = rules or active_rules()
+    out: list[str] = []
+    hide_kind: str | None = None
+    for arg in argv:
+        if hide_kind is not None and not arg.startswith("--"):
+            out.append(REDACTED if _hides(hide_kind, arg) else redact_text(arg, r))
+            hide_kind = None
+            continue
+        hide_kind = None
+        if arg.startswith("-") and len(arg) > 1:
+            flag, eq, val = arg.partition("=")
+            kind = r.kind(flag.lstrip("-"))
+            if kind is not None:
+                if eq:
+                    out.append(f"{flag}={REDACTED}" if _hides(kind, val) else redact_text(arg, r))
+                else:
+                    out.append(arg)
+                    hide_kind = kind
+                continue
+        out.append(redact_text(arg, r))
+    return out

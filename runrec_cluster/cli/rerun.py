@@ -1,0 +1,195 @@
+"""``runrec rerun`` and ``runrec diff``.
+
+Registered on the ``cli`` group of ``cli.py`` when that module imports this one. A thin layer
+over ``rerun.py`` and ``diff.py``; refusals are RunrecErrors (one line, exit 1), usage mistakes
+are click's (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from runrec_cluster.cli._common import _console, _esc, _open_store, _state_text, _store_opt, cli
+
+
+def _sets(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        k, eq, val = v.partition("=")
+        if not eq or not k.strip():
+            raise click.BadParameter(f"{v!r} is not KEY=VALUE.", param_hint="--set")
+        out[k.strip()] = val
+    return out
+
+
+def _short(v: Any, width: int = 60) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str, ensure_ascii=False)
+    if v is None:
+        s = "-"
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+@cli.command("rerun")
+@_store_opt
+@click.argument("run", required=False)
+@click.option(
+    "--sweep",
+    default=None,
+    metavar="ID",
+    help="Rerun every run of this sweep (id or prefix) as one new sweep.",
+)
+@click.option(
+    "--hardware",
+    default=None,
+    metavar="CLASS",
+    help="Run on this hardware class instead of the original's.",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key (coerced to the recorded type); repeatable.",
+)
+@click.option(
+    "--backend",
+    default=None,
+    help="Run on this backend (local, slurm, ray) instead of the original's.",
+)
+@click.option("--reason", default="", help="Why: kept in the new record.")
+@click.option(
+    "--allow-changed-inputs",
+    is_flag=True,
+    help="Rerun even if a recorded input changed (recorded as a difference).",
+)
+@click.option(
+    "--workdir",
+    default=None,
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Materialize the code here (default: STORE/worktrees/<id>).",
+)
+@click.option("--wait", is_flag=True, help="Wait for the rerun(s) to end; exit 1 when one fails.")
+def rerun_cmd(
+    store_path, run, sweep, hardware, sets, backend, reason, allow_changed_inputs, workdir, wait
+):  # type: ignore[no-untyped-def]
+    """Rerun RUN from its record (code, config, inputs) as a new run that points back to it:
+    runrec rerun RUN [--hardware CLASS] [--set key=value ...]   or   runrec rerun --sweep ID."""
+    from runrec_cluster.rerun.core import rerun, rerun_sweep
+
+    if bool(run) == bool(sweep):
+        raise click.UsageError("give a RUN, or --sweep ID (not both).")
+    store = _open_store(store_path)
+    c = _console()
+    err = _console(stderr=True)
+    kw = dict(
+        hardware=hardware,
+        overrides=_sets(sets),
+        backend=backend,
+        reason=reason,
+        allow_changed_inputs=allow_changed_inputs,
+        workdir=workdir,
+        echo=lambda m: err.print(_esc(m)),
+    )
+    handles = rerun_sweep(store, sweep, **kw) if sweep else [rerun(store, run, **kw)]
+    for h in handles:
+        rec = store.load(h.run_id)
+        b = rec.execution.backend if rec.execution else "?"
+        hw = (
+            f", hardware {rec.execution.hardware}"
+            if rec.execution and rec.execution.hardware
+            else ""
+        )
+        c.print(f"submitted rerun [bold]{h.run_id}[/bold] of {rec.rerun_of} ({b}{_esc(hw)})")
+        for d in rec.rerun.intended if rec.rerun else []:
+            c.print(
+                f"  intended: {_esc(d.what)}: {_esc(_short(d.before))} -> {_esc(_short(d.after))}"
+            )
+    first = handles[0].run_id
+    orig = store.load(first).rerun_of or ""
+    if sweep:
+        sid = store.load(first).sweep_id or ""
+        c.print(f"  runrec ls --sweep {sid[:12]}    runrec diff {orig[:12]} {first[:12]}")
+    else:
+        c.print(f"  runrec show {first[:12]}    runrec diff {orig[:12]} {first[:12]}    runrec ls")
+    if any(store.load(h.run_id).execution.backend == "ray" for h in handles) and not wait:  # type: ignore[union-attr]
+        c.print("  (ray: waiting, since Ray stops a run when its submitting process exits)")
+        wait = True
+    if wait:
+        bad = 0
+        for h in handles:
+            rec = h.wait()
+            c.print(f"run {h.run_id} {_esc(_state_text(rec))}")
+            bad += rec.state.value != "succeeded"
+        if bad:
+            sys.exit(1)
+
+
+@cli.command("diff")
+@_store_opt
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document for tools.")
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Also list package differences one by one (default: counted).",
+)
+def diff_cmd(store_path, a, b, as_json, show_all):  # type: ignore[no-untyped-def]
+    """Compare two runs: code, config, inputs, launch and node environment, hardware class,
+    scheduler resources, state, metrics. Each difference is labelled intended (declared when
+    the rerun was made) or incidental."""
+    from rich.table import Table
+
+    from runrec_cluster.cli._common import _load_one
+    from runrec_cluster.views.diff import diff, relation, same_sections, to_json
+
+    store = _open_store(store_path)
+    ra, rb = _load_one(store, a), _load_one(store, b)
+    if as_json:
+        click.echo(json.dumps(to_json(store, ra, rb), indent=2, default=str, ensure_ascii=False))
+        return
+    c = _console()
+    changes = diff(store, ra, rb)
+    for tag, r in (("A", ra), ("B", rb)):
+        why = f'  reason: "{r.rerun.reason}"' if r.rerun and r.rerun.reason else ""
+        c.print(f"[bold]{tag}[/bold] {r.run_id}  {_esc(r.name)}  {_esc(_state_text(r))}{_esc(why)}")
+    c.print(_esc(relation(ra, rb)))
+    shown = changes
+    if not show_all:  # one line per package list, not one per package
+        shown = []
+        counted: dict[tuple[str, str], list[Any]] = {}
+        for ch in changes:
+            head, _, _ = ch.key.rpartition(".")
+            if head.endswith(".packages"):
+                counted.setdefault((head, ch.label), []).append(ch)
+            else:
+                shown.append(ch)
+        from runrec_cluster.views.diff import Change
+
+        for (head, label), chs in counted.items():
+            names = ", ".join(
+                f"{x.key.rpartition('.')[2]} {x.a or '-'}->{x.b or '-'}" for x in chs[:4]
+            )
+            more = f" (+{len(chs) - 4} more; --all lists them)" if len(chs) > 4 else ""
+            shown.append(Change(chs[0].section, head, f"{len(chs)} differ", names + more, label))
+    if shown:
+        t = Table(box=None, pad_edge=False, header_style="bold")
+        for col in ("section", "key", "A", "B", "difference"):
+            t.add_column(col, no_wrap=col in ("section", "difference"))
+        for ch in shown:
+            style = "cyan" if ch.label == "intended" else "yellow"
+            label = f"[{style}]{ch.label}[/{style}]"
+            b_text = _short(ch.b) + (f"  ({ch.note})" if ch.note else "")
+            t.add_row(ch.section, _esc(ch.key), _esc(_short(ch.a)), _esc(b_text), label)
+        c.print(t)
+    else:
+        c.print("no differences.")
+    same = same_sections(changes)
+    if same:
+        c.print(f"same: {', '.join(same)}")

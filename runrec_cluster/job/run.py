@@ -1,0 +1,143 @@
+"""Inside a job: ``current_run()`` and what a job can add to its own record."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from runrec_cluster.capture import config as cfg
+from runrec_cluster.capture.data import Dataset, hash_path
+from runrec_cluster.capture.inputs import Artifact, hash_input
+from runrec_cluster.capture.redact import check_printable
+from runrec_cluster.errors import ConfigError, DatasetError
+from runrec_cluster.record import ArtifactRef, InputRef, to_patch
+from runrec_cluster.store import Store, layout
+
+_current: Run | None = None
+
+
+class Run:
+    """The run this process is executing. Every call appends a version to its record, at once:
+    a crash a second later loses nothing that was logged."""
+
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        *,
+        rank: int = 0,
+        pinned: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.rank = rank
+        # a rerun's generated config values, given back by log_config (None: read when needed)
+        self._pinned = dict(pinned) if pinned is not None else None
+
+    def __repr__(self) -> str:
+        return f"Run({self.run_id!r}, store={self.store.root!r})"
+
+    @property
+    def record(self):  # type: ignore[no-untyped-def]
+        return self.store.load(self.run_id)
+
+    def log_config(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Values generated in the job (a drawn seed, a derived size) join the effective config,
+        marked ``generated``. Returns the values to use: in a rerun (``runrec rerun``) a key the
+        original run generated comes back *pinned* to the original's value (or to a ``--set``
+        override), and that is what is recorded; so write ``seed = run.log_config({"seed":
+        seed})["seed"]`` and a rerun repeats the original draw. A rerun whose code offered a
+        different value records a warning saying so."""
+        pinned = self.pinned()
+        out = dict(values)
+        notes = []
+        for k in out:
+            if isinstance(k, str) and k in pinned:
+                mine = cfg.plain(k, out[k])
+                if mine != pinned[k]:
+                    notes.append(
+                        f"log_config: this rerun generated {k}={mine!r}; the recorded "
+                        f"{k}={pinned[k]!r} was returned and recorded (pinned)"
+                    )
+                out[k] = pinned[k]
+        entries = cfg.entries(out, "generated")
+        patch = to_patch(config=entries)
+        if notes:
+            patch["warnings"] = notes
+        self.store.write_version(self.run_id, "config", patch, role="job")
+        return out
+
+    def pinned(self) -> dict[str, Any]:
+        """In a rerun, the generated config values ``log_config`` gives back; else ``{}``."""
+        if self._pinned is None:
+            try:
+                rec = self.store.load(self.run_id)
+                self._pinned = dict(rec.rerun.pinned) if rec.rerun is not None else {}
+            except Exception:  # a record we cannot read pins nothing
+                self._pinned = {}
+        return dict(self._pinned)
+
+    def log_metrics(self, values: Mapping[str, Any]) -> None:
+        """Summary metrics; a later value of the same key replaces the earlier one."""
+        if self.rank != 0:
+            return  # the result and metrics come from rank 0
+        clean = {}
+        for k, v in values.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"metric name {k!r} is not a string.")
+            clean[k] = cfg.plain(k, v)
+        self.store.write_version(self.run_id, "metrics", {"metrics": clean}, role="job")
+
+    def log_artifact(self, path: str | os.PathLike[str], name: str | None = None) -> ArtifactRef:
+        """Record an output file or directory: its size and content hash."""
+        p = os.fspath(path)
+        art_name = name or os.path.basename(os.path.normpath(p))
+        if not art_name:
+            raise ConfigError(f"artifact name {art_name!r} is not usable; give name='...'.")
+        check_printable("artifact name", art_name)
+        try:
+            res, _ = hash_path(p)
+        except DatasetError as exc:
+            raise DatasetError(f"artifact {art_name!r}: {exc}") from None
+        ref = ArtifactRef(
+            name=art_name,
+            path=res.path,
+            digest=res.digest,
+            size=res.size,
+            file_count=res.file_count,
+            is_dir=res.is_dir,
+            logged_at=datetime.now(UTC),
+        )
+        self.store.write_version(self.run_id, "artifact", to_patch(artifacts=[ref]), role="job")
+        return ref
+
+    def use_input(self, dataset: Dataset | Artifact | str | os.PathLike[str]) -> InputRef:
+        """Record an input discovered inside the job: a dataset (hashed now), or another run's
+        artifact, ``rr.Artifact("RUN:name")`` (its recorded hash; ``.path`` is where it is)."""
+        ref = hash_input(self.store, dataset, added_by="job")
+        self.store.write_version(self.run_id, "input", to_patch(inputs=[ref]), role="job")
+        return ref
+
+
+def current_run() -> Run | None:
+    """The run this process is executing, or None outside a recorded job.
+
+    In a command job (``submit_command``) the child process finds its run through the
+    ``RUNREC_STORE`` and ``RUNREC_RUN_ID`` environment variables.
+    """
+    global _current
+    if _current is not None:
+        return _current
+    run_id = os.environ.get("RUNREC_RUN_ID")
+    root = os.environ.get("RUNREC_STORE")
+    if run_id and root and layout.RUN_ID_RE.match(run_id):
+        _current = Run(Store(root), run_id, rank=int(os.environ.get("RUNREC_RANK", "0") or 0))
+        return _current
+    return None
+
+
+def _set_current(run: Run | None) -> None:
+    global _current
+    _current = run

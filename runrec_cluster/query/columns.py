@@ -1,0 +1,279 @@
+"""The flat run view: one row per run, stable column names, and ``query()`` over it.
+
+Every column is documented in ``docs/query.md``. Column meanings never change: a new fact gets a
+new column. ``flat_row`` is pure Python (``runrec ls --where`` uses it on records it already
+read); ``query`` reads the derived index (``index.py``) and needs pandas and pyarrow, the
+``query`` extra, imported only when called.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from runrec_cluster.errors import ConfigError
+from runrec_cluster.record import RunRecord, RunState
+
+# The fixed columns, in display order. Never rename or re-purpose one; add new ones at the end.
+BASE_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "name",
+    "sweep_id",
+    "sweep_index",
+    "user",
+    "submit_host",
+    "state",
+    "cause",
+    "failure_type",
+    "exit_code",
+    "attempt",
+    "backend",
+    "job_id",
+    "hardware",
+    "hardware_match",
+    "created_at",
+    "started_at",
+    "ended_at",
+    "duration_s",
+    "code_commit",
+    "code_branch",
+    "code_dirty",
+    "entrypoint",
+    "input_digests",
+    "input_paths",
+    "python_version",
+    "node",
+    "node_count",
+    "gpu_model",
+    "gpu_count",
+    "nvidia_driver",
+    "cuda_driver",
+    "cuda_runtime",
+    "cudnn",
+    "rerun_of",
+    "rerun_root",
+    "is_rerun",
+    "verdict",
+    "negative",
+    "retired",
+    "suspect",
+    "schema_version",
+)
+# Flags computed at query time from the retirement records (never stored in the index).
+TRUST_COLUMNS = ("retired", "suspect")
+# packages.<name> columns: versions of these distributions in the launch environment.
+KEY_PACKAGES: tuple[str, ...] = (
+    "numpy",
+    "scipy",
+    "pandas",
+    "torch",
+    "torchvision",
+    "jax",
+    "jaxlib",
+    "tensorflow",
+    "keras",
+    "scikit-learn",
+    "transformers",
+    "cupy",
+    "runrec-cluster",
+)
+PREFIXES = ("packages.", "tags.", "config.", "metrics.")
+LINEAGE_COLUMN = "_lineage"  # internal: what the lineage graph needs (inputs, artifacts)
+
+QUERY_EXTRA_HINT = "pip install 'runrec-cluster[query]'"
+
+
+def need_query_extra() -> tuple[Any, Any]:
+    """(pandas, pyarrow), or a clear error naming the extra to install."""
+    try:
+        import pandas as pd
+        import pyarrow as pa
+    except ImportError as exc:
+        raise ConfigError(
+            f"queries and tables need pandas and pyarrow ({exc.name} is missing): "
+            f"{QUERY_EXTRA_HINT}"
+        ) from exc
+    return pd, pa
+
+
+def _iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat()
+
+
+def flat_row(
+    rec: RunRecord,
+    packages: Callable[[str], dict[str, str]] | None = None,
+    trust: Any = None,
+) -> dict[str, Any]:
+    """The flat view of one record. ``packages(digest)`` returns the package list of a blob
+    (omit it to leave ``packages.*`` out); ``trust`` (``lineage.Trust``) fills the flags."""
+    ex = rec.execution
+    code = rec.code
+    node = rec.node
+    gpus = node.gpus if node else []
+    ep = rec.entrypoint
+    entry = None
+    if ep is not None:
+        entry = ep.function if ep.kind == "function" else " ".join(ep.argv)
+    verdict = rec.annotations[-1].verdict if rec.annotations else None
+    row: dict[str, Any] = {
+        "run_id": rec.run_id,
+        "name": rec.name,
+        "sweep_id": rec.sweep_id,
+        "sweep_index": rec.sweep_index,
+        "user": rec.user or None,
+        "submit_host": rec.submit_host or None,
+        "state": rec.state.value,
+        "cause": rec.failure.cause.value if rec.failure else None,
+        "failure_type": (rec.failure.type or None) if rec.failure else None,
+        "exit_code": rec.exit_code,
+        "attempt": rec.attempt,
+        "backend": ex.backend if ex else None,
+        "job_id": _scalar(ex.scheduler.get("job_id")) if ex else None,
+        "hardware": ex.hardware if ex else None,
+        "hardware_match": ex.hardware_match if ex else None,
+        "created_at": _iso(rec.created_at),
+        "started_at": _iso(rec.started_at),
+        "ended_at": _iso(rec.ended_at),
+        "duration_s": rec.duration_s,
+        "code_commit": code.commit if code else None,
+        "code_branch": code.branch if code else None,
+        "code_dirty": code.dirty if code and code.is_repo else None,
+        "entrypoint": entry,
+        "input_digests": " ".join(i.digest for i in rec.inputs) or None,
+        "input_paths": " ".join(i.path for i in rec.inputs) or None,
+        "python_version": (rec.launch_env.python_version if rec.launch_env else None)
+        or (node.python_version if node else None),
+        "node": node.hostname if node else None,
+        "node_count": len(rec.nodes),
+        "gpu_model": gpus[0].name if gpus else None,
+        "gpu_count": len(gpus),
+        "nvidia_driver": node.nvidia_driver if node else None,
+        "cuda_driver": node.cuda_driver if node else None,
+        "cuda_runtime": node.runtime.cuda_runtime if node and node.runtime else None,
+        "cudnn": node.runtime.cudnn if node and node.runtime else None,
+        "rerun_of": rec.rerun_of,
+        "rerun_root": rec.rerun_root,
+        "is_rerun": rec.rerun_of is not None,
+        "verdict": verdict,
+        "negative": verdict == "negative" or (verdict is None and rec.state == RunState.FAILED),
+        "schema_version": rec.schema_version,
+    }
+    if trust is not None:
+        flags = trust.of_run(rec.run_id)
+        row["retired"] = any(f.kind == "retired" for f in flags)
+        row["suspect"] = any(f.kind == "suspect" for f in flags)
+    if packages is not None and rec.launch_env and rec.launch_env.packages_blob:
+        pk = packages(rec.launch_env.packages_blob)
+        for name in KEY_PACKAGES:
+            if name in pk:
+                row[f"packages.{name}"] = pk[name]
+    for k, v in rec.tags.items():
+        row[f"tags.{k}"] = v
+    for k, entry_ in rec.config.items():
+        row[f"config.{k}"] = entry_.value
+    for k, v in rec.metrics.items():
+        row[f"metrics.{k}"] = v
+    return row
+
+
+def _scalar(v: Any) -> Any:
+    return v if v is None or isinstance(v, str | int | float) else str(v)
+
+
+def lineage_part(rec: RunRecord) -> str:
+    """The internal ``_lineage`` column: what ``lineage.build_graph`` reads of a run."""
+    import msgspec
+
+    return msgspec.json.encode(
+        {
+            "run_id": rec.run_id,
+            "name": rec.name,
+            "state": rec.state.value,
+            "inputs": rec.inputs,
+            "artifacts": rec.artifacts,
+        }
+    ).decode()
+
+
+def package_reader(store: Any) -> Callable[[str], dict[str, str]]:
+    """``packages(digest)`` for ``flat_row``: each blob read once."""
+    cache: dict[str, dict[str, str]] = {}
+
+    def get(digest: str) -> dict[str, str]:
+        if digest not in cache:
+            try:
+                obj = store.get_obj(digest)
+                cache[digest] = obj if isinstance(obj, dict) else {}
+            except Exception:  # a missing blob leaves packages.* empty, never fails a query
+                cache[digest] = {}
+        return cache[digest]
+
+    return get
+
+
+def order_columns(names: Iterable[str]) -> list[str]:
+    """Base columns in their order, then packages.*, tags.*, config.*, metrics.* sorted; then
+    anything else (columns added by a newer runrec), sorted. Internal ``_`` columns dropped."""
+    names = [n for n in names if not n.startswith("_")]
+    present = set(names)
+    out = [c for c in BASE_COLUMNS if c in present]
+    for p in PREFIXES:
+        out += sorted(n for n in names if n.startswith(p))
+    seen = set(out)
+    out += sorted(n for n in names if n not in seen)
+    return out
+
+
+def parse_columns(text: str | Sequence[str] | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = text.split(",") if isinstance(text, str) else list(text)
+    cols = [c.strip() for c in items if c and c.strip()]
+    return cols or None
+
+
+def parse_sort(spec: str) -> tuple[str, bool]:
+    """``KEY``, ``KEY:asc`` (ascending), ``-KEY`` or ``KEY:desc`` (descending)."""
+    s = spec.strip()
+    desc = False
+    if s.startswith("-"):
+        s, desc = s[1:], True
+    elif s.endswith(":desc"):
+        s, desc = s[: -len(":desc")], True
+    elif s.endswith(":asc"):
+        s = s[: -len(":asc")]
+    if not s:
+        raise ConfigError(f"--sort {spec!r} names no column; e.g. --sort metrics.acc:desc.")
+    return s, desc
+
+
+def sort_key(value: Any) -> tuple[int, Any]:
+    """Sorting mixed values: numbers, then strings, then anything else; missing values last."""
+    if value is None or (isinstance(value, float) and value != value):
+        return (3, 0)
+    if isinstance(value, bool):
+        return (0, int(value))
+    if isinstance(value, int | float):
+        return (0, value)
+    if isinstance(value, str):
+        return (1, value)
+    return (2, json.dumps(value, sort_keys=True, default=str))
+
+
+def sort_rows(rows: list[dict[str, Any]], key: str, desc: bool) -> list[dict[str, Any]]:
+    present = [r for r in rows if sort_key(r.get(key))[0] < 3]
+    missing = [r for r in rows if sort_key(r.get(key))[0] == 3]
+    present.sort(key=lambda r: sort_key(r.get(key)), reverse=desc)
+    return present + missing  # missing values last either way
+
+
+# ---------------------------------------------------------------------------------------------
+# query()
+# ---------------------------------------------------------------------------------------------

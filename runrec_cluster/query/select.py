@@ -1,0 +1,44 @@
+"""TODO-DOC"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from runrec_cluster.query.columns import need_query_extra, parse_columns
+
+
+def query(
+    store: Any = None,
+    where: str | None = None,
+    columns: str | Sequence[str] | None = None,
+    as_arrow: bool = False,
+    *,
+    refresh: bool = True,
+    index_dir: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Runs of ``store`` as a ``pandas.DataFrame`` (one row per run, ``docs/query.md``).
+
+    ``where``: an expression (``expr.py``), e.g. ``'config.lr == 0.01 and metrics.acc > 0.5'``.
+    ``columns``: names to keep (a list or ``"a,b,c"``), in that order; default all. A column
+    that no run has comes back empty. ``as_arrow=True`` returns a ``pyarrow.Table`` instead
+    (columns of mixed types are JSON text there). ``refresh=False`` reads the index as it is,
+    without looking for records written since its last update (faster on huge stores).
+    ``index_dir``: keep the index in this local directory instead of ``STORE/index``.
+
+    Reads records as recorded; to ask backends about runs that are still open, run
+    ``runrec reconcile`` (or ``runrec ls``) first.
+    """
+    from runrec_cluster.expr import parse
+    from runrec_cluster.query.index import Index
+    from runrec_cluster.store import as_store
+
+    need_query_extra()
+    s = as_store(store)
+    expr = parse(where) if where is not None and where.strip() else None
+    cols = parse_columns(columns)
+    idx = Index(s, index_dir)
+    if refresh:
+        idx.update()
+    return idx.select(expr, cols, as_arrow=as_arrow)

@@ -1,0 +1,49 @@
+"""TODO-DOC"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from runrec_cluster.errors import ConfigError
+
+
+def sweep_frame(store, sweep: str, index_dir=None):  # type: ignore[no-untyped-def]
+    """(sweep id, DataFrame of its runs ordered by sweep index); ConfigError when no sweep or
+    several match the prefix."""
+    from runrec_cluster.query.select import query
+
+    sw = sweep.strip().lower()
+    df = query(store, index_dir=index_dir)
+    if df.empty or "sweep_id" not in df.columns:
+        raise ConfigError(f"no sweep in store {store.root}. List runs with `runrec ls`.")
+    ids = sorted({s for s in df["sweep_id"].dropna() if s.startswith(sw)}) if sw else []
+    if not ids:
+        raise ConfigError(f"no sweep id starts with {sweep!r} in {store.root}. See `runrec ls`.")
+    if len(ids) > 1:
+        raise ConfigError(
+            f"sweep prefix {sweep!r} matches {len(ids)} sweeps ({', '.join(i[:14] for i in ids[:5])}). Give more characters."
+        )
+    sub = df[df["sweep_id"] == ids[0]].copy()
+    sub = sub.sort_values(["sweep_index", "run_id"], na_position="last").reset_index(drop=True)
+    return ids[0], sub
+
+
+def varied_config(df) -> list[str]:  # type: ignore[no-untyped-def]
+    """config.* columns whose values differ between the runs."""
+    out = []
+    for c in df.columns:
+        if not c.startswith("config."):
+            continue
+        vals = {json.dumps(None if isnan(v) else v, sort_keys=True, default=str) for v in df[c]}
+        if len(vals) > 1:
+            out.append(c)
+    return out
+
+
+def metric_columns(df) -> list[str]:  # type: ignore[no-untyped-def]
+    return [c for c in df.columns if c.startswith("metrics.") and df[c].notna().any()]
+
+
+def isnan(v: Any) -> bool:
+    return isinstance(v, float) and v != v

@@ -1,0 +1,252 @@
+"""``runrec diff A B``: what differs between two runs, each difference labelled.
+
+A difference is *intended* when a rerun declared it (``RunRecord.rerun.intended`` of either
+run: a new hardware class, an override, an input allowed to change), else *incidental* (a driver
+update, a package drift between the login and the compute node, another node). Keys are dotted
+(``config.lr``, ``node.nvidia_driver``, ``launch.packages.numpy``); a declared key also covers
+the keys under it (``hardware`` covers ``hardware.expect``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from runrec_cluster.record import NodeInfo, RunRecord
+from runrec_cluster.store import Store
+
+SECTIONS = (
+    "code",
+    "config",
+    "inputs",
+    "launch",
+    "node",
+    "hardware",
+    "resources",
+    "state",
+    "metrics",
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    section: str
+    key: str
+    a: Any
+    b: Any
+    label: str  # "intended" (declared at rerun) or "incidental"
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def relation(a: RunRecord, b: RunRecord) -> str:
+    if b.rerun_of == a.run_id:
+        return f"{b.run_id} is a rerun of {a.run_id}"
+    if a.rerun_of == b.run_id:
+        return f"{a.run_id} is a rerun of {b.run_id}"
+    ra, rb = a.rerun_root or a.run_id, b.rerun_root or b.run_id
+    if ra == rb:
+        return f"both are in the chain of reruns of {ra}"
+    return "unrelated runs (no rerun links them): every difference is incidental"
+
+
+def _packages(store: Store, blob: str | None) -> dict[str, str] | None:
+    if not blob:
+        return None
+    try:
+        return dict(store.get_obj(blob, dict[str, str]))
+    except Exception:
+        return None
+
+
+def _gpu_models(n: NodeInfo | None) -> list[str] | None:
+    return sorted(g.name for g in n.gpus) if n is not None else None
+
+
+def _node_facts(n: NodeInfo | None) -> dict[str, Any]:
+    if n is None:
+        return {}
+    rt = n.runtime
+    return {
+        "hostname": n.hostname,
+        "scheduler_node": n.scheduler_node or None,
+        "features": sorted(n.features) or None,
+        "os": n.os or None,
+        "kernel": n.kernel or None,
+        "cpu_model": n.cpu_model or None,
+        "gpus": _gpu_models(n) or None,
+        "nvidia_driver": n.nvidia_driver,
+        "cuda_driver": n.cuda_driver,
+        "cuda_runtime": rt.cuda_runtime if rt else None,
+        "cudnn": rt.cudnn if rt else None,
+        "nccl": rt.nccl if rt else None,
+        "frameworks": dict(rt.frameworks) if rt and rt.frameworks else None,
+        "python_version": n.python_version or None,
+        "package_drift": {k: list(v) for k, v in n.package_drift.items()} or None,
+    }
+
+
+def _flat(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}.{k}" if prefix else k: v for k, v in d.items()}
+
+
+def _pairs(store: Store, a: RunRecord, b: RunRecord) -> list[tuple[str, str, Any, Any]]:
+    """(section, key, value in a, value in b) for everything compared."""
+    out: list[tuple[str, str, Any, Any]] = []
+
+    def add(section: str, va: dict[str, Any], vb: dict[str, Any]) -> None:
+        for k in dict.fromkeys([*va, *vb]):
+            out.append((section, k, va.get(k), vb.get(k)))
+
+    def code(r: RunRecord) -> dict[str, Any]:
+        c, ep = r.code, r.entrypoint
+        d: dict[str, Any] = {}
+        if c is not None:
+            d = {
+                "code.is_repo": c.is_repo,
+                "code.commit": c.commit,
+                "code.dirty": c.dirty,
+                "code.patch": c.patch_blob,
+                "code.submodules": {s.path: s.commit for s in c.submodules} or None,
+            }
+        if ep is not None:
+            d["entrypoint.kind"] = ep.kind
+            d["entrypoint.function"] = ep.function
+            d["entrypoint.argv"] = list(ep.argv) or None
+            d["entrypoint.cwd"] = ep.cwd or None
+        return d
+
+    add("code", code(a), code(b))
+    add(
+        "config",
+        {f"config.{k}": e.value for k, e in a.config.items()},
+        {f"config.{k}": e.value for k, e in b.config.items()},
+    )
+
+    def inputs(r: RunRecord) -> dict[str, Any]:
+        return {f"inputs.{i.path}": i.digest for i in r.inputs}
+
+    add("inputs", inputs(a), inputs(b))
+
+    def launch(r: RunRecord) -> dict[str, Any]:
+        e = r.launch_env
+        if e is None:
+            return {}
+        return {
+            "launch.python_version": e.python_version,
+            "launch.platform": e.platform,
+            "launch.submit_host": r.submit_host or None,
+        }
+
+    add("launch", launch(a), launch(b))
+    la = _packages(store, a.launch_env.packages_blob if a.launch_env else None)
+    lb = _packages(store, b.launch_env.packages_blob if b.launch_env else None)
+    if la is not None and lb is not None and la != lb:
+        add("launch", _flat("launch.packages", la), _flat("launch.packages", lb))
+    add("node", _flat("node", _node_facts(a.node)), _flat("node", _node_facts(b.node)))
+    na = _packages(store, a.node.packages_blob if a.node else None)
+    nb = _packages(store, b.node.packages_blob if b.node else None)
+    if na is not None and nb is not None and na != nb:
+        add("node", _flat("node.packages", na), _flat("node.packages", nb))
+
+    def hw(r: RunRecord) -> dict[str, Any]:
+        x = r.execution
+        if x is None:
+            return {}
+        return {
+            "hardware": x.hardware,
+            "hardware.expect": dict(x.hardware_expect) or None,
+            "hardware.match": x.hardware_match,
+        }
+
+    add("hardware", hw(a), hw(b))
+
+    def resources(r: RunRecord) -> dict[str, Any]:
+        x = r.execution
+        if x is None:
+            return {}
+        d: dict[str, Any] = {"backend": x.backend}
+        for f in ("timeout_min", "cpus", "mem_gb", "gpus", "nodes"):
+            d[f"resources.{f}"] = getattr(x.resources, f)
+        d.update(_flat("options", dict(x.options)))
+        for k in ("partition", "nodelist", "assigned_resources"):
+            if k in x.scheduler:
+                d[f"scheduler.{k}"] = x.scheduler[k]
+        return d
+
+    add("resources", resources(a), resources(b))
+
+    def state(r: RunRecord) -> dict[str, Any]:
+        return {
+            "state": r.state.value,
+            "failure": r.failure.cause.value if r.failure else None,
+            "exit_code": r.exit_code,
+            "result": r.result.summary if r.result else None,
+        }
+
+    add("state", state(a), state(b))
+    add("metrics", _flat("metrics", dict(a.metrics)), _flat("metrics", dict(b.metrics)))
+    return out
+
+
+def declared(a: RunRecord, b: RunRecord) -> dict[str, str]:
+    """Keys declared as intended differences by either run, with their notes."""
+    out: dict[str, str] = {}
+    for r in (a, b):
+        if r.rerun is not None:
+            for d in r.rerun.intended:
+                out.setdefault(d.what, d.note)
+    return out
+
+
+def _is_declared(key: str, decl: dict[str, str]) -> str | None:
+    for k, note in decl.items():
+        if key == k or key.startswith(k + "."):
+            return note
+    return None
+
+
+def diff(store: Store, a: RunRecord, b: RunRecord) -> list[Change]:
+    """Every difference between ``a`` and ``b``, in section order."""
+    decl = declared(a, b)
+    out = []
+    for section, key, va, vb in _pairs(store, a, b):
+        if va == vb:
+            continue
+        note = _is_declared(key, decl)
+        label = "intended" if note is not None else "incidental"
+        if key == "metrics" or key.startswith("metrics."):
+            if isinstance(va, (int, float)) and isinstance(vb, (int, float)):
+                if not isinstance(va, bool) and not isinstance(vb, bool):
+                    note = (note + "; " if note else "") + f"delta {vb - va:+.6g}"
+        out.append(Change(section, key, va, vb, label, note or ""))
+    return out
+
+
+def same_sections(changes: list[Change]) -> list[str]:
+    differing = {c.section for c in changes}
+    return [s for s in SECTIONS if s not in differing]
+
+
+def to_json(store: Store, a: RunRecord, b: RunRecord) -> dict[str, Any]:
+    changes = diff(store, a, b)
+
+    def who(r: RunRecord) -> dict[str, Any]:
+        return {
+            "run_id": r.run_id,
+            "name": r.name,
+            "state": r.state.value,
+            "rerun_of": r.rerun_of,
+            "rerun_root": r.rerun_root,
+            "reason": r.rerun.reason if r.rerun else None,
+        }
+
+    return {
+        "a": who(a),
+        "b": who(b),
+        "relation": relation(a, b),
+        "differences": [c.to_dict() for c in changes],
+        "same": same_sections(changes),
+    }

@@ -1,0 +1,314 @@
+"""``runrec report SWEEP``: one self-contained HTML page about a sweep.
+
+No script, no CDN, no external file: inline CSS and SVG plots drawn here. The page has
+
+- a summary (runs by state, the config keys that vary, the metrics);
+- one plot per (metric, varied config key): each run a point (its tooltip names the run);
+  runs without the metric (failed, cancelled) are drawn as crosses under the axis, so failures
+  stay visible; numeric keys on a linear or log axis, other keys as categories;
+- the runs table: state and cause, verdict, trust flags, varied config, metrics, and links
+  between a run and its reruns (``rerun_of``), also for reruns made outside the sweep;
+- failures and negative results listed with their cause.
+
+Every text from a record is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+W, H = 420, 260
+ML, MR, MT, MB = 58, 16, 28, 52
+_STATE_COLOR = {
+    "succeeded": "#2e7d32",
+    "failed": "#c62828",
+    "cancelled": "#ef6c00",
+    "running": "#0277bd",
+    "submitted": "#5c6bc0",
+    "unknown": "#757575",
+}
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
+h1{font-size:20px} h2{font-size:16px;margin-top:28px}
+table{border-collapse:collapse;font-size:13px} th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;white-space:nowrap}
+th{background:#f4f4f4;position:sticky;top:0} td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.failed td{background:#fdecea} tr.negative td{background:#fff4e5} tr.suspect td,tr.retired td{background:#fff8d6}
+.state-succeeded{color:#2e7d32}.state-failed{color:#c62828;font-weight:600}.state-cancelled{color:#ef6c00}
+.plots{display:flex;flex-wrap:wrap;gap:12px} figure{margin:0;border:1px solid #e4e4e4;padding:4px}
+figcaption{font-size:12px;color:#555} .muted{color:#777} code{font-size:12px}
+svg text{font-size:11px;fill:#333}
+"""
+
+
+def _e(v: Any) -> str:
+    return html.escape("" if v is None else str(v), quote=True)
+
+
+def _isnum(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict | list):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step) * step
+    out = []
+    x = start
+    while x <= hi + step * 1e-9:
+        out.append(round(x, 12))
+        x += step
+    return out
+
+
+def plot_svg(points: list[dict[str, Any]], xkey: str, ykey: str) -> str:
+    """A scatter plot of ``ykey`` against ``xkey``; each point dict has run_id, state, x, y."""
+    xs = [p["x"] for p in points]
+    numeric_x = all(_isnum(x) for x in xs if x is not None) and any(x is not None for x in xs)
+    cats: list[str] = []
+    if not numeric_x:
+        for x in xs:
+            label = _fmt(x) or "(none)"
+            if label not in cats:
+                cats.append(label)
+    ys = [p["y"] for p in points if _isnum(p["y"])]
+    y_lo, y_hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
+    if y_lo == y_hi:
+        y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
+    pad = (y_hi - y_lo) * 0.06
+    y_lo, y_hi = y_lo - pad, y_hi + pad
+    log_x = False
+    if numeric_x:
+        nx = [x for x in xs if _isnum(x)]
+        x_lo, x_hi = min(nx), max(nx)
+        log_x = x_lo > 0 and x_hi / x_lo >= 100
+        if log_x:
+            x_lo, x_hi = math.log10(x_lo), math.log10(x_hi)
+        if x_lo == x_hi:
+            x_lo, x_hi = x_lo - 0.5, x_hi + 0.5
+        xpad = (x_hi - x_lo) * 0.06
+        x_lo, x_hi = x_lo - xpad, x_hi + xpad
+    pw, ph = W - ML - MR, H - MT - MB
+
+    def sx(x: Any) -> float:
+        if numeric_x:
+            v = math.log10(x) if log_x else x
+            return ML + (v - x_lo) / (x_hi - x_lo) * pw
+        i = cats.index(_fmt(x) or "(none)")
+        return ML + (i + 0.5) / len(cats) * pw
+
+    def sy(y: float) -> float:
+        return MT + ph - (y - y_lo) / (y_hi - y_lo) * ph
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{W}" height="{H}" '
+        f'viewBox="0 0 {W} {H}" role="img" aria-label="{_e(ykey)} against {_e(xkey)}">',
+        f'<rect x="{ML}" y="{MT}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>',
+    ]
+    for t in _ticks(y_lo, y_hi):
+        y = sy(t)
+        parts.append(f'<line x1="{ML}" x2="{ML + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
+        parts.append(f'<text x="{ML - 4}" y="{y + 4:.1f}" text-anchor="end">{t:.4g}</text>')
+    if numeric_x:
+        for t in _ticks(x_lo, x_hi):
+            x = ML + (t - x_lo) / (x_hi - x_lo) * pw
+            label = f"{10**t:.3g}" if log_x else f"{t:.4g}"
+            parts.append(
+                f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{MT}" y2="{MT + ph}" stroke="#eee"/>'
+            )
+            parts.append(
+                f'<text x="{x:.1f}" y="{MT + ph + 14}" text-anchor="middle">{label}</text>'
+            )
+    else:
+        for c in cats:
+            x = ML + (cats.index(c) + 0.5) / len(cats) * pw
+            parts.append(
+                f'<text x="{x:.1f}" y="{MT + ph + 14}" text-anchor="middle">{_e(c[:14])}</text>'
+            )
+    parts.append(
+        f'<text x="{ML + pw / 2}" y="{H - 8}" text-anchor="middle">{_e(xkey)}{" (log)" if log_x else ""}</text>'
+    )
+    parts.append(
+        f'<text transform="translate(12,{MT + ph / 2}) rotate(-90)" text-anchor="middle">{_e(ykey)}</text>'
+    )
+    for p in points:
+        if p["x"] is None and numeric_x:
+            continue
+        x = sx(p["x"])
+        color = _STATE_COLOR.get(p["state"], "#555")
+        tip = f"{p['run_id']} [{p.get('sweep_index')}] {p['state']}: {xkey}={_fmt(p['x'])}, {ykey}={_fmt(p['y'])}"
+        if _isnum(p["y"]):
+            y = sy(p["y"])
+            parts.append(
+                f'<circle class="pt" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}" fill-opacity="0.8">'
+                f"<title>{_e(tip)}</title></circle>"
+            )
+        else:  # no value (failed, cancelled, still running): a cross under the axis
+            y = MT + ph + 26
+            parts.append(
+                f'<path class="nometric" d="M{x - 4:.1f},{y - 4} l8,8 m0,-8 l-8,8" stroke="{color}" '
+                f'stroke-width="2"><title>{_e(tip)} (no value)</title></path>'
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def sweep_report(store: Any, sweep: str, index_dir: Any = None) -> tuple[str, dict[str, Any]]:
+    """(HTML text, {sweep_id, runs, plots}) for the sweep whose id starts with ``sweep``."""
+    from runrec_cluster.query.select import query
+    from runrec_cluster.query.sweeps import metric_columns, sweep_frame, varied_config
+
+    sweep_id, df = sweep_frame(store, sweep, index_dir)
+    ids = set(df["run_id"])
+    all_df = query(store, refresh=False, index_dir=index_dir)
+    outside = all_df[
+        ~all_df["run_id"].isin(ids)
+        & (all_df["rerun_of"].isin(ids) | all_df["rerun_root"].isin(ids))
+    ]
+    varied = varied_config(df)
+    metrics = metric_columns(df)
+    rows = [_clean(r) for r in df.to_dict(orient="records")]
+    extra = [_clean(r) for r in outside.to_dict(orient="records")]
+    page_ids = {r["run_id"] for r in rows + extra}
+    reruns: dict[str, list[str]] = {}
+    for r in rows + extra:
+        if r.get("rerun_of"):
+            reruns.setdefault(r["rerun_of"], []).append(r["run_id"])
+
+    def link(rid: str) -> str:
+        label = _e(rid[:12])
+        return (
+            f'<a href="#run-{_e(rid)}">{label}</a>' if rid in page_ids else f"<code>{label}</code>"
+        )
+
+    states: dict[str, int] = {}
+    for r in rows:
+        states[r["state"]] = states.get(r["state"], 0) + 1
+    out = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>sweep {_e(sweep_id[:12])}: runrec report</title><style>{CSS}</style></head><body>",
+        f"<h1>Sweep <code>{_e(sweep_id)}</code></h1>",
+        f"<p id='summary'>{len(rows)} runs: "
+        + ", ".join(
+            f"<span class='state-{_e(k)}'>{v} {_e(k)}</span>" for k, v in sorted(states.items())
+        )
+        + f". Varied: {_e(', '.join(varied) or 'nothing')}. Metrics: {_e(', '.join(metrics) or 'none')}."
+        + f" <span class='muted'>Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from {_e(store.root)}.</span></p>",
+    ]
+    nplots = 0
+    if varied and metrics:
+        out.append("<h2>Metrics against the varied config</h2><div class='plots'>")
+        for m in metrics:
+            for k in varied:
+                pts = [
+                    {
+                        "run_id": r["run_id"],
+                        "sweep_index": r.get("sweep_index"),
+                        "state": r["state"],
+                        "x": r.get(k),
+                        "y": r.get(m),
+                    }
+                    for r in rows
+                ]
+                out.append(
+                    f"<figure>{plot_svg(pts, k, m)}<figcaption>{_e(m)} against {_e(k)}</figcaption></figure>"
+                )
+                nplots += 1
+        out.append("</div>")
+    else:
+        out.append(
+            "<p class='muted'>No plot: the sweep varies no config key, or records no metric.</p>"
+        )
+
+    cols = ["sweep_index", "state", "cause", "verdict", *varied, *metrics]
+    out.append("<h2>Runs</h2><table id='runs'><thead><tr><th>run</th>")
+    out += [f"<th>{_e(c)}</th>" for c in cols]
+    out.append("<th>flags</th><th>reruns</th></tr></thead><tbody>")
+    for r in rows + extra:
+        cls = []
+        if r["state"] == "failed":
+            cls.append("failed")
+        if r.get("negative"):
+            cls.append("negative")
+        for f in ("retired", "suspect"):
+            if r.get(f):
+                cls.append(f)
+        out.append(
+            f"<tr id='run-{_e(r['run_id'])}' class='{' '.join(cls)}'><td><code>{_e(r['run_id'][:12])}</code></td>"
+        )
+        for c in cols:
+            v = r.get(c)
+            klass = (
+                " class='num'" if _isnum(v) else (f" class='state-{_e(v)}'" if c == "state" else "")
+            )
+            out.append(f"<td{klass}>{_e(_fmt(v))}</td>")
+        flags = [f.upper() for f in ("retired", "suspect") if r.get(f)]
+        if r.get("negative"):
+            flags.append("negative")
+        if r["run_id"] not in ids:
+            flags.append("outside the sweep")
+        out.append(f"<td>{_e(', '.join(flags))}</td><td>")
+        links = []
+        if r.get("rerun_of"):
+            links.append("rerun of " + link(r["rerun_of"]))
+        if reruns.get(r["run_id"]):
+            links.append("rerun as " + ", ".join(link(x) for x in reruns[r["run_id"]]))
+        out.append("; ".join(links) + "</td></tr>")
+    out.append("</tbody></table>")
+
+    bad = [r for r in rows + extra if r["state"] in ("failed", "cancelled") or r.get("negative")]
+    out.append("<h2 id='failures'>Failures and negative results</h2>")
+    if bad:
+        out.append("<ul>")
+        for r in bad:
+            why = ", ".join(
+                _e(x)
+                for x in (
+                    r.get("cause"),
+                    r.get("failure_type"),
+                    r.get("verdict") and f"verdict {r['verdict']}",
+                )
+                if x
+            )
+            out.append(
+                f"<li>{link(r['run_id'])} [{_e(r.get('sweep_index'))}] {_e(r['state'])}: {why}</li>"
+            )
+        out.append("</ul>")
+    else:
+        out.append("<p>None.</p>")
+    out.append(
+        "<p class='muted'>Details: <code>runrec show RUN</code>; rerun: <code>runrec rerun RUN</code>.</p></body></html>"
+    )
+    return "\n".join(out), {"sweep_id": sweep_id, "runs": len(rows), "plots": nplots}
+
+
+def _clean(row: dict[str, Any]) -> dict[str, Any]:
+    """pandas values to plain Python (NaN to None, numpy scalars to Python)."""
+    out = {}
+    for k, v in row.items():
+        if hasattr(v, "item") and not isinstance(v, list | dict | str):
+            try:
+                v = v.item()
+            except (ValueError, AttributeError):
+                pass
+        if isinstance(v, float) and math.isnan(v):
+            v = None
+        out[k] = v
+    return out

@@ -1,0 +1,267 @@
+"""``runrec show``: one run in readable sections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.markup import escape as _markup_escape
+
+from runrec_cluster.record import RunRecord
+from runrec_cluster.store import Store
+
+# control characters a record may hold (written before names were checked, or in free text)
+# that would drive the terminal (ESC, CSI, carriage return, bell...): shown as \xNN, never
+# sent raw; tabs and newlines stay (tracebacks, notes)
+_CONTROL = {
+    c: f"\\x{c:02x}"
+    for c in (*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0D, 0x20), *range(0x7F, 0xA0))
+}
+
+
+def escape(s: str) -> str:
+    """Text from a record, safe to print: rich markup escaped, control characters visible."""
+    return _markup_escape(str(s).translate(_CONTROL))
+
+
+def _kv(c: Any, key: str, value: Any) -> None:
+    if value is None or value == "" or value == [] or value == {}:
+        return
+    c.print(f"  [bold]{escape(key)}[/bold]: {escape(str(value))}")
+
+
+def render(
+    c: Any,
+    store: Store,
+    rec: RunRecord,
+    flags: list[Any] | None = None,
+    promoted: list[Any] | None = None,
+) -> None:
+    """``flags``: the run's trust flags (``lineage.Trust``); ``promoted``: its promotions."""
+
+    def section(title: str) -> None:
+        c.print(f"\n[bold underline]{title}[/bold underline]")
+
+    state = rec.state.value + (f" ({rec.failure.cause.value})" if rec.failure else "")
+    marker = ""
+    if flags:
+        marker = "RETIRED" if any(f.kind == "retired" for f in flags) else "SUSPECT"
+        marker = f"  [bold red]{marker}[/bold red]"
+    c.print(
+        f"[bold]run {rec.run_id}[/bold]  {escape(rec.name)}  [bold]{escape(state)}[/bold]{marker}"
+    )
+    if flags:
+        section("Trust")
+        for f in flags:
+            r = f.retirement
+            what = (
+                "this run was retired"
+                if f.kind == "retired"
+                else f"SUSPECT: upstream {f.via_label or r.target} was {r.state}"
+            )
+            c.print(f"  [bold red]{escape(what)}[/bold red]")
+            _kv(c, "reason", r.reason)
+            _kv(c, "retirement", f"{r.id} (by {r.by}, {r.at.isoformat()})")
+            _kv(c, "superseded by", r.superseded_by)
+        c.print(f"  see `runrec lineage {rec.run_id[:12]} --up` and `runrec retirements`")
+    section("Identity")
+    _kv(c, "sweep", f"{rec.sweep_id} [{rec.sweep_index}]" if rec.sweep_id else None)
+    _kv(c, "user", rec.user)
+    _kv(c, "submit host", rec.submit_host)
+    _kv(c, "tags", ", ".join(f"{k}={v}" for k, v in rec.tags.items()))
+    _kv(c, "created", rec.created_at.isoformat() if rec.created_at else None)
+    if rec.rerun_of:
+        section("Rerun")
+        _kv(c, "rerun of", rec.rerun_of)
+        _kv(c, "chain root", rec.rerun_root if rec.rerun_root != rec.rerun_of else None)
+        rr_info = rec.rerun
+        if rr_info is not None:
+            _kv(c, "reason", rr_info.reason)
+            where = f" ({rr_info.code_dir})" if rr_info.code_dir else ""
+            _kv(c, "code from", rr_info.code_from + where)
+            _kv(c, "function from", rr_info.function_from)
+            for d in rr_info.intended:
+                _kv(c, "intended", f"{d.what}: {d.before!r} -> {d.after!r}")
+            _kv(c, "pinned", ", ".join(f"{k}={v!r}" for k, v in rr_info.pinned.items()))
+        c.print(f"  compare: runrec diff {rec.rerun_of[:12]} {rec.run_id[:12]}")
+
+    section("Code")
+    code = rec.code
+    if code is None:
+        c.print("  (not captured)")
+    elif not code.is_repo:
+        c.print("  not a git repository" + (f" ({escape(code.error)})" if code.error else ""))
+    else:
+        _kv(c, "repository", code.root)
+        _kv(c, "remote", code.remote_url)
+        _kv(c, "branch", code.branch or ("(detached HEAD)" if code.detached else None))
+        _kv(c, "commit", code.commit or "(no commit yet)")
+        _kv(c, "dirty", "yes" if code.dirty else "no")
+        if code.patch_blob:
+            _kv(
+                c,
+                "uncommitted change",
+                f"{code.patch_size} bytes (runrec export shows it; blob {code.patch_blob[:19]}…)",
+            )
+        for u in code.untracked:
+            note = "in the patch" if u.included else f"not in the patch: {u.reason}, {u.digest}"
+            _kv(c, "untracked", f"{u.path} ({u.size} bytes, {note})")
+        for s in code.submodules:
+            _kv(c, "submodule", f"{s.path} @ {s.commit}")
+        _kv(c, "note", code.error)
+    ep = rec.entrypoint
+    if ep is not None:
+        _kv(c, "entrypoint", ep.function if ep.kind == "function" else " ".join(ep.argv))
+        _kv(c, "cwd", ep.cwd)
+
+    section("Config")
+    if not rec.config:
+        c.print("  (none)")
+    for k, e in rec.config.items():
+        c.print(f"  [bold]{escape(k)}[/bold] = {escape(repr(e.value))}  [dim]({e.source})[/dim]")
+
+    section("Inputs")
+    if not rec.inputs:
+        c.print("  (none)")
+    for i in rec.inputs:
+        extra = f", version {i.version}" if i.version else ""
+        if i.kind == "artifact":
+            src = i.promoted or f"{i.run_id}:{i.artifact}"
+            extra += f", artifact {src}"
+        c.print(
+            f"  {escape(i.path)}  {i.digest}  ({i.size} bytes, {i.file_count} files{escape(extra)}, added at {i.added_by})"
+        )
+
+    section("Launch environment")
+    le = rec.launch_env
+    if le:
+        _kv(c, "python", f"{le.python_version} ({le.python_executable})")
+        _kv(c, "platform", le.platform)
+        _kv(c, "packages", f"{le.package_count} distributions")
+        for k, v in le.env_vars.items():
+            _kv(c, k, v)
+
+    section("Execution")
+    ex = rec.execution
+    if ex:
+        _kv(c, "backend", ex.backend)
+        res = {
+            k: v
+            for k, v in (
+                ("timeout_min", ex.resources.timeout_min),
+                ("cpus", ex.resources.cpus),
+                ("mem_gb", ex.resources.mem_gb),
+                ("gpus", ex.resources.gpus),
+                ("nodes", ex.resources.nodes),
+            )
+            if v is not None
+        }
+        _kv(c, "resources", ", ".join(f"{k}={v}" for k, v in res.items()))
+        _kv(c, "options", ", ".join(f"{k}={v}" for k, v in ex.options.items()))
+        if ex.hardware:
+            match = {True: "matched", False: "DID NOT MATCH", None: "not checked yet"}[
+                ex.hardware_match
+            ]
+            _kv(c, "hardware class", f"{ex.hardware} ({match})")
+            for m in ex.hardware_mismatches:
+                _kv(c, "mismatch", m)
+        for k, v in ex.scheduler.items():
+            if k != "supervisor":
+                _kv(c, k, v)
+        _kv(c, "logs", ex.log_dir)
+    _kv(c, "attempt", rec.attempt if rec.attempt > 1 else None)
+
+    for n in rec.nodes:
+        section(f"Node (rank {n.rank})" if len(rec.nodes) > 1 else "Node")
+        _kv(c, "hostname", n.hostname)
+        _kv(c, "os", f"{n.os}, {n.kernel}")
+        _kv(
+            c,
+            "cpu",
+            f"{n.cpu_model}, {n.cpus_allowed}/{n.cpu_count} cpus usable, {n.memory_total_mb} MB",
+        )
+        _kv(c, "gpu status", n.gpu_status)
+        for g in n.gpus:
+            _kv(
+                c,
+                f"gpu {g.index}",
+                f"{g.name} {g.uuid} {g.memory_total_mb} MB, cc {g.compute_capability}, MIG {g.mig_mode}",
+            )
+        _kv(c, "nvidia driver", n.nvidia_driver)
+        _kv(c, "cuda driver", n.cuda_driver)
+        _kv(c, "CUDA_VISIBLE_DEVICES", n.cuda_visible_devices)
+        if n.runtime:
+            _kv(c, "cuda runtime", n.runtime.cuda_runtime)
+            _kv(c, "cudnn", n.runtime.cudnn)
+            _kv(c, "nccl", n.runtime.nccl)
+            _kv(c, "frameworks", ", ".join(f"{k} {v}" for k, v in n.runtime.frameworks.items()))
+        _kv(c, "features", ", ".join(n.features))
+        _kv(c, "python", f"{n.python_version} ({n.python_executable})")
+        if n.package_drift:
+            c.print("  [bold yellow]package drift (launch → node)[/bold yellow]:")
+            for name, (a, b) in n.package_drift.items():
+                c.print(f"    {escape(name)}: {a or '(absent)'} → {b or '(absent)'}")
+        else:
+            _kv(c, "package drift", "none (node packages match the launch environment)")
+
+    section("Lifecycle")
+    _kv(c, "submitted", rec.submitted_at.isoformat() if rec.submitted_at else None)
+    _kv(c, "started", rec.started_at.isoformat() if rec.started_at else None)
+    _kv(c, "ended", rec.ended_at.isoformat() if rec.ended_at else None)
+    _kv(c, "duration", f"{rec.duration_s:.2f} s" if rec.duration_s is not None else None)
+    if rec.started_at and rec.ended_at and rec.duration_s is None:
+        _kv(
+            c,
+            "duration",
+            "unknown: the end was recorded before the start (clock skew between "
+            "the node and the host that recorded the end)",
+        )
+    _kv(c, "exit code", rec.exit_code)
+    _kv(c, "state recorded by", rec.state_source)
+
+    if rec.metrics:
+        section("Metrics")
+        for k, v in rec.metrics.items():
+            _kv(c, k, v)
+    if rec.artifacts:
+        section("Artifacts")
+        for a in rec.artifacts:
+            c.print(
+                f"  [bold]{escape(a.name)}[/bold]: {escape(a.path)}  {a.digest}  ({a.size} bytes)"
+            )
+    if promoted:
+        section("Promoted")
+        for p in promoted:
+            _kv(
+                c,
+                p.ref,
+                f"artifact {p.artifact}, approved by {p.approved_by}, {p.promoted_at.isoformat()}",
+            )
+    if rec.result is not None:
+        section("Result")
+        _kv(c, "value", f"{rec.result.summary} ({rec.result.type}, {rec.result.format})")
+    if rec.failure is not None:
+        section("Failure")
+        f = rec.failure
+        _kv(c, "cause", f.cause.value)
+        _kv(c, "type", f.type)
+        _kv(c, "message", f.message)
+        _kv(c, "exit code", f.exit_code)
+        _kv(c, "signal", f.signal)
+        _kv(c, "by", f.by)
+        _kv(c, "recorded by", f.source)
+        if f.traceback:
+            c.print("  [bold]traceback[/bold]:")
+            c.print(escape(f.traceback.rstrip()), highlight=False)
+    if rec.annotations:
+        section("Annotations")
+        for a in rec.annotations:  # in the order they were written
+            blocks = f", blocks {a.blocks}" if a.blocks else ""
+            when = a.at.isoformat() if a.at else "?"
+            c.print(
+                f"  [bold]{escape(a.verdict)}[/bold]{escape(blocks)} by {escape(a.by)} at {when}"
+            )
+            c.print(f"    {escape(a.note)}")
+    if rec.warnings:
+        section("Warnings")
+        for w in rec.warnings:
+            c.print(f"  {escape(w)}")
