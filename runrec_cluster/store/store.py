@@ -65,6 +65,7 @@ class ReadProblem:
 
     path: str
     message: str
+    run_id: str = ""  # the run it belongs to, where one was being read (``Store.load_all``)
 
 
 class Store:
@@ -361,6 +362,34 @@ class Store:
                 f"run {run_id} has no readable record in {self.root}. See `runrec fsck`."
             )
         return fold(vs)
+
+    def load_all(self, problems: list[ReadProblem] | None = None) -> list[RunRecord]:
+        """Every run that folds into a record, read-only (no backend is asked anything), in run
+        id order. Unreadable files and runs whose versions do not fold are left out and
+        reported in ``problems`` (path, message); a run with any problem is also named in
+        ``problems`` so callers can avoid inferring a verdict from a partial history."""
+        out: list[RunRecord] = []
+        for run_id in self.run_ids():
+            probs: list[ReadProblem] = []
+            vs = self.versions(run_id, probs)
+            if problems is not None:
+                problems += [ReadProblem(p.path, p.message, run_id) for p in probs]
+            if not vs:
+                continue
+            try:
+                rec = fold(vs)
+            except Exception as exc:  # a version that decodes but does not fold
+                if problems is not None:
+                    problems.append(
+                        ReadProblem(
+                            layout.run_dir(self.root, run_id),
+                            f"run {run_id} does not fold into a record ({exc}); see `runrec fsck`",
+                            run_id,
+                        )
+                    )
+                continue
+            out.append(rec)
+        return out
 
     # -- run ids -----------------------------------------------------------------------------
 
