@@ -402,7 +402,7 @@ def realistic_versions(
     from runrec_cluster.capture import node as nodecap
     from runrec_cluster.capture import proc
     from runrec_cluster.capture.git import capture_code
-    from runrec_cluster.job.execute import _encode_result
+    from runrec_cluster.job.outcome import encode_result
     from runrec_cluster.record import Entrypoint, Execution, Resources, RunState, to_patch
     from runrec_cluster.store import layout
 
@@ -417,7 +417,7 @@ def realistic_versions(
     )
     end_node = msgspec.structs.replace(node, runtime=nodecap.runtime_libs())
     call_blob = store.put_blob(cloudpickle.dumps((add_one, (1,), {})))
-    result = _encode_result(store, {"loss": 0.123, "accuracy": 0.97})
+    result = encode_result(store, {"loss": 0.123, "accuracy": 0.97})
     ident = proc.identity()
     config_values: dict[str, Any] = {}
     for i in range(50):  # ~50 keys of the usual kinds

@@ -1,3 +1,5 @@
-from runrec_cluster.cli._common import main
+"""``python -m runrec_cluster``: the ``runrec`` command."""
+
+from runrec_cluster.cli import main
 
 main()

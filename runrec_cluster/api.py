@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from runrec_cluster.backends import JobSpec, get_backend
+import cloudpickle
+import msgspec
+
+from runrec_cluster.backends import Backend, JobSpec, forget_checks, get_backend
 from runrec_cluster.capture import config as cfg
 from runrec_cluster.capture.env import capture_env
 from runrec_cluster.capture.git import capture_code
+from runrec_cluster.capture.hardware import HardwareClass, load_hardware_class
 from runrec_cluster.capture.inputs import hash_input
 from runrec_cluster.capture.proc import current_user
 from runrec_cluster.capture.redact import check_printable, redact_argv, redact_value
@@ -29,6 +34,7 @@ from runrec_cluster.errors import (
     RunrecError,
     StoreError,
 )
+from runrec_cluster.job.outcome import find_rescue, rescue_message
 from runrec_cluster.record import (
     CONTEXT_KEY,
     CodeInfo,
@@ -136,8 +142,6 @@ class Executor:
             )
         hw = None
         if hardware is not None:  # a class name, or a HardwareClass already loaded (rerun)
-            from runrec_cluster.capture.hardware import HardwareClass, load_hardware_class
-
             hw = (
                 hardware
                 if isinstance(hardware, HardwareClass)
@@ -207,15 +211,13 @@ class Executor:
         # only the job reads, never in the record
         real = ep if ep.argv == list(argv) else None
         if real is None:
-            import cloudpickle
-
             blob = self.store.put_blob(cloudpickle.dumps(list(argv)))
             ep = Entrypoint(kind="command", argv=ep.argv, cwd=run_cwd, call_blob=blob)
         run_id = layout.new_id()
-        self._write_launch(
+        self.write_launch(
             run_id, ctx, ep, config, tags, name or os.path.basename(argv[0]), None, None
         )
-        return self._launch([JobSpec(run_id, "command", run_cwd, self.store.log_dir(run_id))])[0]
+        return self.launch([JobSpec(run_id, "command", run_cwd, self.store.log_dir(run_id))])[0]
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -234,11 +236,18 @@ class Executor:
             "host": socket.gethostname(),
         }
 
-    def _submit_functions(self, fn, calls, inputs, tags, name, *, sweep: bool):  # type: ignore[no-untyped-def]
+    def _submit_functions(
+        self,
+        fn: Callable[..., Any],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        inputs: Sequence[Any] | None,
+        tags: Mapping[str, str] | None,
+        name: str | None,
+        *,
+        sweep: bool,
+    ) -> list[RunHandle]:
         if not callable(fn):
             raise ConfigError(f"submit needs a callable, got {type(fn).__name__}: {fn!r}.")
-        import cloudpickle
-
         configs = [cfg.function_config(fn, a, k) for a, k in calls]  # refuse bad values first
         blobs = []
         for a, k in calls:
@@ -258,7 +267,7 @@ class Executor:
         for i, (conf, blob) in enumerate(zip(configs, blobs, strict=True)):
             run_id = layout.new_id()
             ep = Entrypoint(kind="function", function=fname, cwd=self.cwd, call_blob=blob)
-            self._write_launch(
+            self.write_launch(
                 run_id,
                 ctx,
                 ep,
@@ -277,11 +286,23 @@ class Executor:
                     sweep_index=i if sweep else None,
                 )
             )
-        return self._launch(specs)
+        return self.launch(specs)
 
-    def _write_launch(
-        self, run_id, ctx, ep, config, tags, name, sweep_id, sweep_index, extra=None
-    ) -> None:  # type: ignore[no-untyped-def]
+    def write_launch(
+        self,
+        run_id: str,
+        ctx: dict[str, Any],
+        ep: Entrypoint,
+        config: Any,
+        tags: Mapping[str, Any] | None,
+        name: str,
+        sweep_id: str | None,
+        sweep_index: int | None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Write run ``run_id``'s launch record (version "launch"), before anything runs.
+        ``ctx``: the captured context (code, env, inputs, user, host; see ``_context``);
+        ``extra``: more launch fields (a rerun's rerun_of / rerun_root / rerun)."""
         check_printable("run name", self.name or name)
         clean_tags = {}
         for k, v in (tags or {}).items():
@@ -353,7 +374,9 @@ class Executor:
         own[CONTEXT_KEY] = shared["digest"]
         return own
 
-    def _launch(self, specs: list[JobSpec]) -> list[RunHandle]:
+    def launch(self, specs: list[JobSpec]) -> list[RunHandle]:
+        """Launch runs whose launch records are written (``write_launch``) on the backend, and
+        append their scheduler ids; a launch that fails is recorded as failed and raised."""
         try:
             infos = self.backend.launch(specs)
         except RunrecError as exc:
@@ -369,6 +392,7 @@ class Executor:
                     spec.run_id, "dispatch", {"execution": {"scheduler": info}}, role="submitter"
                 )
         return [RunHandle(self.store, s.run_id, self.backend) for s in specs]
+
 
     def _record_launch_failure(self, specs: list[JobSpec], msg: str) -> None:
         for s in specs:
@@ -386,7 +410,7 @@ class Executor:
             )
 
 
-def backend_for(store: Store, rec: RunRecord) -> Any:
+def backend_for(store: Store, rec: RunRecord) -> Backend | None:
     """The backend object that can check or cancel a recorded run (None if unavailable)."""
     if rec.execution is None:
         return None
@@ -403,8 +427,6 @@ _warned: set[str] = set()
 def _warn_once(msg: str) -> None:
     if msg not in _warned:
         _warned.add(msg)
-        import sys
-
         print(f"warning: {msg}", file=sys.stderr)
 
 
@@ -416,12 +438,7 @@ def refresh(store: Store, rec: RunRecord, backend: Any = None) -> RunRecord:
 
 def forget_check_times() -> None:
     """Make the next check ask the schedulers now (``runrec reconcile``), not rate-limited."""
-    import sys
-
-    for name in ("runrec_cluster.backends.slurm", "runrec_cluster.backends.ray.backend"):
-        mod = sys.modules.get(name)
-        if mod is not None and hasattr(mod, "_last_check"):
-            mod._last_check.clear()
+    forget_checks()
 
 
 def refresh_many(
@@ -508,8 +525,6 @@ class RunHandle:
             try:
                 rec = self.record()
             except StoreError as exc:  # the store refused a write: did the job save its end?
-                from runrec_cluster.job.execute import find_rescue, rescue_message
-
                 where = find_rescue(self.store, self.run_id)
                 if where is None:
                     raise
@@ -553,12 +568,8 @@ class RunHandle:
             return None
         data = self.store.get_blob(rec.result.blob)
         if rec.result.format == "msgpack":
-            import msgspec
-
             return msgspec.msgpack.decode(data)
-        import cloudpickle  # the user's own explicit request for their result
-
-        return cloudpickle.loads(data)
+        return cloudpickle.loads(data)  # the user's own explicit request for their result
 
     def cancel(self) -> None:
         rec = self.store.load(self.run_id)

@@ -12,7 +12,9 @@
     │   └── JobTimeout          wait(timeout=...) ran out before the run ended
     ├── LineageError            a lineage target, artifact reference or retirement is refused
     ├── PromotionError          a promotion is refused, or a promoted copy is not intact
+    │   └── CriteriaSyntaxError promotion criteria that do not parse (also an ExpressionError)
     ├── RerunError              a rerun is refused: code not materializable, input changed, bad override
+    ├── CaptureError            a probe of the code failed (a git command); recorded, not raised
     └── JobFailed               the run itself failed; result() raises this
 
 Every message says what failed, with which input, and what to do next.
@@ -82,9 +84,28 @@ class PromotionError(RunrecError):
     or a promoted version that is missing or no longer intact."""
 
 
+class CriteriaSyntaxError(ExpressionError, PromotionError):
+    """Criteria that do not parse: a usage error like a bad ``--where`` (exit 2), and still a
+    ``PromotionError`` for callers of ``promote``. The message points at the bad token."""
+
+    EXAMPLE = "Write terms like `val_acc >= 0.9`, joined by and / or / not (see docs/promotion.md)."
+
+    def __init__(self, message: str, text: str, pos: int) -> None:
+        super().__init__(message, text, pos)
+        caret = f"\n  {text}\n  {' ' * pos}^"
+        self.args = (
+            f"cannot read the criteria: {message} (character {pos + 1}):{caret}\n{self.EXAMPLE}",
+        )
+
+
 class RerunError(RunrecError):
     """A rerun refused: the recorded code cannot be materialized (commit unreachable, patch does
     not apply), a recorded input changed, or an override names an unknown key or a bad value."""
+
+
+class CaptureError(RunrecError):
+    """Capturing the code failed (a git command exited non-zero). ``capture_code`` records it in
+    the run (``CodeInfo.error``) instead of raising it: a capture problem never stops a run."""
 
 
 class JobFailed(RunrecError):

@@ -1,4 +1,4 @@
-"""The query expression language of ``runrec ls --where``, ``runrec table`` and ``rr.query``.
+"""The one expression language: ``runrec ls --where``, ``rr.query`` and promotion criteria.
 
     config.lr > 0.01 and state == "failed"
     metrics.acc >= 0.9 or (cause in ["timeout", "out_of_memory"] and not code_dirty)
@@ -26,23 +26,51 @@ either). Keywords are case-insensitive (``True``, ``NULL``, ``None`` work too).
 
 Two evaluators share one parse: ``Expr.matches(row)`` on one dict (pure Python, used by
 ``runrec ls``) and ``Expr.mask(columns, n)`` on whole columns (numpy, used by the index).
+Promotion criteria (``lineage/criteria.py``) parse with the same tokenizer and parser in the
+``metric`` ``Dialect`` (every term a comparison, errors that say "metric") and evaluate the tree
+against a run's metrics with an explanation per failed term.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from runrec_cluster.errors import ConfigError, ExpressionError
 
 MAX_LEN = 4000
-MAX_DEPTH = 64
+MAX_DEPTH = 50  # levels of "(" and "not"
 _OPS = ("==", "!=", "<=", ">=", "<", ">")
+_ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+_FLIPPED = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}  # a < b is b > a
 _KEYWORDS = {"and", "or", "not", "in", "true", "false", "null", "none"}
 _NAME_START = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 _NAME_CHARS = _NAME_START | set("0123456789.-/:@")
+
+
+def _numpy() -> ModuleType:  # the one lazy import of this module
+    import numpy  # optional heavy dependency: numpy (runrec-cluster[query]), for Expr.mask only
+
+    return numpy
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the uses of the one language: the word for a name in messages
+    (``column`` for ``--where``, ``metric`` for criteria), whether every term must be a
+    comparison (criteria: ``val_acc`` alone is refused rather than read as ``== true``), and
+    the ``ExpressionError`` subclass raised for a syntax error."""
+
+    noun: str = "column"
+    comparisons_only: bool = False
+    error: type[ExpressionError] = ExpressionError
+
+
+WHERE = Dialect()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,95 +86,127 @@ class Token:
     text: str
 
 
-def tokenize(text: str) -> list[Token]:
-    """Tokens of ``text``, ending with an ``end`` token; ``ExpressionError`` at a bad character."""
-    if len(text) > MAX_LEN:
-        raise ExpressionError(f"expression longer than {MAX_LEN} characters", text[:60], 0)
-    out: list[Token] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c in " \t\r\n":
-            i += 1
-            continue
-        start = i
-        if c in "()[],":
-            out.append(Token(c, c, i, c))
-            i += 1
-        elif c in "=!<>":
-            two = text[i : i + 2]
-            if two in _OPS:
-                out.append(Token("op", two, i, two))
-                i += 2
-            elif c in "<>":
-                out.append(Token("op", c, i, c))
-                i += 1
+class _Tokenizer:
+    """One pass over the text; each ``read_*`` consumes one token starting at ``self.i``."""
+
+    def __init__(self, text: str, dialect: Dialect) -> None:
+        self.text, self.n, self.i = text, len(text), 0
+        self.d = dialect
+        self.out: list[Token] = []
+
+    def fail(self, message: str, pos: int) -> ExpressionError:
+        return self.d.error(message, self.text, pos)
+
+    def run(self) -> list[Token]:
+        text = self.text
+        while self.i < self.n:
+            c = text[self.i]
+            if c in " \t\r\n":
+                self.i += 1
+            elif c in "()[],":
+                self.out.append(Token(c, c, self.i, c))
+                self.i += 1
+            elif c in "=!<>":
+                self.read_op(c)
+            elif c in "\"'":
+                self.read_string(c)
+            elif c == "`":
+                self.read_backquoted()
+            elif c.isdigit() or (
+                c in "+-."
+                and self.i + 1 < self.n
+                and (text[self.i + 1].isdigit() or text[self.i + 1] == ".")
+            ):
+                self.read_number()
+            elif c in _NAME_START:
+                self.read_word()
             else:
-                hint = "use == to compare" if c == "=" else "use != for 'not equal'"
-                raise ExpressionError(f"unknown operator {c!r} ({hint})", text, i)
-        elif c in "\"'":
-            i += 1
-            buf = []
-            while True:
-                if i >= n:
-                    raise ExpressionError("string not closed", text, start)
-                ch = text[i]
-                if ch == "\\" and i + 1 < n:
-                    nxt = text[i + 1]
-                    buf.append({"n": "\n", "t": "\t"}.get(nxt, nxt))
-                    i += 2
-                    continue
-                if ch == c:
-                    i += 1
-                    break
-                buf.append(ch)
-                i += 1
-            out.append(Token("str", "".join(buf), start, text[start:i]))
-        elif c == "`":
-            end = text.find("`", i + 1)
-            if end < 0:
-                raise ExpressionError("backquoted column name not closed", text, start)
-            name = text[i + 1 : end]
-            if not name:
-                raise ExpressionError("empty column name", text, start)
-            i = end + 1
-            out.append(Token("name", name, start, text[start:i]))
-        elif c.isdigit() or (
-            c in "+-." and i + 1 < n and (text[i + 1].isdigit() or text[i + 1] == ".")
-        ):
-            j = i + 1
-            while j < n and (text[j].isalnum() or text[j] in ".+-_"):
-                if text[j] in "+-" and text[j - 1] not in "eE":
-                    break
-                j += 1
-            raw = text[i:j]
-            try:
-                val: Any = int(raw.replace("_", ""))
-            except ValueError:
-                try:
-                    val = float(raw.replace("_", ""))
-                except ValueError:
-                    raise ExpressionError(f"{raw!r} is not a number", text, i) from None
-            out.append(Token("num", val, i, raw))
-            i = j
-        elif c in _NAME_START:
-            j = i + 1
-            while j < n and text[j] in _NAME_CHARS:
-                j += 1
-            word = text[i:j]
-            if word.lower() in _KEYWORDS and "." not in word:
-                out.append(Token("kw", word.lower(), i, word))
-            else:
-                if word.endswith("."):
-                    raise ExpressionError(f"column name {word!r} ends with '.'", text, j - 1)
-                out.append(Token("name", word, i, word))
-            i = j
+                hint = f"quote strings, backquote odd {self.d.noun} names"
+                raise self.fail(f"unexpected character {c!r} ({hint})", self.i)
+        self.out.append(Token("end", None, self.n, ""))
+        return self.out
+
+    def read_op(self, c: str) -> None:
+        two = self.text[self.i : self.i + 2]
+        if two in _OPS:
+            self.out.append(Token("op", two, self.i, two))
+            self.i += 2
+        elif c in "<>":
+            self.out.append(Token("op", c, self.i, c))
+            self.i += 1
         else:
-            raise ExpressionError(
-                f"unexpected character {c!r} (quote strings, backquote odd column names)", text, i
-            )
-    out.append(Token("end", None, n, ""))
-    return out
+            hint = "use == to compare" if c == "=" else "use != for 'not equal'"
+            raise self.fail(f"unknown operator {c!r} ({hint})", self.i)
+
+    def read_string(self, quote: str) -> None:
+        text, start = self.text, self.i
+        i = start + 1
+        buf = []
+        while True:
+            if i >= self.n:
+                raise self.fail("string not closed", start)
+            ch = text[i]
+            if ch == "\\" and i + 1 < self.n:
+                buf.append({"n": "\n", "t": "\t"}.get(text[i + 1], text[i + 1]))
+                i += 2
+                continue
+            i += 1
+            if ch == quote:
+                break
+            buf.append(ch)
+        self.out.append(Token("str", "".join(buf), start, text[start:i]))
+        self.i = i
+
+    def read_backquoted(self) -> None:
+        start = self.i
+        end = self.text.find("`", start + 1)
+        if end < 0:
+            raise self.fail(f"backquoted {self.d.noun} name not closed", start)
+        name = self.text[start + 1 : end]
+        if not name:
+            raise self.fail(f"empty {self.d.noun} name", start)
+        self.i = end + 1
+        self.out.append(Token("name", name, start, self.text[start : self.i]))
+
+    def read_number(self) -> None:
+        text, i = self.text, self.i
+        j = i + 1
+        while j < self.n and (text[j].isalnum() or text[j] in ".+-_"):
+            if text[j] in "+-" and text[j - 1] not in "eE":
+                break
+            j += 1
+        raw = text[i:j]
+        try:
+            val: Any = int(raw.replace("_", ""))
+        except ValueError:
+            try:
+                val = float(raw.replace("_", ""))
+            except ValueError:
+                raise self.fail(f"{raw!r} is not a number", i) from None
+        self.out.append(Token("num", val, i, raw))
+        self.i = j
+
+    def read_word(self) -> None:
+        text, i = self.text, self.i
+        j = i + 1
+        while j < self.n and text[j] in _NAME_CHARS:
+            j += 1
+        word = text[i:j]
+        if word.lower() in _KEYWORDS and "." not in word:
+            self.out.append(Token("kw", word.lower(), i, word))
+        else:
+            if word.endswith("."):
+                raise self.fail(f"{self.d.noun} name {word!r} ends with '.'", j - 1)
+            self.out.append(Token("name", word, i, word))
+        self.i = j
+
+
+def tokenize(text: str, dialect: Dialect = WHERE) -> list[Token]:
+    """Tokens of ``text``, ending with an ``end`` token; ``ExpressionError`` (the dialect's) at a
+    bad character."""
+    if len(text) > MAX_LEN:
+        raise dialect.error(f"expression longer than {MAX_LEN} characters", text[:60], 0)
+    return _Tokenizer(text, dialect).run()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,10 +225,11 @@ class Lit:
 
 
 @dataclass(frozen=True)
-class Cmp:
+class Compare:
     op: str  # one of _OPS, "in", "not in"
     left: Any
     right: Any  # a node, or a tuple of literal values for "in"
+    text: str = field(default="", compare=False)  # as written, for explanations (criteria)
 
 
 @dataclass(frozen=True)
@@ -182,10 +243,14 @@ class Not:
     item: Any
 
 
+_COMPARISON_HINT = "expected a comparison (== != < <= > >= in)"
+
+
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, dialect: Dialect) -> None:
         self.text = text
-        self.toks = tokenize(text)
+        self.d = dialect
+        self.toks = tokenize(text, dialect)
         self.i = 0
         self.depth = 0
 
@@ -193,26 +258,43 @@ class _Parser:
     def tok(self) -> Token:
         return self.toks[self.i]
 
+    def fail(self, message: str, pos: int) -> ExpressionError:
+        return self.d.error(message, self.text, pos)
+
     def err(self, what: str, tok: Token | None = None) -> ExpressionError:
         t = tok or self.tok
         found = "the end of the expression" if t.kind == "end" else repr(t.text)
-        return ExpressionError(f"{what}, found {found}", self.text, t.pos)
+        return self.fail(f"{what}, found {found}", t.pos)
 
     def kw(self, word: str) -> bool:
         return self.tok.kind == "kw" and self.tok.value == word
 
+    def deeper(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.fail(
+                f"nested too deeply: more than {MAX_DEPTH} levels of '(' and 'not'; write the "
+                "too deeply nested part flatter",
+                self.tok.pos,
+            )
+
+    def source(self, start: Token) -> str:
+        """The text from ``start`` to the end of the last token read."""
+        last = self.toks[self.i - 1]
+        return self.text[start.pos : last.pos + len(last.text)]
+
     def parse(self) -> Any:
         if self.tok.kind == "end":
-            raise ExpressionError("the expression is empty", self.text, 0)
+            raise self.fail("the expression is empty", 0)
         node = self.expr()
         if self.tok.kind != "end":
-            raise self.err("expected 'and', 'or' or the end")
+            raise self.fail(
+                f"unexpected {self.tok.text!r}: expected 'and', 'or' or the end", self.tok.pos
+            )
         return node
 
     def expr(self) -> Any:
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise self.err("expression nested too deeply")
+        self.deeper()
         items = [self.and_expr()]
         while self.kw("or"):
             self.i += 1
@@ -230,9 +312,7 @@ class _Parser:
     def not_expr(self) -> Any:
         if self.kw("not"):
             self.i += 1
-            self.depth += 1
-            if self.depth > MAX_DEPTH:
-                raise self.err("expression nested too deeply")
+            self.deeper()
             node = Not(self.not_expr())
             self.depth -= 1
             return node
@@ -247,28 +327,40 @@ class _Parser:
             right = self.operand()
             if self.tok.kind == "op":
                 raise self.err("chained comparisons are not supported; join two with 'and'")
-            if isinstance(left, Lit) and isinstance(right, Lit):
-                raise self.err("a comparison needs a column on one side", start)
-            return Cmp(t.value, left, right)
-        negate = False
-        if (
-            self.kw("not")
-            and self.toks[self.i + 1].kind == "kw"
-            and self.toks[self.i + 1].value == "in"
-        ):
-            negate = True
+            self.check_sides(left, right, start)
+            return Compare(t.value, left, right, self.source(start))
+        after = self.toks[self.i + 1] if self.kw("not") else None
+        negate = after is not None and after.kind == "kw" and after.value == "in"
+        if negate:
             self.i += 1
         if self.kw("in"):
             self.i += 1
             values = self.list_literal()
-            if isinstance(left, Lit):
-                raise self.err("'in' needs a column on its left", start)
-            return Cmp("not in" if negate else "in", left, values)
+            if not isinstance(left, Col) and (isinstance(left, Lit) or self.d.comparisons_only):
+                raise self.err(f"'in' needs a {self.d.noun} on its left", start)
+            return Compare("not in" if negate else "in", left, values, self.source(start))
         if isinstance(left, Lit):
-            if left.value is True or left.value is False:
+            if not self.d.comparisons_only and (left.value is True or left.value is False):
                 return left
-            raise self.err("expected a comparison (== != < <= > >= in) after a value", t)
-        return left  # a column alone, or a parenthesized expression
+            raise self.err(f"{_COMPARISON_HINT} after a value", t)
+        if isinstance(left, Col) and self.d.comparisons_only:
+            raise self.err(f"{_COMPARISON_HINT} after {left.name!r}", t)
+        return left  # a column alone (``== true``), or a parenthesized expression
+
+    def check_sides(self, left: Any, right: Any, start: Token) -> None:
+        noun = self.d.noun
+        if isinstance(left, Lit) and isinstance(right, Lit):
+            raise self.fail(
+                f"{self.source(start)!r} compares two constants: a comparison needs a {noun} on "
+                "one side",
+                start.pos,
+            )
+        if self.d.comparisons_only and not all(isinstance(x, Col | Lit) for x in (left, right)):
+            raise self.fail(
+                f"{self.source(start)!r}: a comparison compares a {noun} with a value or another "
+                f"{noun}, not a parenthesized expression",
+                start.pos,
+            )
 
     def operand(self) -> Any:
         t = self.tok
@@ -276,7 +368,7 @@ class _Parser:
             self.i += 1
             node = self.expr()
             if self.tok.kind != ")":
-                raise self.err("expected ')'")
+                raise self.err("missing ')': expected ')'")
             self.i += 1
             return node
         if t.kind == "name":
@@ -288,7 +380,7 @@ class _Parser:
         if t.kind == "kw" and t.value in ("true", "false", "null", "none"):
             self.i += 1
             return Lit({"true": True, "false": False}.get(t.value))
-        raise self.err("expected a column name or a value")
+        raise self.err(f"expected a {self.d.noun} name or a value")
 
     def list_literal(self) -> tuple[Any, ...]:
         t = self.tok
@@ -310,11 +402,17 @@ class _Parser:
         return tuple(values)
 
 
+def parse_tree(text: str, dialect: Dialect = WHERE) -> Any:
+    """The syntax tree of ``text`` (``Col``, ``Lit``, ``Compare``, ``BoolOp``, ``Not`` nodes);
+    the dialect's ``ExpressionError`` pointing at the bad token."""
+    return _Parser(text, dialect).parse()
+
+
 def _columns(node: Any, out: list[str]) -> None:
     if isinstance(node, Col):
         if node.name not in out:
             out.append(node.name)
-    elif isinstance(node, Cmp):
+    elif isinstance(node, Compare):
         _columns(node.left, out)
         if not isinstance(node.right, tuple):
             _columns(node.right, out)
@@ -355,16 +453,11 @@ def compare(op: str, a: Any, b: Any) -> bool:
         return False
     if not ((_num(a) and _num(b)) or (isinstance(a, str) and isinstance(b, str))):
         return False
-    if op == "<":
-        return a < b
-    if op == "<=":
-        return a <= b
-    if op == ">":
-        return a > b
-    return a >= b
+    return bool(_ORDER[op](a, b))
 
 
-def _in(a: Any, values: tuple[Any, ...]) -> bool:
+def is_in(a: Any, values: tuple[Any, ...]) -> bool:
+    """``a in [values]`` under the language's ``==``."""
     return any(compare("==", a, v) for v in values)
 
 
@@ -373,7 +466,7 @@ class Expr:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.root = _Parser(text).parse()
+        self.root = parse_tree(text)
         cols: list[str] = []
         _columns(self.root, cols)
         self.columns: tuple[str, ...] = tuple(cols)
@@ -398,9 +491,9 @@ class Expr:
         if isinstance(node, Not):
             return not self._truth(node.item, row)
         if node.op == "in":
-            return _in(self._row(node.left, row), node.right)
+            return is_in(self._row(node.left, row), node.right)
         if node.op == "not in":
-            return not _in(self._row(node.left, row), node.right)
+            return not is_in(self._row(node.left, row), node.right)
         return compare(node.op, self._row(node.left, row), self._row(node.right, row))
 
     def _truth(self, node: Any, row: Mapping[str, Any]) -> bool:
@@ -412,14 +505,12 @@ class Expr:
     def mask(self, get: Callable[[str], Sequence[Any]], n: int) -> Any:
         """A numpy bool array of length ``n``: which rows match. ``get(name)`` returns a
         column as a numpy array (float64 with NaN for missing numbers, or object)."""
-        import numpy as np
-
+        np = _numpy()
         # a literal alone (``true``) evaluates to one bool: one per row
         return np.broadcast_to(np.asarray(self._cols(self.root, get, n), dtype=bool), (n,)).copy()
 
     def _cols(self, node: Any, get: Callable[[str], Any], n: int) -> Any:
-        import numpy as np
-
+        np = _numpy()
         if isinstance(node, Col | Lit):
             v = self._vals(node, get, n)
             return v is True if not isinstance(v, np.ndarray) else _is_true(v)
@@ -448,8 +539,7 @@ class Expr:
 
 
 def _is_true(arr: Any) -> Any:
-    import numpy as np
-
+    np = _numpy()
     if arr.dtype == bool:
         return arr
     if arr.dtype == object:
@@ -459,8 +549,7 @@ def _is_true(arr: Any) -> Any:
 
 def _cmp_arrays(op: str, a: Any, b: Any, n: int) -> Any:
     """Vectorized ``compare``: numpy for numbers, element by element otherwise."""
-    import numpy as np
-
+    np = _numpy()
     a_arr, b_arr = isinstance(a, np.ndarray), isinstance(b, np.ndarray)
     if (a_arr and _wide_int(b)) or (b_arr and _wide_int(a)):
         # an integer float64 cannot hold exactly (or at all: 1e400 as digits): compare the
@@ -479,14 +568,8 @@ def _cmp_arrays(op: str, a: Any, b: Any, n: int) -> Any:
                 out = (a == b) | (na & nb)
                 if op == "!=":
                     out = ~out
-            elif op == "<":
-                out = a < b
-            elif op == "<=":
-                out = a <= b
-            elif op == ">":
-                out = a > b
             else:
-                out = a >= b
+                out = _ORDER[op](a, b)
         return np.broadcast_to(np.asarray(out, dtype=bool), (n,))
     if a_arr and not b_arr and a.dtype.kind in "iuf" and _null(b) and op in ("==", "!="):
         out = np.isnan(a) if a.dtype.kind == "f" else np.zeros(n, dtype=bool)
@@ -507,7 +590,7 @@ def _wide_int(v: Any) -> bool:
 
 
 def _flip(op: str) -> str:
-    return {"<": ">", ">": "<", "<=": ">=", ">=": "<="}.get(op, op)
+    return _FLIPPED.get(op, op)
 
 
 def parse(text: str) -> Expr:

@@ -14,10 +14,13 @@ schema still decodes (unknown fields are ignored) and is shown with a warning.
 from __future__ import annotations
 
 import enum
+import signal
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
+
+from runrec_cluster.errors import CorruptRecord
 
 SCHEMA_VERSION = 2  # 2: a launch version may name a shared context blob (CONTEXT_KEY)
 
@@ -531,8 +534,6 @@ def fold(versions: list[RecordVersion]) -> RunRecord:
     except (TypeError, ValueError, AttributeError, RecursionError) as exc:
         # a version that decodes but holds values of the wrong shape (msgspec's
         # ValidationError is a ValueError): the documented error, naming the run
-        from runrec_cluster.errors import CorruptRecord
-
         raise CorruptRecord(
             f"run {versions[0].run_id}: its versions do not fold into a record ({exc}); a "
             "record file holds values of the wrong type. Run `runrec fsck`."
@@ -563,8 +564,6 @@ def end_patch(
 
 def signal_failure(signum: int, what: str, *, source: str) -> Failure:
     """``what`` ("the command", "the job process") was killed by signal ``signum``."""
-    import signal
-
     try:
         name = signal.Signals(signum).name
     except ValueError:

@@ -21,14 +21,12 @@ from typing import Any
 
 from runrec_cluster.backends.base import Backend, JobSpec
 from runrec_cluster.capture import proc
-from runrec_cluster.capture.proc import current_user
 from runrec_cluster.errors import BackendError
 from runrec_cluster.record import (
     Failure,
     FailureCause,
     Process,
     RunRecord,
-    RunState,
     end_patch,
     signal_failure,
     to_patch,
@@ -80,13 +78,20 @@ class LocalBackend(Backend):
         sup = _builtins(ident) if ident else {"pid": p.pid}
         return [{"supervisor": sup} for _ in jobs]
 
-    def check(self, rec: RunRecord) -> dict[str, Any] | None:
-        if rec.state.is_terminal() or rec.execution is None:
-            return None
+    def ask(self, recs: list[RunRecord]) -> dict[str, dict[str, Any]]:
+        """Runs whose job process (or, before it started, supervisor) is gone: killed."""
+        out = {}
+        for r in recs:
+            patch = self._gone(r)
+            if patch:
+                out[r.run_id] = patch
+        return out
+
+    def _gone(self, rec: RunRecord) -> dict[str, Any] | None:
         who: Process | None = rec.process
         what = "job process"
         if who is None:
-            sup = rec.execution.scheduler.get("supervisor")
+            sup = (rec.execution.scheduler if rec.execution else {}).get("supervisor")
             if not isinstance(sup, dict) or "start_ticks" not in sup:
                 return None
             who = Process(**sup)
@@ -107,35 +112,16 @@ class LocalBackend(Backend):
         return end_patch(failure, source="inferred")
 
     def cancel(self, rec: RunRecord) -> None:
-        targets = []
-        if rec.process is not None:
-            targets.append(rec.process)
-        if not targets:
+        if rec.process is None:
             raise BackendError(
                 f"run {rec.run_id} has not started; nothing to cancel yet. Try again in a moment."
             )
-        for p in targets:
-            if proc.is_alive(p):
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except OSError:
-                    os.kill(p.pid, signal.SIGTERM)
-        self.store.write_version(
-            rec.run_id,
-            "cancel",
-            end_patch(
-                Failure(
-                    cause=FailureCause.CANCELLED,
-                    type="Cancelled",
-                    message="cancelled by request",
-                    by=current_user(),
-                    source="backend",
-                ),
-                source="backend",
-                state=RunState.CANCELLED,
-            ),
-            role="backend",
-        )
+        if proc.is_alive(rec.process):
+            try:
+                os.killpg(rec.process.pid, signal.SIGTERM)
+            except OSError:
+                os.kill(rec.process.pid, signal.SIGTERM)
+        self.record_cancel(rec)
 
 
 def _builtins(p: Process) -> dict[str, Any]:

@@ -15,23 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pwd
 import shutil
 import subprocess
-import time
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any
 
 from runrec_cluster.backends.base import Backend, JobSpec
+from runrec_cluster.backends.slurm_states import verdict
 from runrec_cluster.errors import BackendError, ConfigError
-from runrec_cluster.record import (
-    Failure,
-    FailureCause,
-    RunRecord,
-    RunState,
-    needs_verdict,
-    to_patch,
-)
+from runrec_cluster.job.execute import execute
+from runrec_cluster.record import RunRecord, needs_verdict
 
 SLURM_OPTIONS = {
     "slurm_partition": "partition",
@@ -52,36 +46,20 @@ SLURM_OPTIONS = {
     "slurm_extra": None,  # extra sbatch flags: {"flag": value} or ["--flag=value", ...]
 }
 
-# Every sacct state mapped to (our state, cause); None means "not terminal: leave it alone".
-# Unknown states map to UNKNOWN: never guess.
-SACCT_STATES: dict[str, tuple[RunState, FailureCause | None] | None] = {
-    "PENDING": None,
-    "RUNNING": None,
-    "REQUEUED": None,
-    "REQUEUE_FED": None,
-    "REQUEUE_HOLD": None,
-    "RESIZING": None,
-    "SUSPENDED": None,
-    "CONFIGURING": None,
-    "COMPLETING": None,
-    "SIGNALING": None,
-    "STAGE_OUT": None,
-    "STOPPED": None,
-    "COMPLETED": (RunState.SUCCEEDED, None),
-    "FAILED": (RunState.FAILED, FailureCause.EXIT_CODE),
-    "OUT_OF_MEMORY": (RunState.FAILED, FailureCause.OUT_OF_MEMORY),
-    "TIMEOUT": (RunState.FAILED, FailureCause.TIMEOUT),
-    "DEADLINE": (RunState.FAILED, FailureCause.TIMEOUT),
-    "CANCELLED": (RunState.CANCELLED, FailureCause.CANCELLED),
-    "NODE_FAIL": (RunState.FAILED, FailureCause.NODE_FAILURE),
-    "PREEMPTED": (RunState.FAILED, FailureCause.PREEMPTED),
-    "BOOT_FAIL": (RunState.FAILED, FailureCause.INFRASTRUCTURE),
-    "REVOKED": (RunState.CANCELLED, FailureCause.CANCELLED),
-    "SPECIAL_EXIT": (RunState.FAILED, FailureCause.EXIT_CODE),
-}
+HARDWARE_KEYS = ("partition", "constraint", "gres", "account", "qos", "exclude", "nodelist")
+KILLED_AGE_S = 3600  # a run ended KILLED longer ago than this: the scheduler has said all it will
 
-_CHECK_INTERVAL_S = 3.0  # at most one sacct call per job per this many seconds in one process
-_last_check: dict[str, tuple[float, Any]] = {}
+
+def submitit_module() -> ModuleType:
+    """submitit, imported on first use of the Slurm backend."""
+    try:
+        import submitit  # optional heavy dependency: submitit, only when Slurm is used
+    except ImportError as exc:
+        raise ConfigError(
+            "backend 'slurm' needs submitit, which is not importable here "
+            f"({exc}). Install it: pip install submitit"
+        ) from exc
+    return submitit
 
 
 def _run(cmd: list[str], timeout: float = 60) -> str:
@@ -110,8 +88,6 @@ class SlurmEntry:
         self.run_id = run_id
 
     def __call__(self) -> Any:
-        from runrec_cluster.job.execute import execute
-
         env = os.environ
         rank = int(env.get("SLURM_PROCID", "0") or 0)
         node_name = env.get("SLURMD_NODENAME", "")
@@ -134,7 +110,7 @@ class SlurmEntry:
             scheduler=sched if rank == 0 else None,
             rank=rank,
             attempt=attempt,
-            enforce_timeout=False,
+            enforce_timeout=not SlurmBackend.enforces_timeout,
             features=features,
             node_name=node_name,
         )
@@ -142,9 +118,7 @@ class SlurmEntry:
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """On preemption or time limit with signal_delay_s > 0, submitit requeues the same
         callable: the run keeps its id, the attempt counter goes up."""
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(self)
+        return submitit_module().helpers.DelayedSubmission(self)
 
 
 def _job_id_from_env() -> str | None:
@@ -178,6 +152,8 @@ class SlurmBackend(Backend):
     option_prefix = "slurm_"
     known_options = frozenset(SLURM_OPTIONS)
     enforces_timeout = True
+    check_interval_s = 3.0  # at most one sacct call per run per 3 s in one process
+    asks_after_kill = True  # a bare KILLED may get its cause (out of memory, time limit) from sacct
 
     def _params(self) -> dict[str, Any]:
         r = self.resources
@@ -196,17 +172,10 @@ class SlurmBackend(Backend):
         hw = self.hardware
         if hw is not None:
             for k, v in hw.slurm.items():
-                if k not in (
-                    "partition",
-                    "constraint",
-                    "gres",
-                    "account",
-                    "qos",
-                    "exclude",
-                    "nodelist",
-                ):
+                if k not in HARDWARE_KEYS:
                     raise ConfigError(
-                        f"hardware class {hw.name!r}: unknown slurm key {k!r} (use partition, constraint, gres, account, qos, exclude, nodelist)."
+                        f"hardware class {hw.name!r}: unknown slurm key {k!r} "
+                        f"(use {', '.join(HARDWARE_KEYS)})."
                     )
                 p[k] = v
         extra: dict[str, Any] = {}
@@ -228,10 +197,7 @@ class SlurmBackend(Backend):
         return p
 
     def _executor(self, folder: str, name: str) -> Any:
-        try:
-            import submitit
-        except ImportError as exc:
-            raise ConfigError("backend 'slurm' needs submitit: pip install submitit") from exc
+        submitit = submitit_module()
         if not shutil.which("sbatch"):
             raise BackendError(
                 "sbatch not found on PATH: run on a Slurm login node (or bring the local cluster up with slurm/up)."
@@ -321,38 +287,27 @@ class SlurmBackend(Backend):
             rows.setdefault(base, []).append(row)
         return rows
 
-    def check(self, rec: RunRecord) -> dict[str, Any] | None:
-        return self.check_many([rec]).get(rec.run_id)
+    def wants_verdict(self, rec: RunRecord) -> bool:
+        jid = rec.execution.scheduler.get("job_id") if rec.execution else None
+        if not jid or not needs_verdict(rec):
+            return False
+        # an old bare KILLED: the scheduler has said all it will
+        return not (
+            rec.state.is_terminal()
+            and rec.ended_at
+            and (datetime.now(UTC) - rec.ended_at).total_seconds() > KILLED_AGE_S
+        )
 
-    def check_many(self, recs: list[RunRecord]) -> dict[str, dict[str, Any]]:
-        now = time.monotonic()
-        todo = {}
-        for r in recs:
-            jid = r.execution.scheduler.get("job_id") if r.execution else None
-            if not jid or not needs_verdict(r):
-                continue
-            if (
-                r.state.is_terminal()
-                and r.ended_at
-                and (datetime.now(UTC) - r.ended_at).total_seconds() > 3600
-            ):
-                continue  # an old bare KILLED: the scheduler has said all it will
-            last = _last_check.get(r.run_id)
-            if last and now - last[0] < _CHECK_INTERVAL_S:
-                continue
-            todo[r.run_id] = (r, str(jid))
-        if not todo:
-            return {}
-        rows = self.sacct([j for _, j in todo.values()])
+    def ask(self, recs: list[RunRecord]) -> dict[str, dict[str, Any]]:
+        """One sacct call for all of them; each run's verdict from its job's rows."""
+        jobs = {r.run_id: str(r.execution.scheduler["job_id"]) for r in recs if r.execution}
+        rows = self.sacct(list(jobs.values()))
         out = {}
-        for run_id, (r, jid) in todo.items():
-            _last_check[run_id] = (now, None)
-            job_rows = rows.get(jid)
-            if not job_rows:
-                continue
-            patch = verdict(r, job_rows)
+        for r in recs:
+            job_rows = rows.get(jobs.get(r.run_id, ""))
+            patch = verdict(r, job_rows) if job_rows else None
             if patch:
-                out[run_id] = patch
+                out[r.run_id] = patch
         return out
 
     def cancel(self, rec: RunRecord) -> None:
@@ -360,6 +315,7 @@ class SlurmBackend(Backend):
         if not jid:
             raise BackendError(f"run {rec.run_id} has no Slurm job id yet; try again in a moment.")
         _run(["scancel", str(jid)])
+        self.record_cancel(rec, f"scancel {jid}")
 
     def describe_pending(self, rec: RunRecord) -> str:
         jid = rec.execution.scheduler.get("job_id") if rec.execution else None
@@ -370,104 +326,3 @@ class SlurmBackend(Backend):
         except BackendError:
             return f"Slurm job {jid}"
         return f"Slurm job {jid} is {out or 'no longer in the queue'}"
-
-
-def _uid_name(uid: str) -> str:
-    try:
-        return pwd.getpwuid(int(uid)).pw_name
-    except (KeyError, ValueError):
-        return uid
-
-
-def verdict(rec: RunRecord, rows: list[dict[str, str]]) -> dict[str, Any] | None:
-    """A patch for a run whose Slurm job ended without the job finishing its record."""
-    main = next((r for r in rows if "." not in r["JobID"]), None)
-    if main is None:
-        return None
-    state_words = main["State"].split()
-    state = state_words[0].rstrip("+") if state_words else ""
-    steps = [r for r in rows if "." in r["JobID"]]
-    if state not in SACCT_STATES:
-        if rec.state == RunState.UNKNOWN:
-            return None
-        return to_patch(state=RunState.UNKNOWN, state_source="scheduler") | {
-            "warnings": [
-                f"Slurm reports state {main['State']!r}, which runrec does not know; left as unknown"
-            ]
-        }
-    mapped = SACCT_STATES[state]
-    if mapped is None:
-        return None
-    if (
-        not main["End"]
-        or main["End"] == "Unknown"
-        or any(
-            SACCT_STATES.get(s["State"].split()[0].rstrip("+") if s["State"] else "", ()) is None
-            for s in steps
-        )
-    ):
-        return None  # still settling: poll again
-    our_state, cause = mapped
-    if rec.state.is_terminal() and cause not in (
-        FailureCause.OUT_OF_MEMORY,
-        FailureCause.TIMEOUT,
-        FailureCause.NODE_FAILURE,
-        FailureCause.PREEMPTED,
-        FailureCause.CANCELLED,
-    ):
-        if not any(s["State"].startswith("OUT_OF_MEMORY") for s in steps):
-            return None  # the job's own KILLED stands: the scheduler knows no more
-    exit_code = sig = None
-    ec = main["ExitCode"]
-    if ":" in ec:
-        a, b = ec.split(":", 1)
-        exit_code, sig = int(a or 0), int(b or 0)
-    by = None
-    if state == "CANCELLED" and len(state_words) >= 3 and state_words[1] == "by":
-        by = _uid_name(state_words[2])
-    # under submitit the function runs in step .0: an out-of-memory kill shows only there
-    oom_step = next((s for s in steps if s["State"].startswith("OUT_OF_MEMORY")), None)
-    if oom_step is not None:
-        our_state, cause = RunState.FAILED, FailureCause.OUT_OF_MEMORY
-    if our_state == RunState.SUCCEEDED:
-        if rec.state.is_terminal():
-            return None
-        # the job ended well but never wrote its end: say so rather than invent success
-        our_state, cause = RunState.FAILED, FailureCause.INFRASTRUCTURE
-        msg = "Slurm says COMPLETED, but the job did not finish its record (lost write or killed wrapper)"
-    else:
-        where = (
-            f" on {main['NodeList']}"
-            if main["NodeList"] and main["NodeList"] != "None assigned"
-            else ""
-        )
-        msg = f"Slurm job {main['JobID']} ended {main['State']}{where}"
-        if oom_step is not None:
-            msg += f"; step {oom_step['JobID']} {oom_step['State']}"
-        if exit_code or sig:
-            msg += f" (exit code {exit_code}, signal {sig})"
-    failure = Failure(
-        cause=cause or FailureCause.UNKNOWN,
-        type=state,
-        message=msg,
-        exit_code=exit_code,
-        signal=sig or None,
-        by=by,
-        source="scheduler",
-    )
-    ended = _parse_time(main["End"])
-    patch = to_patch(
-        state=our_state,
-        state_source="scheduler",
-        failure=failure,
-        ended_at=ended or datetime.now(UTC),
-    )
-    patch["execution"] = {"scheduler": {"sacct_state": main["State"], "nodelist": main["NodeList"]}}
-    return patch
-
-
-def _parse_time(s: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(s).astimezone(UTC)
-    except ValueError:
-        return None

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from runrec_cluster.capture.redact import redact_value
+from runrec_cluster.capture.redact import active_rules, redact_value
 from runrec_cluster.errors import ConfigError
 from runrec_cluster.record import ConfigEntry
 
@@ -58,8 +58,6 @@ def plain(key: str, value: Any, rules: Any = None) -> Any:
 
 
 def entries(values: Mapping[str, Any], source: str) -> dict[str, ConfigEntry]:
-    from runrec_cluster.capture.redact import active_rules
-
     rules = active_rules()  # once for all the values
     out = {}
     for k, v in values.items():

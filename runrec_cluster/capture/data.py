@@ -14,12 +14,14 @@ enough to re-check a dataset whose files did not change.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import blake3
 import msgspec
 
 from runrec_cluster.errors import DatasetError
@@ -44,8 +46,6 @@ def algo_of(digest: str) -> str:
 def _hasher(algo: str, size: int = 0) -> Any:
     if algo == "sha256":
         return hashlib.sha256()
-    import blake3
-
     # threads only pay off on big inputs
     return blake3.blake3(max_threads=blake3.blake3.AUTO if size > BIG_CHUNK // 4 else 1)
 
@@ -105,8 +105,6 @@ def hash_file(
                 progress(len(data))
             return f"{algo}:{h.hexdigest()}"
         if algo == "blake3":  # map the file: no copy, and BLAKE3 hashes it on every core
-            import mmap
-
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
                 view = memoryview(m)
                 try:
@@ -148,6 +146,28 @@ def _walk(root: str) -> list[tuple[str, os.stat_result]]:
     return out
 
 
+def _split_cached(
+    entries: list[tuple[str, os.stat_result]], old: dict[str, CacheEntry], algo: str
+) -> tuple[dict[str, str], dict[str, CacheEntry], list[tuple[str, os.stat_result]]]:
+    """(the digests the cache still vouches for, the cache entries kept, the files to hash): a
+    cached digest holds while the file's size, mtime and inode are unchanged."""
+    new_cache: dict[str, CacheEntry] = {}
+    todo: list[tuple[str, os.stat_result]] = []
+    digests: dict[str, str] = {}
+    for rel, st in entries:
+        c = old.get(rel)
+        if (
+            c is not None
+            and (c.size, c.mtime_ns, c.ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+            and c.digest.startswith(algo + ":")
+        ):
+            digests[rel] = c.digest
+            new_cache[rel] = c
+        else:
+            todo.append((rel, st))
+    return digests, new_cache, todo
+
+
 def hash_path(
     path: str,
     *,
@@ -176,20 +196,7 @@ def hash_path(
         except OSError as exc:
             raise DatasetError(f"cannot stat dataset {full}: {exc.strerror}.") from exc
     old = cache.files if (cache is not None and cache.root == full) else {}
-    new_cache: dict[str, CacheEntry] = {}
-    todo: list[tuple[str, os.stat_result]] = []
-    digests: dict[str, str] = {}
-    for rel, st in entries:
-        c = old.get(rel)
-        if (
-            c is not None
-            and (c.size, c.mtime_ns, c.ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
-            and c.digest.startswith(algo + ":")
-        ):
-            digests[rel] = c.digest
-            new_cache[rel] = c
-        else:
-            todo.append((rel, st))
+    digests, new_cache, todo = _split_cached(entries, old, algo)
     total = sum(st.st_size for _, st in todo)
     done = 0
 

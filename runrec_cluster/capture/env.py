@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import site
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -91,8 +92,6 @@ def _search_path() -> list[str]:
     ``site-packages/ray/thirdparty_files`` on ``sys.path`` when imported): their contents are
     part of that package, not installed distributions, and would show up as drift between a
     process that imported ray and one that did not."""
-    import site
-
     roots = [os.path.abspath(p) for p in site.getsitepackages()]
     try:
         roots.append(os.path.abspath(site.getusersitepackages()))

@@ -11,18 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from runrec_cluster.capture.redact import strip_url_credentials
+from runrec_cluster.errors import CaptureError
 from runrec_cluster.record import CodeInfo, Submodule, UntrackedFile
+
+if TYPE_CHECKING:
+    import git
 
 UNTRACKED_TEXT_CAP = 1024 * 1024  # bytes per untracked file whose content is recorded
 UNTRACKED_LIST_CAP = 10_000  # untracked files listed at most
 
 
 def capture_code(path: str, put_blob: Callable[[bytes], str] | None = None) -> CodeInfo:
+    """The code at ``path`` (its repository); ``put_blob`` stores the uncommitted change."""
     try:
-        import git  # GitPython
+        import git  # lazy: GitPython runs `git version` on import, failing on nodes without git
     except ImportError as exc:  # pragma: no cover - a core dependency
         return CodeInfo(is_repo=False, error=f"GitPython not importable: {exc}")
     try:
@@ -41,7 +48,7 @@ def capture_code(path: str, put_blob: Callable[[bytes], str] | None = None) -> C
         repo.close()
 
 
-def _capture(repo, put_blob) -> CodeInfo:  # type: ignore[no-untyped-def]
+def _capture(repo: git.Repo, put_blob: Callable[[bytes], str] | None) -> CodeInfo:
     root = repo.working_tree_dir
     if root is None:
         return CodeInfo(is_repo=True, error="bare repository: no working tree")
@@ -65,9 +72,44 @@ def _capture(repo, put_blob) -> CodeInfo:  # type: ignore[no-untyped-def]
     if commit is not None:
         tracked = _git_bytes(repo, ["diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"])
     untracked_names = repo.untracked_files
+    untracked, new_files = _untracked(root, untracked_names[:UNTRACKED_LIST_CAP])
+    patch_parts = [tracked, *new_files]
+    patch = b"".join(p if p.endswith(b"\n") or not p else p + b"\n" for p in patch_parts)
+    dirty = bool(tracked) or bool(untracked_names)
+    if commit is None:
+        dirty = bool(untracked_names) or bool(g.status("--porcelain"))
+    patch_blob = put_blob(patch) if (patch and put_blob is not None) else None
+
+    submodules = _submodules(repo)
+    warnings = None
+    if len(untracked_names) > UNTRACKED_LIST_CAP:
+        warnings = (
+            f"{len(untracked_names)} untracked files; only the first {UNTRACKED_LIST_CAP} listed"
+        )
+    return CodeInfo(
+        is_repo=True,
+        root=root,
+        remote_url=remote_url,
+        branch=branch,
+        detached=detached,
+        commit=commit,
+        dirty=dirty,
+        untracked=untracked,
+        patch_blob=patch_blob,
+        patch_size=len(patch),
+        submodules=submodules,
+        error=warnings,
+    )
+
+
+def _untracked(
+    root: str | os.PathLike[str], names: list[str]
+) -> tuple[list[UntrackedFile], list[bytes]]:
+    """The untracked files listed, and the new-file diffs of those whose content is recorded
+    (text under ``UNTRACKED_TEXT_CAP``)."""
     untracked: list[UntrackedFile] = []
-    patch_parts = [tracked]
-    for rel in untracked_names[:UNTRACKED_LIST_CAP]:
+    diffs: list[bytes] = []
+    for rel in names:
         full = os.path.join(root, rel)
         try:
             st = os.lstat(full)
@@ -90,16 +132,14 @@ def _capture(repo, put_blob) -> CodeInfo:  # type: ignore[no-untyped-def]
                 UntrackedFile(path=rel, size=st.st_size, digest=_sha(data), reason="binary")
             )
         else:
-            patch_parts.append(_new_file_diff(rel, data, st.st_mode))
+            diffs.append(_new_file_diff(rel, data, st.st_mode))
             untracked.append(
                 UntrackedFile(path=rel, size=st.st_size, digest=_sha(data), included=True)
             )
-    patch = b"".join(p if p.endswith(b"\n") or not p else p + b"\n" for p in patch_parts)
-    dirty = bool(tracked) or bool(untracked_names)
-    if commit is None:
-        dirty = bool(untracked_names) or bool(g.status("--porcelain"))
-    patch_blob = put_blob(patch) if (patch and put_blob is not None) else None
+    return untracked, diffs
 
+
+def _submodules(repo: git.Repo) -> list[Submodule]:
     submodules = []
     try:
         for sm in repo.submodules:
@@ -109,35 +149,15 @@ def _capture(repo, put_blob) -> CodeInfo:  # type: ignore[no-untyped-def]
                 submodules.append(Submodule(path=sm.path, commit=sm.hexsha))
     except Exception:
         pass
-    warnings = None
-    if len(untracked_names) > UNTRACKED_LIST_CAP:
-        warnings = (
-            f"{len(untracked_names)} untracked files; only the first {UNTRACKED_LIST_CAP} listed"
-        )
-    return CodeInfo(
-        is_repo=True,
-        root=root,
-        remote_url=remote_url,
-        branch=branch,
-        detached=detached,
-        commit=commit,
-        dirty=dirty,
-        untracked=untracked,
-        patch_blob=patch_blob,
-        patch_size=len(patch),
-        submodules=submodules,
-        error=warnings,
-    )
+    return submodules
 
 
-def _git_bytes(repo, args: list[str]) -> bytes:  # type: ignore[no-untyped-def]
-    import subprocess
-
+def _git_bytes(repo: git.Repo, args: list[str]) -> bytes:
     proc = subprocess.run(
         ["git", *args], cwd=repo.working_tree_dir, capture_output=True, check=False
     )
     if proc.returncode != 0:
-        raise RuntimeError(
+        raise CaptureError(
             f"git {' '.join(args)} exited {proc.returncode}: {proc.stderr.decode(errors='replace').strip()}"
         )
     return proc.stdout

@@ -1,13 +1,18 @@
-"""TODO-DOC"""
+"""A run's inputs: datasets hashed through the store's hash cache (``hash_input``), and
+artifacts of other runs or promoted versions (``Artifact("RUN:name")``, ``Artifact("NAME@v3")``)
+parsed (``parse_artifact_ref``) and resolved to the producing run's recorded digest, checked
+against the file as it is now (``resolve_artifact_input``).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from runrec_cluster.capture.data import Dataset, DatasetCache, hash_path
+from runrec_cluster.capture.data import Dataset, DatasetCache, algo_of, hash_path
 from runrec_cluster.capture.redact import check_printable
 from runrec_cluster.errors import (
     AmbiguousRunId,
@@ -18,17 +23,20 @@ from runrec_cluster.errors import (
 )
 from runrec_cluster.record import InputRef
 from runrec_cluster.store import Store, codec, fs, layout
-from runrec_cluster.store import layout as ll
+from runrec_cluster.store.promoted import copy_path, find_promotion
 
 
 def hash_input(
-    store: Store, dataset: Any, *, added_by: str = "submit", progress=None, algo: str | None = None
-) -> InputRef:  # type: ignore[no-untyped-def]
+    store: Store,
+    dataset: Any,
+    *,
+    added_by: str = "submit",
+    progress: Any = None,
+    algo: str | None = None,
+) -> InputRef:
     """Hash a dataset using (and refreshing) the store's hash cache; resolve an artifact.
     ``algo``: to re-check a recorded digest, its algorithm (default: ``DEFAULT_ALGO``)."""
     if isinstance(dataset, Artifact):
-        from runrec_cluster.capture.inputs import resolve_artifact_input
-
         return resolve_artifact_input(store, dataset.ref, added_by=added_by, progress=progress)
     if not isinstance(dataset, Dataset):
         if isinstance(dataset, (str, os.PathLike)):
@@ -37,8 +45,6 @@ def hash_input(
             raise ConfigError(
                 f"inputs must be rr.Dataset(...), rr.Artifact('RUN:name') or paths, got {type(dataset).__name__}: {dataset!r}."
             )
-    import hashlib
-
     check_printable("dataset version", dataset.version)
     full = os.path.abspath(dataset.path)
     key = hashlib.sha256(full.encode()).hexdigest()
@@ -105,10 +111,10 @@ def parse_artifact_ref(ref: object) -> ParsedRef:
         return ParsedRef(run=run.lower(), name=_check_artifact_name(name, text))
     if "@" in text:
         pname, _, ver = text.partition("@")
-        ll.check_promoted_name(pname, LineageError)
+        layout.check_promoted_name(pname, LineageError)
         if ver == "latest":
             return ParsedRef(promoted=pname)
-        m = ll.VERSION_DIR_RE.match(ver)
+        m = layout.VERSION_DIR_RE.match(ver)
         if not m:
             raise LineageError(f"{text!r}: {ver!r} is not a version; write NAME@v3 or NAME@latest.")
         return ParsedRef(promoted=pname, version=int(m.group(1)))
@@ -124,10 +130,6 @@ def resolve_artifact_input(
     """The input an ``rr.Artifact`` stands for: the producing run's recorded digest, checked
     against the file as it is now (refused if the run, the artifact or the file is gone, or the
     file changed since)."""
-    from runrec_cluster.capture.data import Dataset, algo_of
-    from runrec_cluster.capture.inputs import hash_input
-    from runrec_cluster.store.promoted import copy_path, find_promotion
-
     p = parse_artifact_ref(ref)
     label = f"rr.Artifact({ref!r})"
     if p.promoted is not None:

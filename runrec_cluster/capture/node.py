@@ -15,6 +15,14 @@ from typing import Any
 
 from runrec_cluster.record import GPUInfo, NodeInfo, RuntimeLibs
 
+try:
+    import pynvml  # nvidia-ml-py, a dependency
+
+    NVML_IMPORT_ERROR = ""
+except ImportError as exc:  # a broken install is recorded in gpu_status, never an error
+    pynvml = None
+    NVML_IMPORT_ERROR = str(exc)
+
 
 def cpu_model() -> str:
     try:
@@ -41,10 +49,9 @@ def memory_total_mb() -> int:
 def gpu_info(nvml: Any = None) -> dict[str, Any]:
     """GPUs through NVML. ``nvml`` is the ``pynvml`` module (injectable for unit tests)."""
     if nvml is None:
-        try:
-            import pynvml as nvml  # nvidia-ml-py
-        except ImportError as exc:
-            return {"gpu_status": f"nvidia-ml-py not importable ({exc})"}
+        if pynvml is None:
+            return {"gpu_status": f"nvidia-ml-py not importable ({NVML_IMPORT_ERROR})"}
+        nvml = pynvml
     try:
         nvml.nvmlInit()
     except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...

@@ -1,8 +1,8 @@
 """``runrec fsck [--repair] [--min-age SECONDS] [--json]``.
 
-Registered on the ``cli`` group of ``cli.py`` when that module imports this one. A thin layer
-over ``fsck.py``. Exit 0: no problems (leftover temporary files and notes do not count); 1:
-problems found, or remaining after ``--repair``, or the store cannot be read; 2: usage.
+A thin layer over ``runrec_cluster.fsck``. Exit 0: no problems (leftover temporary files and
+notes do not count); 1: problems found, or remaining after ``--repair``, or the store cannot be
+read; 2: usage.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import sys
 
 import click
 
-from runrec_cluster.cli._common import _open_store, _store_opt, cli
+from runrec_cluster.cli._common import cli, open_store, store_option
+from runrec_cluster.fsck.check import HINTS, FsckReport, check, repair
 
 
 def _age(s: float | None) -> str:
@@ -40,9 +41,10 @@ def _plural(n: int, word: str) -> str:
 
 
 @cli.command("fsck")
-@_store_opt
+@store_option
 @click.option(
     "--repair",
+    "do_repair",
     is_flag=True,
     help="Move damaged files (and leftovers older than --min-age) to STORE/quarantine/, record "
     "every loss in its run, rebuild the query index, then check again. Nothing is deleted.",
@@ -60,17 +62,15 @@ def _plural(n: int, word: str) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (docs/fsck.md).")
 @click.pass_context
-def fsck_cmd(ctx, store_path, repair, min_age, as_json):  # type: ignore[no-untyped-def]
+def fsck_cmd(ctx, store_path, do_repair, min_age, as_json):  # type: ignore[no-untyped-def]
     """Check the store: record versions decode, histories are complete, blobs match their
     hashes, references resolve. Exit 0 when clean (leftover temporary files are named but do
     not fail), 1 when problems are found or remain after --repair."""
-    from runrec_cluster.fsck import check as fsck
-
     given = ctx.get_parameter_source("min_age") != click.core.ParameterSource.DEFAULT
-    if given and not repair:
+    if given and not do_repair:
         raise click.UsageError("--min-age goes with --repair.")
-    store = _open_store(store_path)
-    report = fsck.repair(store, min_age_s=min_age) if repair else fsck.check(store)
+    store = open_store(store_path)
+    report = repair(store, min_age_s=min_age) if do_repair else check(store)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -78,7 +78,7 @@ def fsck_cmd(ctx, store_path, repair, min_age, as_json):  # type: ignore[no-unty
     sys.exit(report.exit_code)
 
 
-def _print(report) -> None:  # type: ignore[no-untyped-def]
+def _print(report: FsckReport) -> None:
     c = report.counts
     echo = click.echo
     echo(f"runrec fsck {report.store}")
@@ -132,6 +132,4 @@ def _print(report) -> None:  # type: ignore[no-untyped-def]
 
 
 def fsck_hint(kind: str) -> str:
-    from runrec_cluster.fsck.check import HINTS
-
     return HINTS.get(kind, "")

@@ -1,8 +1,7 @@
 """``runrec init``: create a store, or show and change its permission settings.
 
-Registered on the ``cli`` group of ``cli.py`` when that module imports this one. A store is
-created by its first run anyway; ``init`` is for choosing who may read and add to it
-(``store/perms.py``), once, before a lab starts sharing it:
+A store is created by its first run anyway; ``init`` is for choosing who may read and add to
+it (``store/policy.py``), once, before a lab starts sharing it:
 
     runrec init /nfs/lab/runrec --mode group --group lab
 
@@ -12,14 +11,15 @@ chosen once by whoever sets it up, and must not depend on which member happens t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
 
 import click
 
 from runrec_cluster.cli._common import STORE_HELP, cli
-
-if TYPE_CHECKING:
-    from runrec_cluster.store.admin import FixReport
+from runrec_cluster.errors import ConfigError, StoreError
+from runrec_cluster.store import Store, admin, layout
+from runrec_cluster.store import policy as perms
+from runrec_cluster.store.admin import FixReport
 
 _SHOW = 5  # entries named when some could not be fixed
 
@@ -52,12 +52,6 @@ def init_cmd(store_arg, store_path, mode, group, fix):  # type: ignore[no-untype
     Without options, shows the settings of an existing store. Changing them also fixes the
     files and directories you own; other members run `runrec init STORE --fix` for theirs.
     """
-    import os
-
-    from runrec_cluster.errors import ConfigError, StoreError
-    from runrec_cluster.store import Store, admin, layout
-    from runrec_cluster.store import policy as perms
-
     if store_arg and store_path and os.path.abspath(store_arg) != os.path.abspath(store_path):
         raise click.UsageError(f"two stores given: {store_arg} and --store {store_path}.")
     store = Store(store_arg or store_path)

@@ -1,8 +1,7 @@
 """``runrec lineage / annotate / promote / promoted / verify / retire / retirements``.
 
-Registered on the ``cli`` group of ``cli.py`` when that module imports this one. A thin layer
-over ``lineage.py``, ``annotate.py``, ``promote.py`` and ``retire.py``; errors are RunrecErrors
-(one line, exit 1), usage mistakes are click's (exit 2).
+A thin layer over ``runrec_cluster.lineage`` (graph, annotate, promote, retire, trust); errors
+are RunrecErrors (one line, exit 1), usage mistakes are click's (exit 2).
 """
 
 from __future__ import annotations
@@ -13,18 +12,29 @@ import sys
 from typing import Any
 
 import click
+from rich.table import Table
+from rich.tree import Tree
 
 from runrec_cluster.cli._common import (
-    _console,
-    _esc,
-    _fmt_time,
-    _open_store,
-    _store_opt,
-    _warn,
     cli,
+    console,
+    esc,
+    fmt_time,
+    open_store,
+    store_option,
+    warn,
 )
-
-_FLAG_STYLE = {"RETIRED": "bold red", "SUSPECT": "bold yellow"}
+from runrec_cluster.cli._table import FLAG_STYLE, flag_markup
+from runrec_cluster.lineage.annotate import annotate
+from runrec_cluster.lineage.graph import build_graph
+from runrec_cluster.lineage.promote import promote, verify
+from runrec_cluster.lineage.records import list_retirements, load_records
+from runrec_cluster.lineage.refs import promoted_node
+from runrec_cluster.lineage.retire import retire
+from runrec_cluster.lineage.trust import Trust, trust_for
+from runrec_cluster.lineage.walk import lineage
+from runrec_cluster.store.codec import to_json_builtins
+from runrec_cluster.store.promoted import list_promotions, parse_ref
 
 
 def _digest(d: str | None) -> str:
@@ -37,23 +47,23 @@ def _digest(d: str | None) -> str:
 def _node_text(graph: Any, nid: str, trust: Any) -> str:
     n = graph.nodes.get(nid)
     if n is None:
-        return _esc(nid)
+        return esc(nid)
     if n.kind == "run":
         rec = n.record
         state = rec.state.value + (f", {rec.failure.cause.value}" if rec.failure else "")
-        text = f"[bold]run[/bold] {rec.run_id[:12]} {_esc(rec.name)} ({_esc(state)})"
+        text = f"[bold]run[/bold] {rec.run_id[:12]} {esc(rec.name)} ({esc(state)})"
     elif n.kind == "dataset":
         versions = n.info.get("versions")
-        text = f"[bold]dataset[/bold] {_esc(' | '.join(n.paths))}  {_digest(n.digest)}"
+        text = f"[bold]dataset[/bold] {esc(' | '.join(n.paths))}  {_digest(n.digest)}"
         if versions:
-            text += f"  (version {_esc(', '.join(versions))})"
+            text += f"  (version {esc(', '.join(versions))})"
     elif n.kind == "artifact":
-        text = f"[bold]artifact[/bold] {_esc(n.label)}  {_digest(n.digest)}"
+        text = f"[bold]artifact[/bold] {esc(n.label)}  {_digest(n.digest)}"
     else:
         by = n.promotion.approved_by if n.promotion is not None else ""
-        text = f"[bold]promoted[/bold] {_esc(n.label)}  {_digest(n.digest)}"
+        text = f"[bold]promoted[/bold] {esc(n.label)}  {_digest(n.digest)}"
         if by:
-            text += f"  (approved by {_esc(by)})"
+            text += f"  (approved by {esc(by)})"
     if trust is not None:
         flags = trust.of(nid)
         if flags:
@@ -61,7 +71,7 @@ def _node_text(graph: Any, nid: str, trust: Any) -> str:
             ids = sorted({f.retirement.id for f in flags})
             state = f" {flags[0].retirement.state}" if mark == "RETIRED" else ""
             text += (
-                f"  [{_FLAG_STYLE[mark]}]{mark}{state}[/{_FLAG_STYLE[mark]}]"
+                f"  [{FLAG_STYLE[mark]}]{mark}{state}[/{FLAG_STYLE[mark]}]"
                 f" [dim](retirement {', '.join(ids)})[/dim]"
             )
     return text
@@ -74,9 +84,9 @@ def _legend(c: Any, trust: Any, nodes: set[str]) -> None:
     seen = {f.retirement.id: f.retirement for n in nodes for f in trust.of(n)}
     for r in sorted(seen.values(), key=lambda r: r.id):
         c.print(
-            f"[bold]retirement {r.id}[/bold]: {_esc(r.target_label)} [bold red]{r.state}[/bold red] "
-            f"by {_esc(r.by)} at {_fmt_time(r.at)}: {_esc(r.reason)}"
-            + (f" (superseded by {_esc(r.superseded_by)})" if r.superseded_by else "")
+            f"[bold]retirement {r.id}[/bold]: {esc(r.target_label)} [bold red]{r.state}[/bold red] "
+            f"by {esc(r.by)} at {fmt_time(r.at)}: {esc(r.reason)}"
+            + (f" (superseded by {esc(r.superseded_by)})" if r.superseded_by else "")
         )
 
 
@@ -94,21 +104,17 @@ def _add(tree_obj: Any, graph: Any, t: dict[str, Any], trust: Any) -> None:
 
 
 def _graph_and_trust(store: Any) -> tuple[Any, Any]:
-    from runrec_cluster.lineage.graph import build_graph
-    from runrec_cluster.lineage.records import list_retirements, load_records
-    from runrec_cluster.lineage.trust import Trust
-
     problems: list[str] = []
     records = load_records(store, problems)
     rets = list_retirements(store, problems)
     for p in problems:
-        _warn(p)
+        warn(p)
     graph = build_graph(store, records)
     return graph, (Trust(graph, rets) if rets else None)
 
 
 @cli.command("lineage")
-@_store_opt
+@store_option
 @click.argument("target")
 @click.option("--down", "direction", flag_value="down", help="Only what was made from TARGET.")
 @click.option("--up", "direction", flag_value="up", help="Only what TARGET was made from.")
@@ -120,69 +126,33 @@ def lineage_cmd(store_path, target, direction, depth, as_json):  # type: ignore[
     TARGET: a run id or unique prefix; a dataset path or content hash (blake3:... or sha256:...); an
     artifact RUN:name; a promoted version NAME@vN. Retired and suspect nodes are marked.
     """
-    from rich.tree import Tree
-
-    from runrec_cluster.lineage.graph import resolve_target, tree
-
-    store = _open_store(store_path)
-    graph, trust = _graph_and_trust(store)
-    starts = resolve_target(store, graph, target)
-    directions = [direction] if direction else ["up", "down"]
-    trees = {d: [tree(graph, s, d, depth, trust) for s in starts] for d in directions}
+    problems: list[str] = []
+    try:
+        found = lineage(
+            open_store(store_path), target, direction=direction, depth=depth, problems=problems
+        )
+    finally:
+        for p in problems:
+            warn(p)
     if as_json:
-        seen: set[str] = set()
-
-        def collect(t: dict[str, Any]) -> None:
-            seen.add(t["node"])
-            for c in t["children"]:
-                collect(c)
-
-        for ts in trees.values():
-            for t in ts:
-                collect(t)
-        nodes = {}
-        for nid in sorted(seen):
-            n = graph.nodes[nid].to_json()
-            if trust is not None and trust.of(nid):
-                n["flags"] = [f.to_json() for f in trust.of(nid)]
-            nodes[nid] = n
-        doc = {
-            "store": store.root,
-            "target": target,
-            "resolved": starts,
-            "depth": depth,
-            "nodes": nodes,
-            "edges": [
-                {"from": a, "to": b, "kind": k}
-                for (a, b), k in graph.edges.items()
-                if a in seen and b in seen
-            ],
-            **trees,
-        }
-        click.echo(json.dumps(doc, indent=1, default=str))
+        click.echo(json.dumps(found.to_json(), indent=1, default=str))
         return
-    c = _console()
-    shown: set[str] = set()
-
-    def collect_shown(t: dict[str, Any]) -> None:
-        shown.add(t["node"])
-        for ch in t["children"]:
-            collect_shown(ch)
-
-    for d in directions:
-        for t in trees[d]:
-            collect_shown(t)
+    graph, trust = found.graph, found.trust
+    c = console()
+    for d, ts in found.trees.items():
+        for t in ts:
             title = "made from (upstream)" if d == "up" else "made into (downstream)"
             root = Tree(f"[dim]{title} of[/dim] " + _node_text(graph, t["node"], trust))
             _add(root, graph, t, trust)
             if not t["children"]:
                 root.add("[dim](nothing recorded)[/dim]")
             c.print(root)
+    shown = found.node_ids()
     _legend(c, trust, shown)
 
 
 @cli.command("annotate")
-@_store_opt
+@store_option
 @click.argument("run")
 @click.option(
     "--verdict",
@@ -204,19 +174,17 @@ def lineage_cmd(store_path, target, direction, depth, as_json):  # type: ignore[
 @click.option("--by", "by", default=None, help="Who concluded it (default: you).")
 def annotate_cmd(store_path, run, verdict, blocks, note, by):  # type: ignore[no-untyped-def]
     """Add a verdict to RUN, as a new version of its record (nothing is rewritten)."""
-    from runrec_cluster.lineage.annotate import annotate
-
-    store = _open_store(store_path)
+    store = open_store(store_path)
     rid, a = annotate(store, run, verdict=verdict, note=note, blocks=blocks, by=by)
     blocks_txt = f", blocks {a.blocks}" if a.blocks else ""
-    c = _console()
-    c.print(f"annotated run {rid}: [bold]{a.verdict}[/bold]{blocks_txt} (by {_esc(a.by)})")
-    c.print(f"  note: {_esc(a.note)}")
+    c = console()
+    c.print(f"annotated run {rid}: [bold]{a.verdict}[/bold]{blocks_txt} (by {esc(a.by)})")
+    c.print(f"  note: {esc(a.note)}")
     c.print(f"  runrec show {rid[:12]}    runrec ls --negative    runrec history {rid[:12]}")
 
 
 @cli.command("promote")
-@_store_opt
+@store_option
 @click.argument("run")
 @click.argument("artifact")
 @click.option(
@@ -234,37 +202,29 @@ def annotate_cmd(store_path, run, verdict, blocks, note, by):  # type: ignore[no
 def promote_cmd(store_path, run, artifact, to, criteria, approved_by):  # type: ignore[no-untyped-def]
     """Promote ARTIFACT of RUN to STORE/promoted/NAME/vN (read-only), after checking the run
     (succeeded, not retired or suspect), the criteria and the artifact's hash."""
-    from runrec_cluster.lineage.promote import promote
-
-    store = _open_store(store_path)
+    store = open_store(store_path)
     p = promote(store, run, artifact, to=to, criteria=criteria, approved_by=approved_by)
-    c = _console()
+    c = console()
     copy = os.path.join(store.root, "promoted", p.name, f"v{p.version}", p.files)
-    c.print(f"promoted artifact {_esc(p.artifact)} of run {p.run_id} as [bold]{p.ref}[/bold]")
-    c.print(f"  copy: {_esc(copy)} (read-only)")
+    c.print(f"promoted artifact {esc(p.artifact)} of run {p.run_id} as [bold]{p.ref}[/bold]")
+    c.print(f"  copy: {esc(copy)} (read-only)")
     c.print(f"  digest: {p.digest}")
     if p.criteria:
         vals = ", ".join(f"{k} = {v}" for k, v in p.values.items())
-        c.print(f"  criteria: {_esc(p.criteria)}  ({_esc(vals)})")
-    c.print(f"  approved by: {_esc(p.approved_by)}")
+        c.print(f"  criteria: {esc(p.criteria)}  ({esc(vals)})")
+    c.print(f"  approved by: {esc(p.approved_by)}")
     c.print(f"  runrec verify {p.ref}    runrec promoted    runrec lineage {p.ref} --up")
 
 
 @cli.command("promoted")
-@_store_opt
+@store_option
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, for tools.")
 def promoted_cmd(store_path, name, as_json):  # type: ignore[no-untyped-def]
     """List promoted versions (of NAME, or all)."""
-    from rich.table import Table
-
-    from runrec_cluster.store.codec import to_json_builtins
-    from runrec_cluster.store.promoted import list_promotions
-
-    store = _open_store(store_path)
+    store = open_store(store_path)
     entries = list_promotions(store, name)
     graph, trust = _graph_and_trust(store) if entries else (None, None)
-    from runrec_cluster.lineage.refs import promoted_node
 
     def mark(e: Any) -> str:
         return trust.marker(promoted_node(e.name, e.version)) if trust is not None else ""
@@ -280,9 +240,9 @@ def promoted_cmd(store_path, name, as_json):  # type: ignore[no-untyped-def]
             out.append(row)
         click.echo(json.dumps(out, indent=1))
         return
-    c = _console()
+    c = console()
     if not entries:
-        c.print("nothing promoted." if name is None else f"nothing promoted as {_esc(name)}.")
+        c.print("nothing promoted." if name is None else f"nothing promoted as {esc(name)}.")
         return
     flagged = any(mark(e) for e in entries) or any(e.promotion is None for e in entries)
     t = Table(box=None, pad_edge=False, header_style="bold")
@@ -292,56 +252,48 @@ def promoted_cmd(store_path, name, as_json):  # type: ignore[no-untyped-def]
     for e in entries:
         p = e.promotion
         if p is None:
-            row = [e.ref, "-", "-", "-", "-", "-", _esc(e.problem or "")]
+            row = [e.ref, "-", "-", "-", "-", "-", esc(e.problem or "")]
             t.add_row(*row, "[red]INCOMPLETE[/red]")
             continue
         m = mark(e)
         row = [
             p.ref,
             p.run_id[:12],
-            _esc(p.artifact),
+            esc(p.artifact),
             _digest(p.digest),
-            _esc(p.approved_by),
-            _fmt_time(p.promoted_at),
-            _esc(p.criteria or "-"),
+            esc(p.approved_by),
+            fmt_time(p.promoted_at),
+            esc(p.criteria or "-"),
         ]
-        t.add_row(
-            *row, *([f"[{_FLAG_STYLE[m]}]{m}[/{_FLAG_STYLE[m]}]" if m else ""] if flagged else [])
-        )
+        t.add_row(*row, *([flag_markup(m)] if flagged else []))
     c.print(t)
 
 
 @cli.command("verify")
-@_store_opt
+@store_option
 @click.argument("ref", metavar="NAME[@vN]")
 def verify_cmd(store_path, ref):  # type: ignore[no-untyped-def]
     """Re-hash promoted copies (every version of NAME, or NAME@vN); exit 1 unless all are intact."""
-    from runrec_cluster.lineage.promote import verify
-    from runrec_cluster.store.promoted import parse_ref
-
-    store = _open_store(store_path)
+    store = open_store(store_path)
     name, version = parse_ref(ref)
     checks = verify(store, name, version)
-    from runrec_cluster.lineage.refs import promoted_node
-    from runrec_cluster.lineage.trust import trust_for
-
     trust = trust_for(store)
-    c = _console()
+    c = console()
     for ch in checks:
         if ch.intact:
             c.print(f"{ch.ref}: [green]intact[/green] ({ch.expected})")
         else:
-            c.print(f"{ch.ref}: [bold red]NOT INTACT[/bold red]: {_esc(ch.message)}")
+            c.print(f"{ch.ref}: [bold red]NOT INTACT[/bold red]: {esc(ch.message)}")
         n, _, v = ch.ref.partition("@v")
         flags = trust.of(promoted_node(n, int(v))) if trust is not None else []
         if flags:  # the bytes are intact; what they were made from is not trusted
-            c.print(f"  [bold yellow]{_esc(flags[0].describe())}[/bold yellow]")
+            c.print(f"  [bold yellow]{esc(flags[0].describe())}[/bold yellow]")
     if not all(ch.intact for ch in checks):
         sys.exit(1)
 
 
 @cli.command("retire")
-@_store_opt
+@store_option
 @click.argument("target")
 @click.option(
     "--state",
@@ -360,13 +312,9 @@ def retire_cmd(store_path, target, state, reason, superseded_by, as_json):  # ty
     """Retire TARGET (dataset path or hash, run, artifact RUN:name, promoted NAME@vN): write a
     retirement record and list everything downstream, which shows as SUSPECT from now on.
     Nothing is deleted or rewritten."""
-    from runrec_cluster.lineage.graph import build_graph
-    from runrec_cluster.lineage.retire import retire
-    from runrec_cluster.store.codec import to_json_builtins
-
     if superseded_by is not None and state != "superseded":
         raise click.UsageError("--superseded-by goes with --state superseded.")
-    store = _open_store(store_path)
+    store = open_store(store_path)
     r, downstream = retire(store, target, state=state, reason=reason, superseded_by=superseded_by)
     graph = build_graph(store)
     if as_json:
@@ -374,13 +322,13 @@ def retire_cmd(store_path, target, state, reason, superseded_by, as_json):  # ty
         doc["downstream_nodes"] = [graph.nodes[n].to_json() for n in downstream if n in graph.nodes]
         click.echo(json.dumps(doc, indent=1))
         return
-    c = _console()
+    c = console()
     c.print(
-        f"retired {_node_text(graph, r.target, None)}  [bold red]{r.state}[/bold red]: {_esc(r.reason)}"
+        f"retired {_node_text(graph, r.target, None)}  [bold red]{r.state}[/bold red]: {esc(r.reason)}"
     )
     if r.superseded_by:
         c.print(f"  superseded by {_node_text(graph, r.superseded_by, None)}")
-    c.print(f"  retirement {r.id} by {_esc(r.by)} at {_fmt_time(r.at)}")
+    c.print(f"  retirement {r.id} by {esc(r.by)} at {fmt_time(r.at)}")
     groups: dict[str, list[str]] = {"run": [], "artifact": [], "promoted": [], "dataset": []}
     for n in downstream:
         if n in graph.nodes:
@@ -405,28 +353,23 @@ def retire_cmd(store_path, target, state, reason, superseded_by, as_json):  # ty
             c.print(f"  {titles[kind]}:")
             for n in ids:
                 c.print(f"    {_node_text(graph, n, None)}")
-    c.print(f"  runrec lineage {_esc(target)} --down    runrec ls")
+    c.print(f"  runrec lineage {esc(target)} --down    runrec ls")
 
 
 @cli.command("retirements")
-@_store_opt
+@store_option
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, for tools.")
 def retirements_cmd(store_path, as_json):  # type: ignore[no-untyped-def]
     """List retirement records, oldest first."""
-    from rich.table import Table
-
-    from runrec_cluster.lineage.records import list_retirements
-    from runrec_cluster.store.codec import to_json_builtins
-
-    store = _open_store(store_path)
+    store = open_store(store_path)
     problems: list[str] = []
     rets = list_retirements(store, problems)
     for p in problems:
-        _warn(p)
+        warn(p)
     if as_json:
         click.echo(json.dumps([to_json_builtins(r) for r in rets], indent=1))
         return
-    c = _console()
+    c = console()
     if not rets:
         c.print("nothing retired.")
         return
@@ -436,54 +379,11 @@ def retirements_cmd(store_path, as_json):  # type: ignore[no-untyped-def]
     for r in rets:
         t.add_row(
             r.id,
-            _fmt_time(r.at),
-            _esc(r.by),
+            fmt_time(r.at),
+            esc(r.by),
             r.state,
-            _esc(f"{r.target_label} ({r.target.split(':', 1)[0]})"),
-            _esc(r.reason),
-            _esc(r.superseded_by or "-"),
-        )
-    c.print(t)
-
-
-def print_negatives(recs: list[Any], trust: Any, as_json: bool) -> None:
-    """``runrec ls --negative``: negative results with their failure kind and notes."""
-    from rich.table import Table
-
-    from runrec_cluster.cli._common import _ls_row, _short_ids, _state_text
-    from runrec_cluster.lineage.annotate import negatives
-    from runrec_cluster.store.codec import to_json_builtins
-
-    negs = negatives(recs)
-    if as_json:
-        rows = []
-        for n in negs:
-            row = _ls_row(n.record, trust)
-            row["verdict"] = to_json_builtins(n.verdict) if n.verdict else None
-            row["annotations"] = [to_json_builtins(a) for a in n.notes]
-            rows.append(row)
-        click.echo(json.dumps(rows, indent=1, default=str))
-        return
-    c = _console()
-    if not negs:
-        c.print("no negative results: no failed runs, no negative verdicts.")
-        return
-    short = _short_ids([n.record.run_id for n in negs])
-    t = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("id", "name", "state", "verdict", "blocks", "note", "by", "at"):
-        t.add_column(col, no_wrap=col not in ("name", "note"))
-    for n in negs:
-        r, v = n.record, n.verdict
-        mark = trust.marker(f"run:{r.run_id}") if trust is not None else ""
-        t.add_row(
-            short[r.run_id]
-            + (f" [{_FLAG_STYLE[mark]}]{mark}[/{_FLAG_STYLE[mark]}]" if mark else ""),
-            _esc(r.name),
-            _esc(_state_text(r)),
-            v.verdict if v else "[dim](failed, no verdict)[/dim]",
-            _esc(v.blocks or "-") if v else "-",
-            _esc(v.note) if v else _esc(r.failure.message if r.failure else ""),
-            _esc(v.by) if v else "-",
-            _fmt_time(v.at) if v else _fmt_time(r.ended_at),
+            esc(f"{r.target_label} ({r.target.split(':', 1)[0]})"),
+            esc(r.reason),
+            esc(r.superseded_by or "-"),
         )
     c.print(t)

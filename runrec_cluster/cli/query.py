@@ -1,31 +1,35 @@
-"""``runrec table``, ``runrec compare``, ``runrec index``, ``runrec report``, and the helpers
-behind ``runrec ls --where/--columns/--sort``.
+"""``runrec table / compare / index / report``: the flat run view, sweeps and the query index.
 
-Registered on the ``cli`` group of ``cli.py`` when that module imports this one. A thin layer
-over ``query.py``, ``index.py`` and ``report.py``: pandas and pyarrow (the ``query`` extra) are
-imported inside the commands, and a missing extra is a one-line error naming the install.
+A thin layer over ``runrec_cluster.query`` and ``views.report``: pyarrow (the ``query`` extra)
+is imported only for Parquet output, and a missing extra is a one-line error naming the install.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
+from types import ModuleType
 from typing import Any
 
 import click
 
 from runrec_cluster.cli._common import (
-    _console,
-    _esc,
-    _fmt_val,
-    _open_store,
-    _short_ids,
-    _store_opt,
-    _warn,
     cli,
+    console,
+    esc,
+    open_store,
+    query_options,
+    store_option,
+    warn,
 )
+from runrec_cluster.cli._table import print_rows
 from runrec_cluster.errors import ConfigError
+from runrec_cluster.query.columns import need_query_extra, parse_sort, sort_key
+from runrec_cluster.query.index import Index
+from runrec_cluster.query.select import query
 from runrec_cluster.query.sweeps import isnan, metric_columns, sweep_frame, varied_config
+from runrec_cluster.views.report import sweep_report
 
 INDEX_DIR_HELP = (
     "Keep the query index in this local directory instead of STORE/index (for a store on NFS; "
@@ -37,73 +41,12 @@ def _index_opt(f: Any) -> Any:
     return click.option("--index-dir", default=None, metavar="DIR", help=INDEX_DIR_HELP)(f)
 
 
-# ---------------------------------------------------------------------------------------------
-# ls --where / --columns / --sort (on the records ls already read)
-# ---------------------------------------------------------------------------------------------
+def _pyarrow() -> tuple[ModuleType, ModuleType]:
+    """``pyarrow`` and ``pyarrow.parquet``, imported only for Parquet output."""
+    import pyarrow as pa  # optional heavy dependency: pyarrow (runrec-cluster[query])
+    import pyarrow.parquet as pq  # optional heavy dependency: pyarrow (runrec-cluster[query])
 
-
-def ls_select(store, recs, trust, where, columns, sort):  # type: ignore[no-untyped-def]
-    """(records, rows, columns) after ``--where`` and ``--sort``; rows only when needed."""
-    from runrec_cluster.expr import parse
-    from runrec_cluster.query.columns import (
-        flat_row,
-        package_reader,
-        parse_columns,
-        parse_sort,
-        sort_rows,
-    )
-
-    expr = parse(where) if where else None
-    cols = parse_columns(columns)
-    if expr is None and cols is None and not sort:
-        return recs, None, None
-    pk = package_reader(store)
-    wants_pk = any(
-        c.startswith("packages.") for c in [*(expr.columns if expr else ()), *(cols or [])]
-    ) or (sort and parse_sort(sort)[0].startswith("packages."))
-
-    def row_of(r):  # type: ignore[no-untyped-def]
-        row = flat_row(r, pk if wants_pk else None, trust)
-        row.setdefault("retired", False)
-        row.setdefault("suspect", False)
-        return row
-
-    pairs = [(r, row_of(r)) for r in recs]
-    if expr is not None:
-        pairs = [(r, row) for r, row in pairs if expr.matches(row)]
-    if sort:
-        key, desc = parse_sort(sort)
-        order = sort_rows([row for _, row in pairs], key, desc)
-        by_id = {row["run_id"]: r for r, row in pairs}
-        pairs = [(by_id[row["run_id"]], row) for row in order]
-    return [r for r, _ in pairs], [row for _, row in pairs], cols
-
-
-def print_rows(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """A plain table of flat rows: ``run_id`` shortened, floats to 4 significant digits."""
-    from rich.table import Table
-
-    c = _console()
-    if not rows:
-        c.print("no runs match.")
-        return
-    short = _short_ids([r["run_id"] for r in rows]) if "run_id" in columns else {}
-    t = Table(box=None, pad_edge=False, header_style="bold")
-    for col in columns:
-        t.add_column(_esc(col), no_wrap=col != "name")
-    for r in rows:
-        cells = []
-        for col in columns:
-            v = r.get(col)
-            if col == "run_id" and v in short:
-                v = short[v]
-            cells.append(
-                "-"
-                if v is None
-                else _esc(_fmt_val(v) if not isinstance(v, dict | list) else json.dumps(v))
-            )
-        t.add_row(*cells)
-    c.print(t)
+    return pa, pq
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,24 +55,10 @@ def print_rows(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 @cli.command("table")
-@_store_opt
-@click.option(
-    "--where",
-    default=None,
-    metavar="EXPR",
-    help="Only runs matching EXPR, e.g. 'config.lr > 0.01 and state == \"failed\"' (docs/query.md).",
-)
-@click.option(
-    "--columns",
-    default=None,
-    metavar="A,B,...",
-    help="Only these columns, in this order (default: all).",
-)
-@click.option(
-    "--sort",
-    default=None,
-    metavar="COLUMN",
-    help="Sort by COLUMN (COLUMN:desc or -COLUMN: highest first).",
+@store_option
+@query_options(
+    columns_help="Only these columns, in this order (default: all).",
+    sort_help="Sort by COLUMN (COLUMN:desc or -COLUMN: highest first).",
 )
 @click.option(
     "--format",
@@ -148,14 +77,11 @@ def print_rows(rows: list[dict[str, Any]], columns: list[str]) -> None:
 @_index_opt
 def table_cmd(store_path, where, columns, sort, fmt, output, index_dir):  # type: ignore[no-untyped-def]
     """Export the flat run view (one row per run) as CSV, JSON or Parquet."""
-    from runrec_cluster.query.select import query
-
     if fmt == "parquet" and not output:
         raise click.UsageError("--format parquet needs -o FILE.")
-    store = _open_store(store_path)
+    store = open_store(store_path)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
+        _, pq = _pyarrow()
         t = query(store, where, columns, as_arrow=True, index_dir=index_dir)
         if sort:
             t = _sort_arrow(t, sort)
@@ -178,7 +104,6 @@ def table_cmd(store_path, where, columns, sort, fmt, output, index_dir):  # type
 
 
 def _records(df) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    import math
 
     out = []
     for row in df.to_dict(orient="records"):
@@ -201,7 +126,6 @@ def _plain(v: Any) -> Any:
 
 
 def _sort_df(df, spec: str):  # type: ignore[no-untyped-def]
-    from runrec_cluster.query.columns import parse_sort, sort_key
 
     key, desc = parse_sort(spec)
     if key not in df.columns:
@@ -214,8 +138,7 @@ def _sort_df(df, spec: str):  # type: ignore[no-untyped-def]
 
 
 def _sort_arrow(t, spec: str):  # type: ignore[no-untyped-def]
-    import pyarrow as pa
-
+    pa, _ = _pyarrow()
     df = _sort_df(t.to_pandas(), spec)
     return pa.Table.from_pandas(df, preserve_index=False, schema=t.schema)
 
@@ -226,7 +149,7 @@ def _sort_arrow(t, spec: str):  # type: ignore[no-untyped-def]
 
 
 @cli.command("compare")
-@_store_opt
+@store_option
 @click.argument("sweep")
 @click.option(
     "--sort",
@@ -238,7 +161,7 @@ def _sort_arrow(t, spec: str):  # type: ignore[no-untyped-def]
 @_index_opt
 def compare_cmd(store_path, sweep, sort, as_json, index_dir):  # type: ignore[no-untyped-def]
     """Compare the runs of a sweep: the config keys that vary against every metric, best first."""
-    store = _open_store(store_path)
+    store = open_store(store_path)
     sweep_id, df = sweep_frame(store, sweep, index_dir)
     varied = varied_config(df)
     metrics = metric_columns(df)
@@ -262,10 +185,10 @@ def compare_cmd(store_path, sweep, sort, as_json, index_dir):  # type: ignore[no
             )
         )
         return
-    c = _console()
+    c = console()
     c.print(
-        f"sweep [bold]{sweep_id}[/bold]: {len(df)} runs; varied: {_esc(', '.join(varied) or 'nothing')}"
-        + (f"; sorted by {_esc(spec)}" if spec else "")
+        f"sweep [bold]{sweep_id}[/bold]: {len(df)} runs; varied: {esc(', '.join(varied) or 'nothing')}"
+        + (f"; sorted by {esc(spec)}" if spec else "")
     )
     for r in rows:
         r["state"] = r["state"] + (f" ({r['cause']})" if r.get("cause") else "")
@@ -278,7 +201,7 @@ def compare_cmd(store_path, sweep, sort, as_json, index_dir):  # type: ignore[no
 
 
 @cli.command("index")
-@_store_opt
+@store_option
 @click.option(
     "--rebuild", is_flag=True, help="Read every record again instead of only the new ones."
 )
@@ -290,14 +213,11 @@ def compare_cmd(store_path, sweep, sort, as_json, index_dir):  # type: ignore[no
 @_index_opt
 def index_cmd(store_path, rebuild, full, index_dir):  # type: ignore[no-untyped-def]
     """Bring the query index up to date (it is derived: deleting it loses nothing)."""
-    from runrec_cluster.query.columns import need_query_extra
-    from runrec_cluster.query.index import Index
-
     need_query_extra()
-    store = _open_store(store_path)
+    store = open_store(store_path)
     st = Index(store, index_dir).update(rebuild=rebuild, full=full)
     for p in st.problems:
-        _warn(p)
+        warn(p)
     how = "rebuilt" if st.rebuilt else ("updated (full scan)" if st.full_scan else "updated")
     click.echo(
         f"{how} {st.path}: {st.runs} runs ({st.read} read, {st.removed} removed, "
@@ -311,7 +231,7 @@ def index_cmd(store_path, rebuild, full, index_dir):  # type: ignore[no-untyped-
 
 
 @cli.command("report")
-@_store_opt
+@store_option
 @click.argument("sweep")
 @click.option(
     "-o",
@@ -323,9 +243,7 @@ def index_cmd(store_path, rebuild, full, index_dir):  # type: ignore[no-untyped-
 @_index_opt
 def report_cmd(store_path, sweep, output, index_dir):  # type: ignore[no-untyped-def]
     """Write one self-contained HTML page about a sweep: runs, plots, failures, reruns."""
-    from runrec_cluster.views.report import sweep_report
-
-    store = _open_store(store_path)
+    store = open_store(store_path)
     html, info = sweep_report(store, sweep, index_dir=index_dir)
     with open(output, "w", encoding="utf-8") as f:
         f.write(html)

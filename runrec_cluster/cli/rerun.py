@@ -1,8 +1,7 @@
 """``runrec rerun`` and ``runrec diff``.
 
-Registered on the ``cli`` group of ``cli.py`` when that module imports this one. A thin layer
-over ``rerun.py`` and ``diff.py``; refusals are RunrecErrors (one line, exit 1), usage mistakes
-are click's (exit 2).
+A thin layer over ``runrec_cluster.rerun`` and ``views.diff``; refusals are RunrecErrors (one
+line, exit 1), usage mistakes are click's (exit 2).
 """
 
 from __future__ import annotations
@@ -12,18 +11,20 @@ import sys
 from typing import Any
 
 import click
+from rich.table import Table
 
-from runrec_cluster.cli._common import _console, _esc, _open_store, _state_text, _store_opt, cli
-
-
-def _sets(values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for v in values:
-        k, eq, val = v.partition("=")
-        if not eq or not k.strip():
-            raise click.BadParameter(f"{v!r} is not KEY=VALUE.", param_hint="--set")
-        out[k.strip()] = val
-    return out
+from runrec_cluster.cli._common import (
+    cli,
+    console,
+    esc,
+    key_values,
+    load_one,
+    open_store,
+    state_text,
+    store_option,
+)
+from runrec_cluster.rerun import rerun, rerun_sweep
+from runrec_cluster.views.diff import Change, diff, relation, same_sections, to_json
 
 
 def _short(v: Any, width: int = 60) -> str:
@@ -34,7 +35,7 @@ def _short(v: Any, width: int = 60) -> str:
 
 
 @cli.command("rerun")
-@_store_opt
+@store_option
 @click.argument("run", required=False)
 @click.option(
     "--sweep",
@@ -79,21 +80,19 @@ def rerun_cmd(
 ):  # type: ignore[no-untyped-def]
     """Rerun RUN from its record (code, config, inputs) as a new run that points back to it:
     runrec rerun RUN [--hardware CLASS] [--set key=value ...]   or   runrec rerun --sweep ID."""
-    from runrec_cluster.rerun.core import rerun, rerun_sweep
-
     if bool(run) == bool(sweep):
         raise click.UsageError("give a RUN, or --sweep ID (not both).")
-    store = _open_store(store_path)
-    c = _console()
-    err = _console(stderr=True)
+    store = open_store(store_path)
+    c = console()
+    err = console(stderr=True)
     kw = dict(
         hardware=hardware,
-        overrides=_sets(sets),
+        overrides=key_values(sets, "--set", strip=True),
         backend=backend,
         reason=reason,
         allow_changed_inputs=allow_changed_inputs,
         workdir=workdir,
-        echo=lambda m: err.print(_esc(m)),
+        echo=lambda m: err.print(esc(m)),
     )
     handles = rerun_sweep(store, sweep, **kw) if sweep else [rerun(store, run, **kw)]
     for h in handles:
@@ -104,11 +103,9 @@ def rerun_cmd(
             if rec.execution and rec.execution.hardware
             else ""
         )
-        c.print(f"submitted rerun [bold]{h.run_id}[/bold] of {rec.rerun_of} ({b}{_esc(hw)})")
+        c.print(f"submitted rerun [bold]{h.run_id}[/bold] of {rec.rerun_of} ({b}{esc(hw)})")
         for d in rec.rerun.intended if rec.rerun else []:
-            c.print(
-                f"  intended: {_esc(d.what)}: {_esc(_short(d.before))} -> {_esc(_short(d.after))}"
-            )
+            c.print(f"  intended: {esc(d.what)}: {esc(_short(d.before))} -> {esc(_short(d.after))}")
     first = handles[0].run_id
     orig = store.load(first).rerun_of or ""
     if sweep:
@@ -123,14 +120,14 @@ def rerun_cmd(
         bad = 0
         for h in handles:
             rec = h.wait()
-            c.print(f"run {h.run_id} {_esc(_state_text(rec))}")
+            c.print(f"run {h.run_id} {esc(state_text(rec))}")
             bad += rec.state.value != "succeeded"
         if bad:
             sys.exit(1)
 
 
 @cli.command("diff")
-@_store_opt
+@store_option
 @click.argument("a")
 @click.argument("b")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document for tools.")
@@ -144,22 +141,17 @@ def diff_cmd(store_path, a, b, as_json, show_all):  # type: ignore[no-untyped-de
     """Compare two runs: code, config, inputs, launch and node environment, hardware class,
     scheduler resources, state, metrics. Each difference is labelled intended (declared when
     the rerun was made) or incidental."""
-    from rich.table import Table
-
-    from runrec_cluster.cli._common import _load_one
-    from runrec_cluster.views.diff import diff, relation, same_sections, to_json
-
-    store = _open_store(store_path)
-    ra, rb = _load_one(store, a), _load_one(store, b)
+    store = open_store(store_path)
+    ra, rb = load_one(store, a), load_one(store, b)
     if as_json:
         click.echo(json.dumps(to_json(store, ra, rb), indent=2, default=str, ensure_ascii=False))
         return
-    c = _console()
+    c = console()
     changes = diff(store, ra, rb)
     for tag, r in (("A", ra), ("B", rb)):
         why = f'  reason: "{r.rerun.reason}"' if r.rerun and r.rerun.reason else ""
-        c.print(f"[bold]{tag}[/bold] {r.run_id}  {_esc(r.name)}  {_esc(_state_text(r))}{_esc(why)}")
-    c.print(_esc(relation(ra, rb)))
+        c.print(f"[bold]{tag}[/bold] {r.run_id}  {esc(r.name)}  {esc(state_text(r))}{esc(why)}")
+    c.print(esc(relation(ra, rb)))
     shown = changes
     if not show_all:  # one line per package list, not one per package
         shown = []
@@ -170,7 +162,6 @@ def diff_cmd(store_path, a, b, as_json, show_all):  # type: ignore[no-untyped-de
                 counted.setdefault((head, ch.label), []).append(ch)
             else:
                 shown.append(ch)
-        from runrec_cluster.views.diff import Change
 
         for (head, label), chs in counted.items():
             names = ", ".join(
@@ -186,7 +177,7 @@ def diff_cmd(store_path, a, b, as_json, show_all):  # type: ignore[no-untyped-de
             style = "cyan" if ch.label == "intended" else "yellow"
             label = f"[{style}]{ch.label}[/{style}]"
             b_text = _short(ch.b) + (f"  ({ch.note})" if ch.note else "")
-            t.add_row(ch.section, _esc(ch.key), _esc(_short(ch.a)), _esc(b_text), label)
+            t.add_row(ch.section, esc(ch.key), esc(_short(ch.a)), esc(b_text), label)
         c.print(t)
     else:
         c.print("no differences.")

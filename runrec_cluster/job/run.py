@@ -12,7 +12,7 @@ from runrec_cluster.capture.data import Dataset, hash_path
 from runrec_cluster.capture.inputs import Artifact, hash_input
 from runrec_cluster.capture.redact import check_printable
 from runrec_cluster.errors import ConfigError, DatasetError
-from runrec_cluster.record import ArtifactRef, InputRef, to_patch
+from runrec_cluster.record import ArtifactRef, InputRef, RunRecord, to_patch
 from runrec_cluster.store import Store, layout
 
 _current: Run | None = None
@@ -40,7 +40,8 @@ class Run:
         return f"Run({self.run_id!r}, store={self.store.root!r})"
 
     @property
-    def record(self):  # type: ignore[no-untyped-def]
+    def record(self) -> RunRecord:
+        """The run's record as it is now (read from the store)."""
         return self.store.load(self.run_id)
 
     def log_config(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,6 +139,7 @@ def current_run() -> Run | None:
     return None
 
 
-def _set_current(run: Run | None) -> None:
+def set_current(run: Run | None) -> None:
+    """Make ``run`` the one ``current_run()`` returns (None: none); ``execute`` sets it."""
     global _current
     _current = run

@@ -6,8 +6,9 @@ memory, timeout, node failure, cancelled, data problem...) comes from what was r
 bad hypothesis) as a new version of the run (event ``annotate``, writer role ``cli``); the fold
 appends it to ``RunRecord.annotations``. Earlier versions are never rewritten.
 
-``negatives`` lists the negative results: runs whose latest verdict is ``negative``, and failed
-runs nobody has given a verdict yet.
+``is_negative`` is the one rule of a negative result (also the ``negative`` query column): the
+latest verdict is ``negative``, or the run failed and nobody has given a verdict yet.
+``negatives`` lists them.
 """
 
 from __future__ import annotations
@@ -74,14 +75,12 @@ class Negative:
         return list(self.record.annotations)
 
 
+def is_negative(rec: RunRecord) -> bool:
+    """A negative result: the latest verdict is negative, or it failed with no verdict."""
+    v = latest_verdict(rec)
+    return v.verdict == "negative" if v is not None else rec.state == RunState.FAILED
+
+
 def negatives(records: list[RunRecord]) -> list[Negative]:
     """Runs whose latest verdict is negative, and failed runs without a verdict."""
-    out = []
-    for r in records:
-        v = latest_verdict(r)
-        if v is not None:
-            if v.verdict == "negative":
-                out.append(Negative(r, v))
-        elif r.state == RunState.FAILED:
-            out.append(Negative(r, None))
-    return out
+    return [Negative(r, latest_verdict(r)) for r in records if is_negative(r)]

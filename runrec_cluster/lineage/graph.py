@@ -12,17 +12,20 @@ Nodes (their ids, as in ``runrec lineage --json``):
 - ``artifact:<run id>:<name>``: an artifact a run logged
 - ``promoted:<NAME>@v<N>``: a promoted version (``promote.py``)
 
+(the id rules are in ``refs.py``)
+
 Edges: a dataset or artifact input -> the run that consumed it (``rr.Artifact("RUN:name")`` or
 ``run.use_input``); a run -> its artifacts; an artifact -> its promoted versions; and, by content,
 an artifact or promoted version -> a dataset input with the same content hash (a file someone
 passed by path that another run produced).
 
-*Trust* is computed here too: a retired node (``retire.py``) and everything downstream of it
-are flagged, from the retirement records, every time the graph is read.
+*Trust* is computed from this graph (``trust.py``): a retired node (``retire.py``) and
+everything downstream of it are flagged, from the retirement records, every time it is read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections import deque
@@ -30,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from runrec_cluster.capture.data import DatasetCache, hash_path
 from runrec_cluster.capture.inputs import CONTROL_CHARS, parse_artifact_ref
 from runrec_cluster.errors import (
     AmbiguousRunId,
@@ -41,16 +45,12 @@ from runrec_cluster.errors import (
 )
 from runrec_cluster.lineage.records import load_records
 from runrec_cluster.lineage.refs import artifact_node, dataset_node, promoted_node, run_node
-from runrec_cluster.record import RunRecord
-from runrec_cluster.store import Store, layout
+from runrec_cluster.record import InputRef, Promotion, RunRecord
+from runrec_cluster.store import Store, codec, fs, layout
 from runrec_cluster.store import layout as ll
+from runrec_cluster.store.promoted import list_promotions, parse_ref
 
 _DIGEST = re.compile(r"^(blake3|blake3-tree|sha256|sha256-tree):([0-9a-f]{6,64})$")
-
-
-# ---------------------------------------------------------------------------------------------
-# Artifact references as inputs: rr.Artifact("RUN:name"), rr.Artifact("NAME@v3")
-# ---------------------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,79 +132,94 @@ def _short(run_id: str) -> str:
 def build_graph(
     store: Store, records: list[RunRecord] | None = None, promotions: list[Any] | None = None
 ) -> Graph:
-    """The lineage graph of everything in the store."""
-    from runrec_cluster.store.promoted import list_promotions
-
+    """The lineage graph of everything in the store (``records`` / ``promotions``: already
+    read, else read here)."""
     recs = load_records(store) if records is None else records
     g = Graph()
     for rec in recs:
-        g.node(
-            run_node(rec.run_id),
-            "run",
-            label=f"{_short(rec.run_id)} {rec.name}".rstrip(),
-            record=rec,
-            info={
-                "run_id": rec.run_id,
-                "name": rec.name,
-                "state": rec.state.value,
-                "cause": rec.failure.cause.value if rec.failure else None,
-            },
-        )
-        for a in rec.artifacts:
-            n = g.node(
-                artifact_node(rec.run_id, a.name),
-                "artifact",
-                label=f"{_short(rec.run_id)}:{a.name}",
-            )
-            n.digest, n.paths = a.digest, [a.path]
-            n.info = {"run_id": rec.run_id, "name": a.name, "size": a.size}
-            g.add_edge(run_node(rec.run_id), n.id, "output")
-    entries = list_promotions(store) if promotions is None else promotions
-    for e in entries:
-        p = e.promotion
-        if p is None:
-            continue
-        n = g.node(promoted_node(p.name, p.version), "promoted", label=p.ref, promotion=p)
-        n.digest = p.digest
-        n.paths = [os.path.join(e.path, p.files)]
-        n.info = {"name": p.name, "version": p.version, "approved_by": p.approved_by}
-        src = artifact_node(p.run_id, p.artifact)
-        if src not in g.nodes:
-            g.node(src, "artifact", label=f"{_short(p.run_id)}:{p.artifact} (run not in store)")
-        g.add_edge(src, n.id, "promoted")
+        _add_run(g, rec)
+    for e in list_promotions(store) if promotions is None else promotions:
+        if e.promotion is not None:
+            _add_promotion(g, e.promotion, e.path)
     for rec in recs:
         me = run_node(rec.run_id)
         for i in rec.inputs:
-            if i.kind == "artifact" and i.promoted:
-                name, _, ver = i.promoted.partition("@")
-                src = promoted_node(name, int(ver[1:])) if ver[1:].isdigit() else None
-                if src and src not in g.nodes:
-                    g.node(src, "promoted", label=f"{i.promoted} (not in store)", digest=i.digest)
-            elif i.kind == "artifact" and i.run_id and i.artifact:
-                src = artifact_node(i.run_id, i.artifact)
-                if src not in g.nodes:
-                    g.node(
-                        src,
-                        "artifact",
-                        label=f"{_short(i.run_id)}:{i.artifact} (run not in store)",
-                        digest=i.digest,
-                        paths=[i.path],
-                    )
-            else:
-                src = None
-            if src is None:
-                src = dataset_node(i.digest)
-                n = g.node(src, "dataset", digest=i.digest)
-                if i.path not in n.paths:
-                    n.paths.append(i.path)
-                n.label = " | ".join(n.paths)
-                if i.version:
-                    n.info.setdefault("versions", [])
-                    if i.version not in n.info["versions"]:
-                        n.info["versions"].append(i.version)
-                n.info.update(size=i.size, file_count=i.file_count)
-            g.add_edge(src, me, "input")
-    # the same content under another name: a produced file that another run read by path
+            g.add_edge(_input_source(g, i), me, "input")
+    _link_same_content(g)
+    return g
+
+
+def _add_run(g: Graph, rec: RunRecord) -> None:
+    """A run and the artifacts it logged."""
+    g.node(
+        run_node(rec.run_id),
+        "run",
+        label=f"{_short(rec.run_id)} {rec.name}".rstrip(),
+        record=rec,
+        info={
+            "run_id": rec.run_id,
+            "name": rec.name,
+            "state": rec.state.value,
+            "cause": rec.failure.cause.value if rec.failure else None,
+        },
+    )
+    for a in rec.artifacts:
+        n = g.node(
+            artifact_node(rec.run_id, a.name), "artifact", label=f"{_short(rec.run_id)}:{a.name}"
+        )
+        n.digest, n.paths = a.digest, [a.path]
+        n.info = {"run_id": rec.run_id, "name": a.name, "size": a.size}
+        g.add_edge(run_node(rec.run_id), n.id, "output")
+
+
+def _add_promotion(g: Graph, p: Promotion, version_dir: str) -> None:
+    """A promoted version, after the artifact it was copied from."""
+    n = g.node(promoted_node(p.name, p.version), "promoted", label=p.ref, promotion=p)
+    n.digest = p.digest
+    n.paths = [os.path.join(version_dir, p.files)]
+    n.info = {"name": p.name, "version": p.version, "approved_by": p.approved_by}
+    src = artifact_node(p.run_id, p.artifact)
+    if src not in g.nodes:
+        g.node(src, "artifact", label=f"{_short(p.run_id)}:{p.artifact} (run not in store)")
+    g.add_edge(src, n.id, "promoted")
+
+
+def _input_source(g: Graph, i: InputRef) -> str:
+    """The node an input of a run comes from: a promoted version, an artifact of a run, or a
+    dataset (by content); made when the graph does not have it yet."""
+    src = None
+    if i.kind == "artifact" and i.promoted:
+        name, _, ver = i.promoted.partition("@")
+        src = promoted_node(name, int(ver[1:])) if ver[1:].isdigit() else None
+        if src and src not in g.nodes:
+            g.node(src, "promoted", label=f"{i.promoted} (not in store)", digest=i.digest)
+    elif i.kind == "artifact" and i.run_id and i.artifact:
+        src = artifact_node(i.run_id, i.artifact)
+        if src not in g.nodes:
+            g.node(
+                src,
+                "artifact",
+                label=f"{_short(i.run_id)}:{i.artifact} (run not in store)",
+                digest=i.digest,
+                paths=[i.path],
+            )
+    if src is not None:
+        return src
+    src = dataset_node(i.digest)
+    n = g.node(src, "dataset", digest=i.digest)
+    if i.path not in n.paths:
+        n.paths.append(i.path)
+    n.label = " | ".join(n.paths)
+    if i.version:
+        n.info.setdefault("versions", [])
+        if i.version not in n.info["versions"]:
+            n.info["versions"].append(i.version)
+    n.info.update(size=i.size, file_count=i.file_count)
+    return src
+
+
+def _link_same_content(g: Graph) -> None:
+    """The same content under another name: a produced file that another run read by path."""
     producers: dict[str, list[str]] = {}
     for n in g.nodes.values():
         if n.kind in ("artifact", "promoted") and n.digest and n.info.get("size", 1) != 0:
@@ -213,7 +228,6 @@ def build_graph(
         if n.kind == "dataset" and n.digest in producers and n.info.get("size", 1) != 0:
             for p in producers[n.digest]:
                 g.add_edge(p, n.id, "same content")
-    return g
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,8 +264,6 @@ def resolve_target(store: Store, graph: Graph, text: str) -> list[str]:
             )
         return [nid]
     if "@" in t and "/" not in t and not os.path.exists(t):
-        from runrec_cluster.store.promoted import parse_ref
-
         try:
             name, version = parse_ref(t)
         except PromotionError as exc:
@@ -337,11 +349,6 @@ def _by_path(graph: Graph, text: str, store: Store) -> list[str]:
 
 def _current_digest(store: Store, full: str) -> str | None:
     """The content hash of a path now, using the store's hash cache without writing anything."""
-    import hashlib
-
-    from runrec_cluster.capture.data import DatasetCache, hash_path
-    from runrec_cluster.store import codec, fs
-
     cache_file = layout.dataset_cache_path(store.root, hashlib.sha256(full.encode()).hexdigest())
     try:
         cache = codec.decode(fs.read_bytes(cache_file), DatasetCache, cache_file)
@@ -369,11 +376,6 @@ def resolve_one(store: Store, graph: Graph, text: str, *, what: str = "use") -> 
         + "; ".join(lines)
         + ". Give the content hash (blake3:...) of the one you mean."
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Trust: retired and suspect nodes, computed at read time
-# ---------------------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------------

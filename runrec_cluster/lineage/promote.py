@@ -3,7 +3,8 @@
 ``promote(store, run, artifact, to=NAME, criteria=..., approved_by=...)``:
 
 1. the run must have succeeded, and be neither retired nor suspect (``runrec retire``);
-2. the criteria are evaluated against the run's recorded metrics (``criteria.py``);
+2. the criteria (``criteria.py``: the ``--where`` expression language) are evaluated against
+   the run's recorded metrics;
 3. the artifact is re-hashed where the run wrote it and must still match its recorded digest;
 4. a version number is taken without any lock: ``os.mkdir(promoted/NAME/vN)`` fails when
    another promoter took N first, and the next number is tried (atomic on local disks and NFS);
@@ -25,10 +26,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from runrec_cluster.capture.data import algo_of, hash_path
+from runrec_cluster.capture.data import HashResult, algo_of, hash_path
 from runrec_cluster.capture.proc import current_user
 from runrec_cluster.errors import DatasetError, PromotionError, StoreError
-from runrec_cluster.record import Promotion, RunState
+from runrec_cluster.lineage import criteria as crit
+from runrec_cluster.lineage.annotate import latest_verdict
+from runrec_cluster.lineage.trust import trust_of_run
+from runrec_cluster.record import ArtifactRef, Promotion, RunRecord, RunState
 from runrec_cluster.store import Store, codec, fs
 from runrec_cluster.store import layout as ll
 from runrec_cluster.store import policy as perms
@@ -44,9 +48,6 @@ class Check:
     message: str
     expected: str | None = None
     found: str | None = None
-
-
-# -- reading -------------------------------------------------------------------------------
 
 
 # -- verifying -----------------------------------------------------------------------------
@@ -102,11 +103,8 @@ def promote(
     approved_by: str | None = None,
 ) -> Promotion:
     """Check and copy ``artifact`` of ``run`` to ``promoted/<to>/vN``; ``PromotionError`` with
-    the reason when refused (nothing is written then)."""
-    from runrec_cluster.lineage import criteria as crit
-    from runrec_cluster.lineage.annotate import latest_verdict
-    from runrec_cluster.lineage.trust import trust_of_run
-
+    the reason when refused (nothing is written then). Criteria that do not parse raise
+    ``CriteriaSyntaxError`` (an ``ExpressionError`` and a ``PromotionError``)."""
     ll.check_promoted_name(to, PromotionError)
     if criteria is not None and not criteria.strip():
         criteria = None
@@ -115,83 +113,32 @@ def promote(
     if approved_by is not None and (not approved_by.strip() or "\n" in approved_by):
         raise PromotionError(f"--approved-by {approved_by!r}: give a person's or a process's name.")
     rec = store.load(run)
-    rid = rec.run_id
-    if rec.state != RunState.SUCCEEDED:
-        why = f" ({rec.failure.cause.value}: {rec.failure.message})" if rec.failure else ""
-        raise PromotionError(
-            f"run {rid} {rec.state.value}{why}; only a succeeded run can be promoted. "
-            f"See `runrec show {rid[:12]}`."
-        )
-    arts = [a for a in rec.artifacts if a.name == artifact]
-    if not arts:
-        have = ", ".join(repr(a.name) for a in rec.artifacts) or "none"
-        raise PromotionError(
-            f"run {rid} recorded no artifact named {artifact!r} (its artifacts: {have})."
-        )
-    art = arts[-1]
-    verdict = latest_verdict(rec)
-    if verdict is not None and verdict.verdict == "negative" and verdict.blocks == "run":
-        raise PromotionError(
-            f"run {rid} has a negative verdict that blocks it (by {verdict.by}: {verdict.note}); "
-            f"it cannot be promoted. See `runrec show {rid[:12]}`."
-        )
-    flags = trust_of_run(store, rid)
-    if flags:
-        f = flags[0]
-        raise PromotionError(
-            f"run {rid} is {f.describe()}; a retired or suspect run cannot be promoted. "
-            f"See `runrec show {rid[:12]}` and `runrec lineage {rid[:12]} --up`."
-        )
+    art = _promotable_artifact(store, rec, artifact)
     outcome = None
     if criteria is not None:
-        outcome = crit.evaluate(criteria, rec.metrics, who=f"run {rid}")
+        outcome = crit.evaluate(criteria, rec.metrics, who=f"run {rec.run_id}")
         if not outcome.ok:
             raise PromotionError(
-                f"run {rid} does not meet the criteria {criteria!r}: "
+                f"run {rec.run_id} does not meet the criteria {criteria!r}: "
                 + "; ".join(outcome.failed)
                 + ". Nothing was promoted."
             )
-    src = art.path
-    if not os.path.exists(src):
-        raise PromotionError(
-            f"artifact {art.name!r} of run {rid} is gone: {src} does not exist. Nothing was "
-            "promoted; rerun the run to produce it again."
-        )
-    try:
-        now, _ = hash_path(src, algo=algo_of(art.digest))
-    except DatasetError as exc:
-        raise PromotionError(f"cannot re-hash artifact {art.name!r} of run {rid}: {exc}") from None
-    if now.digest != art.digest:
-        raise PromotionError(
-            f"artifact {art.name!r} of run {rid} changed since the run recorded it: {src} hashes "
-            f"to {now.digest}, the run recorded {art.digest}. Nothing was promoted; rerun to "
-            "produce a recorded artifact."
-        )
+    now = _rehash(rec.run_id, art)
     version, vdir = _claim_version(store, to)
     try:
-        rel = os.path.join(ll.FILES_DIR, ll.copy_name(src))
-        dest = os.path.join(vdir, rel)
-        fs.mkdir(os.path.join(vdir, ll.FILES_DIR))  # the store's group and mode, as every mkdir
-        _copy(store, src, dest, now.manifest)
-        copied, _ = hash_path(dest, algo=algo_of(art.digest))
-        if copied.digest != art.digest:
-            raise PromotionError(
-                f"artifact {art.name!r} of run {rid} changed while it was copied ({src} now "
-                f"hashes to {copied.digest}, the run recorded {art.digest}). Nothing was promoted."
-            )
-        ro = perms.policy_for(store.root)  # read-only, readable by whom the store's settings say
-        _read_only(os.path.join(vdir, ll.FILES_DIR), ro)
+        rel = os.path.join(ll.FILES_DIR, ll.copy_name(art.path))
+        ro = _copy_read_only(store, rec.run_id, art, now.manifest, os.path.join(vdir, rel))
         promotion = Promotion(
             name=to,
             version=version,
-            run_id=rid,
+            run_id=rec.run_id,
             run_name=rec.name,
             artifact=art.name,
             digest=art.digest,
             size=art.size,
             file_count=art.file_count,
             is_dir=art.is_dir,
-            source_path=src,
+            source_path=art.path,
             files=rel,
             criteria=criteria,
             values=outcome.values if outcome else {},
@@ -208,6 +155,81 @@ def promote(
         raise
     os.chmod(vdir, ro.ro_dir_mode)
     return promotion
+
+
+def _promotable_artifact(store: Store, rec: RunRecord, artifact: str) -> ArtifactRef:
+    """The artifact, once the run is known to deserve a promotion: succeeded, recorded it, no
+    negative verdict that blocks it, neither retired nor suspect."""
+    rid = rec.run_id
+    if rec.state != RunState.SUCCEEDED:
+        why = f" ({rec.failure.cause.value}: {rec.failure.message})" if rec.failure else ""
+        raise PromotionError(
+            f"run {rid} {rec.state.value}{why}; only a succeeded run can be promoted. "
+            f"See `runrec show {rid[:12]}`."
+        )
+    arts = [a for a in rec.artifacts if a.name == artifact]
+    if not arts:
+        have = ", ".join(repr(a.name) for a in rec.artifacts) or "none"
+        raise PromotionError(
+            f"run {rid} recorded no artifact named {artifact!r} (its artifacts: {have})."
+        )
+    verdict = latest_verdict(rec)
+    if verdict is not None and verdict.verdict == "negative" and verdict.blocks == "run":
+        raise PromotionError(
+            f"run {rid} has a negative verdict that blocks it (by {verdict.by}: {verdict.note}); "
+            f"it cannot be promoted. See `runrec show {rid[:12]}`."
+        )
+    flags = trust_of_run(store, rid)
+    if flags:
+        raise PromotionError(
+            f"run {rid} is {flags[0].describe()}; a retired or suspect run cannot be promoted. "
+            f"See `runrec show {rid[:12]}` and `runrec lineage {rid[:12]} --up`."
+        )
+    return arts[-1]
+
+
+def _rehash(rid: str, art: ArtifactRef) -> HashResult:
+    """The artifact hashed again where the run wrote it; it must match the recorded digest."""
+    src = art.path
+    if not os.path.exists(src):
+        raise PromotionError(
+            f"artifact {art.name!r} of run {rid} is gone: {src} does not exist. Nothing was "
+            "promoted; rerun the run to produce it again."
+        )
+    try:
+        now, _ = hash_path(src, algo=algo_of(art.digest))
+    except DatasetError as exc:
+        raise PromotionError(f"cannot re-hash artifact {art.name!r} of run {rid}: {exc}") from None
+    if now.digest != art.digest:
+        raise PromotionError(
+            f"artifact {art.name!r} of run {rid} changed since the run recorded it: {src} hashes "
+            f"to {now.digest}, the run recorded {art.digest}. Nothing was promoted; rerun to "
+            "produce a recorded artifact."
+        )
+    return now
+
+
+def _copy_read_only(
+    store: Store,
+    rid: str,
+    art: ArtifactRef,
+    manifest: list[tuple[str, int, str]] | None,
+    dest: str,
+) -> perms.Policy:
+    """Copy the artifact to ``dest`` (under the claimed version's ``files/``), check the copy's
+    hash, and make ``files/`` read-only; returns the store's permission policy."""
+    files = os.path.dirname(dest)
+    fs.mkdir(files)  # the store's group and mode, as every mkdir
+    _copy(store, art.path, dest, manifest)
+    copied, _ = hash_path(dest, algo=algo_of(art.digest))
+    if copied.digest != art.digest:
+        raise PromotionError(
+            f"artifact {art.name!r} of run {rid} changed while it was copied ({art.path} now "
+            f"hashes to {copied.digest}, the run recorded {art.digest}). Nothing was promoted."
+        )
+    ro = perms.policy_for(store.root)  # read-only, readable by whom the store's settings say
+    _read_only(files, ro)
+    return ro
 
 
 def _claim_version(store: Store, name: str) -> tuple[int, str]:

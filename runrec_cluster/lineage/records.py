@@ -1,33 +1,32 @@
-"""TODO-DOC"""
+"""What lineage reads from the store: every run record (``load_records``, over
+``Store.load_all``) and every retirement record (``list_retirements``), read-only, with what
+could not be read reported as text in ``problems``."""
 
 from __future__ import annotations
 
 import os
 
 from runrec_cluster.errors import LineageError, RunrecError
-from runrec_cluster.record import Retirement, RunRecord, fold
-from runrec_cluster.store import Store, codec, fs
+from runrec_cluster.record import Retirement, RunRecord
+from runrec_cluster.store import ReadProblem, Store, codec, fs
 from runrec_cluster.store import layout as ll
 
 
 def load_records(store: Store, problems: list[str] | None = None) -> list[RunRecord]:
-    """Every run that folds, read-only (no backend is asked anything)."""
-    from runrec_cluster.store import ReadProblem
-
-    out = []
-    for run_id in store.run_ids():
-        probs: list[ReadProblem] = []
-        vs = store.versions(run_id, probs)
-        if problems is not None:
-            problems += [f"skipped unreadable record file {p.path}: {p.message}" for p in probs]
-        if not vs:
-            continue
-        try:
-            out.append(fold(vs))
-        except Exception as exc:  # a version that decodes but does not fold
-            if problems is not None:
-                problems.append(f"run {run_id} does not fold into a record ({exc})")
+    """Every run that folds, read-only (no backend is asked anything): ``Store.load_all``, its
+    problems given as text (an unreadable record file, or a run that does not fold)."""
+    found: list[ReadProblem] | None = [] if problems is not None else None
+    out = store.load_all(found)
+    if problems is not None and found:
+        problems += [problem_text(p) for p in found]
     return out
+
+
+def problem_text(p: ReadProblem) -> str:
+    """A ``ReadProblem`` of ``Store.load_all`` as one line for a warning."""
+    if p.run_id and p.message.startswith(f"run {p.run_id} does not fold"):
+        return p.message  # the run itself: the message names it
+    return f"skipped unreadable record file {p.path}: {p.message}"
 
 
 def list_retirements(store: Store, problems: list[str] | None = None) -> list[Retirement]:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from runrec_cluster.capture.proc import current_user
 from runrec_cluster.errors import LineageError
+from runrec_cluster.lineage.graph import build_graph, resolve_one
 from runrec_cluster.record import Retirement
 from runrec_cluster.store import Store, codec, fs, layout
 from runrec_cluster.store import layout as ll
@@ -32,8 +33,6 @@ def retire(
     by: str | None = None,
 ) -> tuple[Retirement, list[str]]:
     """Record that ``target`` is retired; returns the record and the downstream node ids."""
-    from runrec_cluster.lineage.graph import build_graph, resolve_one
-
     if state not in STATES:
         raise LineageError(f"state {state!r} is not one of {', '.join(STATES)}.")
     if not isinstance(reason, str) or not reason.strip():

@@ -1,4 +1,8 @@
-"""TODO-DOC"""
+"""Trust: which nodes are retired, and which are suspect (built on something retired).
+
+Nothing is stored: the flags are computed at read time from the retirement records
+(``records.list_retirements``) and the lineage graph, so a run recorded after a retirement on
+top of a retired input is suspect too."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runrec_cluster.lineage.graph import Graph, build_graph
+from runrec_cluster.lineage.records import list_retirements
 from runrec_cluster.lineage.refs import run_node
 from runrec_cluster.record import RunRecord
 from runrec_cluster.store import Store
@@ -74,8 +79,6 @@ def trust_for(
     store: Store, records: list[RunRecord] | None = None, problems: list[str] | None = None
 ) -> Trust | None:
     """The store's trust flags, or None when nothing was ever retired (then nothing is read)."""
-    from runrec_cluster.lineage.records import list_retirements
-
     rets = list_retirements(store, problems)
     if not rets:
         return None
@@ -83,5 +86,6 @@ def trust_for(
 
 
 def trust_of_run(store: Store, run_id: str) -> list[Flag]:
+    """The flags of one run (empty when it is trusted)."""
     t = trust_for(store)
     return t.of_run(run_id) if t is not None else []

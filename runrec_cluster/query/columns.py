@@ -1,20 +1,28 @@
-"""The flat run view: one row per run, stable column names, and ``query()`` over it.
+"""The flat run view: one row per run, stable column names (``flat_row``), and the column,
+sort and library helpers every query shares.
 
 Every column is documented in ``docs/query.md``. Column meanings never change: a new fact gets a
 new column. ``flat_row`` is pure Python (``runrec ls --where`` uses it on records it already
-read); ``query`` reads the derived index (``index.py``) and needs pandas and pyarrow, the
-``query`` extra, imported only when called.
+read); ``query()`` (``select.py``) reads the derived index (``index.py``) and needs pandas and
+pyarrow, the ``query`` extra: ``query_libs`` is the one place they are imported, when first
+needed, so ``import runrec_cluster`` never loads them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any
 
+import msgspec
+
 from runrec_cluster.errors import ConfigError
-from runrec_cluster.record import RunRecord, RunState
+from runrec_cluster.lineage.annotate import is_negative
+from runrec_cluster.record import RunRecord
 
 # The fixed columns, in display order. Never rename or re-purpose one; add new ones at the end.
 BASE_COLUMNS: tuple[str, ...] = (
@@ -85,17 +93,40 @@ LINEAGE_COLUMN = "_lineage"  # internal: what the lineage graph needs (inputs, a
 QUERY_EXTRA_HINT = "pip install 'runrec-cluster[query]'"
 
 
-def need_query_extra() -> tuple[Any, Any]:
-    """(pandas, pyarrow), or a clear error naming the extra to install."""
+@dataclass(frozen=True)
+class QueryLibs:
+    """The optional libraries of queries: pandas, pyarrow (and its ipc, compute), numpy."""
+
+    pd: ModuleType
+    pa: ModuleType
+    ipc: ModuleType
+    pc: ModuleType
+    np: ModuleType
+
+
+@functools.cache
+def query_libs() -> QueryLibs:
+    """The query extra's libraries, imported on first use; ``ConfigError`` naming the extra to
+    install when one is missing."""
     try:
+        # optional heavy dependencies: pandas, pyarrow, numpy (runrec-cluster[query])
+        import numpy as np
         import pandas as pd
         import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.ipc as ipc
     except ImportError as exc:
         raise ConfigError(
             f"queries and tables need pandas and pyarrow ({exc.name} is missing): "
             f"{QUERY_EXTRA_HINT}"
         ) from exc
-    return pd, pa
+    return QueryLibs(pd=pd, pa=pa, ipc=ipc, pc=pc, np=np)
+
+
+def need_query_extra() -> tuple[Any, Any]:
+    """(pandas, pyarrow), or a clear error naming the extra to install."""
+    libs = query_libs()
+    return libs.pd, libs.pa
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -162,7 +193,7 @@ def flat_row(
         "rerun_root": rec.rerun_root,
         "is_rerun": rec.rerun_of is not None,
         "verdict": verdict,
-        "negative": verdict == "negative" or (verdict is None and rec.state == RunState.FAILED),
+        "negative": is_negative(rec),
         "schema_version": rec.schema_version,
     }
     if trust is not None:
@@ -189,8 +220,6 @@ def _scalar(v: Any) -> Any:
 
 def lineage_part(rec: RunRecord) -> str:
     """The internal ``_lineage`` column: what ``lineage.build_graph`` reads of a run."""
-    import msgspec
-
     return msgspec.json.encode(
         {
             "run_id": rec.run_id,
@@ -272,8 +301,3 @@ def sort_rows(rows: list[dict[str, Any]], key: str, desc: bool) -> list[dict[str
     missing = [r for r in rows if sort_key(r.get(key))[0] == 3]
     present.sort(key=lambda r: sort_key(r.get(key)), reverse=desc)
     return present + missing  # missing values last either way
-
-
-# ---------------------------------------------------------------------------------------------
-# query()
-# ---------------------------------------------------------------------------------------------

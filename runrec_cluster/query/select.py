@@ -1,4 +1,5 @@
-"""TODO-DOC"""
+"""``query()``: the runs of a store as a DataFrame (or an Arrow table), filtered with the one
+expression language (``expr.py``) and read from the derived index (``index.py``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from runrec_cluster.expr import parse
 from runrec_cluster.query.columns import need_query_extra, parse_columns
+from runrec_cluster.query.index import Index
+from runrec_cluster.store import as_store
 
 
 def query(
@@ -20,7 +24,7 @@ def query(
 ) -> Any:
     """Runs of ``store`` as a ``pandas.DataFrame`` (one row per run, ``docs/query.md``).
 
-    ``where``: an expression (``expr.py``), e.g. ``'config.lr == 0.01 and metrics.acc > 0.5'``.
+    ``where``: an expression (``expr.py``, ``docs/query.md``), e.g. ``'config.lr == 0.01 and metrics.acc > 0.5'``.
     ``columns``: names to keep (a list or ``"a,b,c"``), in that order; default all. A column
     that no run has comes back empty. ``as_arrow=True`` returns a ``pyarrow.Table`` instead
     (columns of mixed types are JSON text there). ``refresh=False`` reads the index as it is,
@@ -30,10 +34,6 @@ def query(
     Reads records as recorded; to ask backends about runs that are still open, run
     ``runrec reconcile`` (or ``runrec ls``) first.
     """
-    from runrec_cluster.expr import parse
-    from runrec_cluster.query.index import Index
-    from runrec_cluster.store import as_store
-
     need_query_extra()
     s = as_store(store)
     expr = parse(where) if where is not None and where.strip() else None

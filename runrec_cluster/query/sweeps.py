@@ -1,18 +1,22 @@
-"""TODO-DOC"""
+"""A sweep (the runs of one ``map_array``) as a table: which sweep a prefix names, the config
+keys that vary, the metric columns; for ``runrec compare`` and ``runrec report``."""
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from runrec_cluster.errors import ConfigError
+from runrec_cluster.query.select import query
+from runrec_cluster.store import Store
 
 
-def sweep_frame(store, sweep: str, index_dir=None):  # type: ignore[no-untyped-def]
+def sweep_frame(
+    store: Store, sweep: str, index_dir: str | os.PathLike[str] | None = None
+) -> tuple[str, Any]:
     """(sweep id, DataFrame of its runs ordered by sweep index); ConfigError when no sweep or
     several match the prefix."""
-    from runrec_cluster.query.select import query
-
     sw = sweep.strip().lower()
     df = query(store, index_dir=index_dir)
     if df.empty or "sweep_id" not in df.columns:
@@ -22,14 +26,15 @@ def sweep_frame(store, sweep: str, index_dir=None):  # type: ignore[no-untyped-d
         raise ConfigError(f"no sweep id starts with {sweep!r} in {store.root}. See `runrec ls`.")
     if len(ids) > 1:
         raise ConfigError(
-            f"sweep prefix {sweep!r} matches {len(ids)} sweeps ({', '.join(i[:14] for i in ids[:5])}). Give more characters."
+            f"sweep prefix {sweep!r} matches {len(ids)} sweeps "
+            f"({', '.join(i[:14] for i in ids[:5])}). Give more characters."
         )
     sub = df[df["sweep_id"] == ids[0]].copy()
     sub = sub.sort_values(["sweep_index", "run_id"], na_position="last").reset_index(drop=True)
     return ids[0], sub
 
 
-def varied_config(df) -> list[str]:  # type: ignore[no-untyped-def]
+def varied_config(df: Any) -> list[str]:
     """config.* columns whose values differ between the runs."""
     out = []
     for c in df.columns:
@@ -41,9 +46,11 @@ def varied_config(df) -> list[str]:  # type: ignore[no-untyped-def]
     return out
 
 
-def metric_columns(df) -> list[str]:  # type: ignore[no-untyped-def]
+def metric_columns(df: Any) -> list[str]:
+    """metrics.* columns with a value in at least one run."""
     return [c for c in df.columns if c.startswith("metrics.") and df[c].notna().any()]
 
 
 def isnan(v: Any) -> bool:
+    """A float NaN (a missing value in a DataFrame)."""
     return isinstance(v, float) and v != v

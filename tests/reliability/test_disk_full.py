@@ -2,7 +2,7 @@
 
 What must hold: a write on the full store fails with a clear error (ENOSPC named as "No space
 left on device", the path, what to do); the records written before are intact, byte for byte;
-and a real local job whose store fills up while it runs does not lose its result: ``job.py``
+and a real local job whose store fills up while it runs does not lose its result: ``job.outcome``
 saves the end record and the result under ``<log dir | ~ | $TMPDIR>/runrec-rescue/<run id>/``
 (laid out like a store), says so in its stderr and in what the submitter sees, and a plain
 ``cp -rn`` puts them into the store once it has space again.
@@ -24,7 +24,7 @@ from helpers import run_cli
 from helpers import write_figures as _results
 
 import runrec_cluster as rr
-from runrec_cluster.job import execute as job
+from runrec_cluster.job import outcome
 from runrec_cluster.lineage.annotate import annotate
 from runrec_cluster.store import layout
 
@@ -309,14 +309,14 @@ def test_failed_run_is_rescued_too_and_nowhere_to_save_is_said(small_fs, homes, 
         raise ValueError("lr 0.9 diverged")
     except ValueError as exc:
         with pytest.raises(rr.StoreError) as ei:
-            job._record_failure(store, rid, 0, exc, store.log_dir(rid))
+            outcome.record_failure(store, rid, 0, exc, store.log_dir(rid))
     rescue = os.path.join(str(home), "runrec-rescue", rid)
     assert "No space left on device" in str(ei.value) and rescue in str(ei.value)
 
     monkeypatch.setenv("HOME", "/dev/null/home")  # nothing can be created under a file
     monkeypatch.setenv("TMPDIR", "/dev/null/tmp")
     with pytest.raises(rr.StoreError) as ei:
-        job._write_end(store, other, store.log_dir(other), lambda _s: {"state": "succeeded"})
+        outcome.write_end(store, other, store.log_dir(other), lambda _s: {"state": "succeeded"})
     msg = str(ei.value)
     assert "No space left on device" in msg and "nor save it anywhere else" in msg
     assert "/dev/null/home" in msg and "/dev/null/tmp" in msg

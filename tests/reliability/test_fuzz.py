@@ -950,7 +950,10 @@ def test_criteria_fuzz():
             with _deadline(text):
                 try:
                     criteria.parse(text)
-                except PromotionError:
+                except PromotionError as exc:
+                    # a syntax error is also an ExpressionError (a usage error, exit 2)
+                    assert isinstance(exc, ExpressionError), exc
+                    assert 0 <= exc.pos <= len(text), (exc.pos, len(text))
                     outcomes["parse: PromotionError"] += 1
                     continue
                 for metrics in CRITERIA_METRICS:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from runrec_cluster.errors import PromotionError
+from runrec_cluster.errors import ExpressionError, PromotionError
 from runrec_cluster.lineage.criteria import evaluate, parse
 
 M = {
@@ -91,3 +91,30 @@ def test_parse_has_no_side_effects_and_no_eval():
     assert "Compare" in repr(tree)
     with pytest.raises(PromotionError):
         parse(12)  # type: ignore[arg-type]
+
+
+def test_one_language_with_where():
+    """The criteria are the --where language (expr.py): its values, quoting and keywords."""
+    assert evaluate("optimizer in ['adam', 'sgd'] AND epochs NOT IN [1, 2]", M).ok
+    assert evaluate("optimizer == 'it\\'s' or val_acc >= 1_000", M).failed
+    assert evaluate("`val/acc@5` != null and loss < +1", M).ok
+    out = evaluate("optimizer not in ['adam']", M)
+    assert out.failed == ["`optimizer not in ['adam']` does not hold (optimizer = 'adam')"]
+
+
+@pytest.mark.parametrize(
+    "expr", ["val_acc = 0.9", "val_acc", "(val_acc > 1", "", "not " * 60 + "val_acc > 1"]
+)
+def test_a_syntax_error_is_an_expression_error(expr):
+    """Refused like a bad --where (the CLI exits 2), still a PromotionError for promote()."""
+    with pytest.raises(ExpressionError) as ei:
+        parse(expr)
+    assert isinstance(ei.value, PromotionError)
+    assert 0 <= ei.value.pos <= len(expr) and str(ei.value).startswith("cannot read the criteria")
+
+
+@pytest.mark.parametrize("expr", ["f1 > 0.5", "optimizer > 1"])
+def test_a_failure_after_parsing_is_only_a_promotion_error(expr):
+    with pytest.raises(PromotionError) as ei:
+        evaluate(expr, M)
+    assert not isinstance(ei.value, ExpressionError)

@@ -190,5 +190,14 @@ def test_public_api_is_curated():
             "load",
             "query",
             "rerun",
+            "rerun_sweep",
+            "ExpressionError",
+            "CriteriaSyntaxError",
+            "Lineage",
+            "annotate",
+            "lineage",
+            "promote",
+            "retire",
+            "verify",
         ]
     )

@@ -254,6 +254,32 @@ def test_lineage_cli_tree_and_json(chain):
     assert r.returncode == 2
 
 
+def test_lineage_is_public_api_and_gives_what_the_cli_prints(chain):
+    """rr.lineage: the walk the CLI prints, as data. The facts checked are the chain's own: B
+    was submitted with A's model as its input, and the promoted version is B's model."""
+    found = rr.lineage(chain.store, "best-model@v1", direction="up")
+    assert found.resolved == ["promoted:best-model@v1"] and list(found.trees) == ["up"]
+    shown = found.node_ids()
+    for nid in (
+        f"run:{chain.B}",
+        f"artifact:{chain.B}:model",
+        f"artifact:{chain.A}:model",
+        f"run:{chain.A}",
+    ):
+        assert nid in shown
+    assert f"run:{chain.C}" not in shown  # C used A's model too, but made nothing promoted
+    down = rr.lineage(str(chain.store.root), chain.A[:12], direction="down")
+    assert {"from": f"run:{chain.A}", "to": f"artifact:{chain.A}:model", "kind": "output"} in (
+        down.to_json()["edges"]
+    )
+    r = cli(chain.store, "lineage", chain.A[:12], "--down", "--json")
+    assert json.loads(r.stdout) == json.loads(json.dumps(down.to_json(), default=str))
+    with pytest.raises(rr.LineageError, match="matches no run"):
+        rr.lineage(chain.store, "no-such-thing")
+    with pytest.raises(rr.ConfigError, match="direction"):
+        rr.lineage(chain.store, chain.A, direction="sideways")
+
+
 # ---------------------------------------------------------------------------------------------
 # promotion
 # ---------------------------------------------------------------------------------------------
@@ -308,6 +334,10 @@ def test_promotion_refused_on_unmet_criteria(copy):
         promote.promote(
             s, copy.B, "model", to="best-model", criteria="__import__('os').system('true')"
         )
+    # a criteria syntax error is a usage error, like a bad --where: exit 2 with the caret
+    r = cli(s, "promote", copy.B, "model", "--to", "best-model", "--criteria", "val_acc = 0.9")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cannot read the criteria: unknown operator '='" in r.stderr and "^" in r.stderr
     assert [e.version for e in store_promoted.list_promotions(s, "best-model")] == [1]
 
 

@@ -13,7 +13,8 @@ import pytest
 from helpers import git, run_cli
 
 import runrec_cluster as rr
-from runrec_cluster.rerun.core import apply_overrides, coerce, order_with_reruns, rewrite_argv
+from runrec_cluster.rerun.core import order_with_reruns
+from runrec_cluster.rerun.overrides import apply_overrides, coerce, rewrite_argv
 
 TRAIN = """\
 import random

@@ -41,7 +41,7 @@ def ray_cluster():
         pytest.skip(f"no Ray cluster: {why}")
     import ray
 
-    from runrec_cluster.backends.ray.backend import connect
+    from runrec_cluster.backends.ray.driver import connect
 
     connect()
     roles = {}

@@ -436,21 +436,21 @@ def test_a_node_that_cannot_read_the_store(store):
     the submitter's verdict says so, with Ray's traceback, not a guess."""
     import ray
 
-    from runrec_cluster.backends.ray import backend as rb
+    from runrec_cluster.backends.ray import driver, states, task
 
-    ref = rb._remote("entry", rb._entry).remote(
+    ref = driver.remote("entry", task.entry).remote(
         "/nonexistent/store", "01m8cbndfrs7655fpya89aym4p", None
     )
     ray.wait([ref], timeout=60)
-    word, message, tb = rb._outcome(ref)
+    word, message, tb = driver.outcome(ref)
     assert word == "TASK_EXECUTION_EXCEPTION"
     assert message == (
         "the Ray task raised before the job recorded its end: runrec_cluster.errors.RecordNotFound: "
         "no run 01m8cbndfrs7655fpya89aym4p in store /nonexistent/store. List runs with `runrec ls`."
     )
-    assert "/backends/ray/" in tb and '.py", line' in tb and "in _entry" in tb and "\x1b[" not in tb
+    assert "/backends/ray/" in tb and '.py", line' in tb and "in entry" in tb and "\x1b[" not in tb
     rec = rr.RunRecord(run_id="01m8cbndfrs7655fpya89aym4p", state=rr.RunState.SUBMITTED)
-    p = rb.verdict(rec, word, message, source="backend", traceback=tb)
+    p = states.verdict(rec, word, message, source="backend", traceback=tb)
     assert (
         p["state"] == "failed"
         and p["failure"]["cause"] == "infrastructure"

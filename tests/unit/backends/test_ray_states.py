@@ -1,13 +1,22 @@
-"""The one table from what Ray says to runrec states, without a cluster."""
+"""The one table from what Ray says to runrec states, without a cluster (and, but for the two
+tests that read Ray's own names, without Ray installed): moved from
+tests/integration/ray/test_ray_outcomes.py when the pure table left the Ray backend module."""
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
-import ray.exceptions as rx
 
-from runrec_cluster.backends.ray.backend import RAY_OUTCOMES, RayBackend, error_word, verdict
-from runrec_cluster.record import Execution, Process, RunRecord, RunState
+from runrec_cluster.backends.ray.states import (
+    EXCEPTION_WORDS,
+    RAY_OUTCOMES,
+    error_word,
+    task_verdict,
+    verdict,
+)
+from runrec_cluster.record import Execution, FailureCause, Process, RunRecord, RunState
 
 
 def rec(state=RunState.RUNNING, started=True, **options):
@@ -59,13 +68,14 @@ def test_an_unknown_word_is_unknown_never_guessed():
 
 
 def test_every_table_entry_is_a_ray_word():
-    from ray.core.generated import common_pb2
+    common_pb2 = pytest.importorskip("ray.core.generated.common_pb2")
 
     known = set(common_pb2.ErrorType.keys()) | set(common_pb2.TaskStatus.keys())
     assert set(RAY_OUTCOMES) <= known, set(RAY_OUTCOMES) - known
 
 
 def test_exceptions_are_named_by_their_error_type():
+    rx = pytest.importorskip("ray.exceptions")
     assert error_word(rx.WorkerCrashedError()) == "WORKER_DIED"
     assert error_word(rx.TaskCancelledError()) == "TASK_CANCELLED"
     assert error_word(rx.OutOfMemoryError("oom")) == "OUT_OF_MEMORY"
@@ -88,16 +98,14 @@ def task(state, error_type=None, attempt=0, **kw):
 
 
 def test_a_worker_death_ray_will_retry_is_no_verdict_yet():
-    b = RayBackend(None, None, {})
     assert (
-        b._task_verdict(rec(ray_max_retries=2), task("FAILED", "WORKER_DIED", attempt=1), None)
-        is None
+        task_verdict(rec(ray_max_retries=2), task("FAILED", "WORKER_DIED", attempt=1), None) is None
     )
     assert (
-        b._task_verdict(rec(ray_max_retries=-1), task("FAILED", "OUT_OF_MEMORY", attempt=9), None)
+        task_verdict(rec(ray_max_retries=-1), task("FAILED", "OUT_OF_MEMORY", attempt=9), None)
         is None
     )
-    p = b._task_verdict(
+    p = task_verdict(
         rec(ray_max_retries=2), task("FAILED", "WORKER_DIED", attempt=2, msg="SIGKILL"), None
     )
     assert (
@@ -106,24 +114,23 @@ def test_a_worker_death_ray_will_retry_is_no_verdict_yet():
         and "SIGKILL" in p["failure"]["message"]
     )
     # a code error is never retried (retry_exceptions=False)
-    p = b._task_verdict(rec(ray_max_retries=2), task("FAILED", "TASK_EXECUTION_EXCEPTION"), None)
+    p = task_verdict(rec(ray_max_retries=2), task("FAILED", "TASK_EXECUTION_EXCEPTION"), None)
     assert p["failure"]["cause"] == "infrastructure"
 
 
 def test_a_failed_task_without_error_type_is_unknown():
-    p = RayBackend(None, None, {})._task_verdict(rec(), task("FAILED", None), None)
+    p = task_verdict(rec(), task("FAILED", None), None)
     assert p["state"] == "unknown"
 
 
 def test_tasks_of_an_ended_driver_were_killed_by_ray():
-    b = RayBackend(None, None, {})
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
     fresh = SimpleNamespace(job_id="05000000", end_time=now_ms - 1000)
-    assert b._task_verdict(rec(), task("PENDING_NODE_ASSIGNMENT"), fresh) is None, (
+    assert task_verdict(rec(), task("PENDING_NODE_ASSIGNMENT"), fresh) is None, (
         "events may still arrive"
     )
     old = SimpleNamespace(job_id="05000000", end_time=now_ms - 60_000)
-    p = b._task_verdict(rec(), task("PENDING_NODE_ASSIGNMENT"), old)
+    p = task_verdict(rec(), task("PENDING_NODE_ASSIGNMENT"), old)
     assert (
         p["state"] == "failed"
         and p["failure"]["cause"] == "killed"
@@ -133,15 +140,48 @@ def test_tasks_of_an_ended_driver_were_killed_by_ray():
         "05000000" in p["failure"]["message"]
         and "PENDING_NODE_ASSIGNMENT" in p["failure"]["message"]
     )
-    assert b._task_verdict(rec(), task("RUNNING"), None) is None
+    assert task_verdict(rec(), task("RUNNING"), None) is None
     # Ray marks them WORKER_DIED 15 s after the driver ends: the owner died, not the worker
     died = task("FAILED", "WORKER_DIED")
     died.end_time_ms = now_ms - 30_000
-    assert b._task_verdict(rec(), died, old)["failure"]["type"] == "OWNER_DIED"
+    assert task_verdict(rec(), died, old)["failure"]["type"] == "OWNER_DIED"
     died.end_time_ms = now_ms - 60_500  # stamped a little before the driver's end
-    assert b._task_verdict(rec(), died, old)["failure"]["type"] == "OWNER_DIED"
+    assert task_verdict(rec(), died, old)["failure"]["type"] == "OWNER_DIED"
     died.end_time_ms = now_ms - 90_000  # the worker died well before its driver ended
-    assert b._task_verdict(rec(), died, old)["failure"]["type"] == "WORKER_DIED"
-    assert b._task_verdict(rec(started=False), died, old)["failure"]["type"] == "OWNER_DIED", (
+    assert task_verdict(rec(), died, old)["failure"]["type"] == "WORKER_DIED"
+    assert task_verdict(rec(started=False), died, old)["failure"]["type"] == "OWNER_DIED", (
         "it never ran"
     )
+
+
+# -- added with the move: every entry of the table, and the import without Ray -----------------
+
+
+@pytest.mark.parametrize("word", sorted(RAY_OUTCOMES))
+def test_every_ray_outcome_maps_as_the_table_says(word):
+    mapped = RAY_OUTCOMES[word]
+    p = verdict(rec(), word, "what Ray said", source="scheduler", attempt=1)
+    if mapped is None:
+        assert p is None
+        return
+    state, cause = mapped
+    assert isinstance(state, RunState) and isinstance(cause, FailureCause)
+    assert state.is_terminal()
+    assert p["state"] == state.value and p["state_source"] == "scheduler"
+    assert p["failure"]["cause"] == cause.value and p["failure"]["type"] == word
+    assert "what Ray said" in p["failure"]["message"] and p["ended_at"]
+    assert p["execution"] == {"scheduler": {"ray_outcome": word}} and p["attempt"] == 1
+
+
+def test_every_exception_word_is_in_the_table():
+    assert set(EXCEPTION_WORDS.values()) <= set(RAY_OUTCOMES)
+
+
+def test_the_table_imports_without_ray():
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from runrec_cluster.backends.ray import states\n"
+        "assert states.RAY_OUTCOMES['WORKER_DIED']\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr

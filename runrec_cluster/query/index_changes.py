@@ -1,0 +1,82 @@
+"""What changed in a store since the index last looked: the run directories and their times
+(a full scan), and the new lines of the change journal (``STORE/changes``). Pure standard
+library; ``index.py`` decides what to read."""
+
+from __future__ import annotations
+
+import os
+
+from runrec_cluster.store import layout
+
+
+def scan_runs(root: str) -> dict[str, int]:
+    """run id -> directory mtime (ns), for every run directory of the store."""
+    base = layout.runs_dir(root)
+    out: dict[str, int] = {}
+    try:
+        shards = os.listdir(base)
+    except FileNotFoundError:
+        return out
+    for shard in shards:
+        if shard.startswith("."):
+            continue
+        try:
+            with os.scandir(os.path.join(base, shard)) as it:
+                for e in it:
+                    if layout.RUN_ID_RE.match(e.name):
+                        try:
+                            out[e.name] = e.stat().st_mtime_ns
+                        except FileNotFoundError:
+                            continue
+        except (NotADirectoryError, FileNotFoundError):
+            continue
+    return out
+
+
+def read_journal(
+    root: str, positions: dict[str, int], since: str
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Read the change journal (``STORE/changes``) past ``positions`` (file -> bytes already
+    read), in buckets from ``since`` on. Returns the new positions (of those buckets only)
+    and run id -> highest seq named in the new lines. A last line without its newline is
+    being written: it is read next time."""
+    base = layout.changes_dir(root)
+    new_pos: dict[str, int] = {}
+    changed: dict[str, int] = {}
+    try:
+        buckets = sorted(b for b in os.listdir(base) if layout.BUCKET_RE.match(b) and b >= since)
+    except (FileNotFoundError, NotADirectoryError):
+        return new_pos, changed
+    for b in buckets:
+        try:
+            entries = list(os.scandir(os.path.join(base, b)))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for e in entries:
+            if not e.name.endswith(".log"):
+                continue
+            rel = f"{b}/{e.name}"
+            off = positions.get(rel, 0)
+            try:
+                size = e.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size > off:
+                try:
+                    with open(e.path, "rb") as f:
+                        f.seek(off)
+                        data = f.read(size - off)
+                except OSError:
+                    data = b""
+                done = data.rfind(b"\n") + 1
+                for line in data[:done].split(b"\n"):
+                    parts = line.split(b" ")
+                    if len(parts) != 2:
+                        continue
+                    rid = parts[0].decode("ascii", "replace")
+                    if not layout.RUN_ID_RE.match(rid) or not parts[1].isdigit():
+                        continue
+                    changed[rid] = max(changed.get(rid, 0), int(parts[1]))
+                off += done
+            new_pos[rel] = off
+    return new_pos, changed

@@ -1,0 +1,160 @@
+"""A rerun's config: ``--set key=value`` overrides checked against the recorded config and coerced
+to the recorded type (``check_overrides``, ``coerce``), applied to a function's arguments
+(``apply_overrides``, in the job) or a command line (``rewrite_argv``), and the generated values
+a rerun pins (``rerun_config``)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from runrec_cluster.capture.config import plain
+from runrec_cluster.errors import RerunError
+from runrec_cluster.record import ConfigEntry, Difference, RunRecord
+
+_ARGN = re.compile(r"^arg(\d+)$")
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def apply_overrides(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    overrides: Mapping[str, Any],
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call's arguments with ``overrides`` (config key -> value) applied."""
+    if not overrides:
+        return args, kwargs
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is None:  # the config keys were arg0, arg1, ... and the keyword names
+        pos = list(args)
+        for k, v in overrides.items():
+            m = _ARGN.match(k)
+            if m and int(m.group(1)) < len(pos):
+                pos[int(m.group(1))] = v
+            else:
+                kwargs[k] = v
+        return tuple(pos), kwargs
+    bound = sig.bind(*args, **kwargs)
+    varkw = next(
+        (p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD), None
+    )
+    for k, v in overrides.items():
+        p = sig.parameters.get(k)
+        if p is not None and p.kind is not inspect.Parameter.VAR_KEYWORD:
+            bound.arguments[k] = tuple(v) if p.kind is inspect.Parameter.VAR_POSITIONAL else v
+        elif varkw is not None:
+            extra = dict(bound.arguments.get(varkw, {}))
+            extra[k] = v
+            bound.arguments[varkw] = extra
+        else:
+            raise RerunError(
+                f"rerun override {k!r} is not a parameter of {fn!r}{sig}: the function the "
+                "rerun calls no longer takes it. Rerun without --set "
+                f"{k}=..., or with code whose function has that parameter."
+            )
+    return tuple(bound.args), dict(bound.kwargs)
+
+
+def coerce(key: str, raw: Any, recorded: Any) -> Any:
+    """``raw`` (a ``--set`` string) as the type of the recorded value."""
+    if not isinstance(raw, str):
+        return raw
+    kind = type(recorded).__name__
+    try:
+        if isinstance(recorded, bool):
+            if raw.lower() in _TRUE | _FALSE:
+                return raw.lower() in _TRUE
+            raise ValueError(raw)
+        if isinstance(recorded, int):
+            return int(raw)
+        if isinstance(recorded, float):
+            return float(raw)
+    except ValueError:
+        raise RerunError(
+            f"--set {key}={raw!r}: the recorded value {recorded!r} is a {kind}, and {raw!r} is "
+            f"not one. Give a {kind} (e.g. --set {key}={recorded!r})."
+        ) from None
+    if isinstance(recorded, str):
+        return raw
+    try:  # None, lists, dicts: JSON; a bare word stays a string
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def check_overrides(rec: RunRecord, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Typed overrides for ``rec``; RerunError naming the known keys for an unknown one."""
+    bad = [k for k in overrides if k not in rec.config]
+    if bad:
+        known = ", ".join(sorted(rec.config)) or "none: it recorded no config"
+        raise RerunError(
+            f"cannot rerun {rec.run_id} with {', '.join(f'--set {k}=...' for k in sorted(bad))}: "
+            f"not a config key of the run (its keys: {known})."
+        )
+    return {k: coerce(k, v, rec.config[k].value) for k, v in overrides.items()}
+
+
+def rerun_config(
+    rec: RunRecord, typed: Mapping[str, Any]
+) -> tuple[dict[str, ConfigEntry], dict[str, Any], dict[str, Any], list[Difference]]:
+    """The rerun's config from ``rec``'s and the ``typed`` overrides (``check_overrides``):
+    (the config entries, the pinned generated values, the overrides of the call's arguments,
+    the intended differences). An overridden default becomes ``given``; a generated key is
+    pinned (``run.log_config`` returns it) instead of changing the call."""
+    config: dict[str, ConfigEntry] = {}
+    pinned: dict[str, Any] = {}
+    call_ov: dict[str, Any] = {}
+    diffs: list[Difference] = []
+    for k, e in rec.config.items():
+        if k in typed:
+            v = plain(k, typed[k])
+            src = "given" if e.source == "default" else e.source
+            config[k] = ConfigEntry(value=v, source=src)  # type: ignore[arg-type]
+            diffs.append(Difference(what=f"config.{k}", before=e.value, after=v))
+            if e.source != "generated":
+                call_ov[k] = typed[k]
+        else:
+            config[k] = e
+        if e.source == "generated":
+            pinned[k] = config[k].value
+    return config, pinned, call_ov, diffs
+
+
+def _argv_text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, dict)) or v is None:
+        return json.dumps(v)
+    return str(v)
+
+
+def rewrite_argv(argv: list[str], overrides: Mapping[str, Any]) -> list[str]:
+    """A command line with ``--key value`` / ``--key=value`` / ``--flag`` set to the overrides
+    (as ``capture.config.command_config`` reads them)."""
+    out = list(argv)
+    for key, val in overrides.items():
+        i = 0
+        while i < len(out):
+            a = out[i]
+            if a == f"--{key}":
+                has_value = i + 1 < len(out) and not out[i + 1].startswith("--")
+                if has_value:
+                    out[i + 1] = _argv_text(val)
+                elif val is False:
+                    del out[i]
+                elif val is not True:
+                    out.insert(i + 1, _argv_text(val))
+                break
+            if a.startswith(f"--{key}="):
+                out[i] = f"--{key}={_argv_text(val)}"
+                break
+            i += 1
+    return out
