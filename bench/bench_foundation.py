@@ -312,7 +312,11 @@ def bench_submit(tmp: str, reps: int, array_reps: int, array_n: int) -> dict[str
     starts = {
         "python -c pass": [py, "-c", "pass"],
         "python -c 'import submitit'": [py, "-c", "import submitit"],
-        "python -c 'import runrec_cluster.job.execute'": [py, "-c", "import runrec_cluster.job.execute"],
+        "python -c 'import runrec_cluster.job.execute'": [
+            py,
+            "-c",
+            "import runrec_cluster.job.execute",
+        ],
     }
     start_s: dict[str, list[float]] = {k: [] for k in starts}
     for _ in range(reps):

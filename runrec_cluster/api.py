@@ -393,7 +393,6 @@ class Executor:
                 )
         return [RunHandle(self.store, s.run_id, self.backend) for s in specs]
 
-
     def _record_launch_failure(self, specs: list[JobSpec], msg: str) -> None:
         for s in specs:
             f = Failure(

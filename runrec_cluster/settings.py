@@ -1,12 +1,62 @@
-"""TODO-DOC"""
+"""The one reader of runrec's settings: ``[tool.runrec]`` in ``pyproject.toml``, ``runrec.toml``
+and the ``RUNREC_*`` variables, for the store location, hardware classes and redaction rules.
+
+The rules, the same for every setting:
+
+- **Which files.** Walking up from a start directory (the current one, or the Executor's
+  ``cwd``), the nearest directory holding a ``runrec.toml`` or a ``pyproject.toml`` decides:
+  its files are read, nothing above it. The walk goes up to the file system's root.
+- **Which tables.** In ``pyproject.toml`` a setting lives under ``[tool.runrec]``
+  (``[tool.runrec.hardware.a100]``, ``[tool.runrec] store = "..."``); in ``runrec.toml`` it may
+  also be written without the prefix (``[hardware.a100]``, ``store = "..."``).
+- **Precedence.** ``runrec.toml`` wins over ``pyproject.toml`` where both set the same thing (a
+  hardware class of the same name, ``store``); redaction rules of both files add up. An
+  environment variable wins over both files (``RUNREC_STORE``), or adds to them
+  (``RUNREC_REDACT_*``).
+- **Errors.** A file that is not valid TOML, a table that is not a table, a value of the wrong
+  type: ``ConfigError`` naming the file (or the variable) and what to fix. A broken file is
+  never skipped silently, also when only the store location is looked up: a ``store = ...`` it
+  may hold must not be replaced by ``./runrec-store`` without a word.
+
+Lowest layer: imports only ``runrec_cluster.errors`` and the standard library.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+from collections.abc import Mapping
 from typing import Any
 
 from runrec_cluster.errors import ConfigError
+
+CONFIG_FILES = ("runrec.toml", "pyproject.toml")  # in precedence order: runrec.toml wins
+STORE_VAR = "RUNREC_STORE"
+REDACT_KEYS = ("secret_names", "secret_values", "not_secret")
+# the variable of each redaction key; not_secret also takes comma-separated names
+REDACT_VARS = {
+    "secret_names": "RUNREC_REDACT_NAMES",
+    "secret_values": "RUNREC_REDACT_VALUES",
+    "not_secret": "RUNREC_REDACT_NOT_SECRET",
+}
+
+
+# -- the files ----------------------------------------------------------------------------------
+
+
+def find_config_files(start: str) -> list[str]:
+    """runrec.toml and pyproject.toml (in that order: precedence) of the nearest directory,
+    walking up from ``start``, that has either; [] when none has."""
+    d = os.path.abspath(start)
+    while True:
+        found = [os.path.join(d, n) for n in CONFIG_FILES if os.path.isfile(os.path.join(d, n))]
+        if found:
+            return found
+        parent = os.path.dirname(d)
+        if parent == d:
+            return []
+        d = parent
 
 
 def config_section(path: str, key: str, what: str) -> Any:
@@ -25,18 +75,94 @@ def config_section(path: str, key: str, what: str) -> Any:
     return t
 
 
-def find_config_files(start: str) -> list[str]:
-    """pyproject.toml and runrec.toml of the nearest directory (walking up) that has either."""
-    d = os.path.abspath(start)
-    while True:
-        found = [
-            os.path.join(d, n)
-            for n in ("runrec.toml", "pyproject.toml")
-            if os.path.isfile(os.path.join(d, n))
-        ]
-        if found:
-            return found
-        parent = os.path.dirname(d)
-        if parent == d:
-            return []
-        d = parent
+def config_tables(start: str, key: str, what: str) -> list[tuple[str, dict[str, Any]]]:
+    """(file, table) of every config file of ``start`` that has the ``key`` table, runrec.toml
+    first; ConfigError when the setting is there but is not a table."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for path in find_config_files(start):
+        t = config_section(path, key, what)
+        if t is None:
+            continue
+        if not isinstance(t, dict):
+            raise ConfigError(f"[tool.runrec.{key}] in {path} must be a table.")
+        out.append((path, t))
+    return out
+
+
+def string_list(items: Any, where: str, what: str) -> list[str]:
+    """``items`` as a list of non-empty strings (one string is a list of one)."""
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+        raise ConfigError(f"{what} in {where} must be a list of non-empty strings, got {items!r}.")
+    return items
+
+
+# -- the store location -------------------------------------------------------------------------
+
+
+def store_location(cwd: str | None = None) -> str | None:
+    """``$RUNREC_STORE``, else ``store`` of the config files of ``cwd`` (relative to the file
+    that sets it), as an absolute path; None when neither is set."""
+    env = os.environ.get(STORE_VAR)
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    for path in find_config_files(cwd or os.getcwd()):  # runrec.toml first: it wins
+        store = config_section(path, "store", "the store location")
+        if store is None:
+            continue
+        if not isinstance(store, str) or not store:
+            raise ConfigError(
+                f"store = {store!r} in {path} is not a directory path. Write "
+                '`store = "path/to/store"` (relative to that file), or remove it.'
+            )
+        return os.path.abspath(os.path.join(os.path.dirname(path), os.path.expanduser(store)))
+    return None
+
+
+# -- redaction rules ----------------------------------------------------------------------------
+
+
+def redact_sources(
+    start: str, environ: Mapping[str, str] | None = None
+) -> list[tuple[str, dict[str, list[str]]]]:
+    """(where, {key: patterns}) of every source of redaction rules: the config files of
+    ``start`` (runrec.toml, pyproject.toml), then the ``RUNREC_REDACT_*`` variables. Keys are
+    ``REDACT_KEYS``; a source that sets none of them is left out."""
+    env = os.environ if environ is None else environ
+    out: list[tuple[str, dict[str, list[str]]]] = []
+    for path, t in config_tables(start, "redact", "redaction rules"):
+        unknown = sorted(set(t) - set(REDACT_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"[tool.runrec.redact] in {path} has unknown keys {unknown}; "
+                f"use {', '.join(REDACT_KEYS)}."
+            )
+        if t:
+            out.append(
+                (path, {k: string_list(v, path, f"redaction rule {k}") for k, v in t.items()})
+            )
+    for key, var in REDACT_VARS.items():
+        items = _env_list(env, var, commas=key == "not_secret")
+        if items:
+            out.append((f"${var}", {key: items}))
+    return out
+
+
+def _env_list(environ: Mapping[str, str], var: str, commas: bool) -> list[str]:
+    """One pattern, a JSON list of them, or (``commas``) comma-separated names."""
+    raw = environ.get(var, "").strip()
+    if not raw:
+        return []
+    if raw.startswith("["):
+        try:
+            items = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"${var} starts with '[' but is not a JSON list of strings ({exc}). "
+                'Give one pattern, or a JSON list like ["a", "b"].'
+            ) from None
+        return string_list(items, f"${var}", f"redaction rule {var}")
+    if commas:
+        return [s.strip() for s in raw.split(",") if s.strip()]
+    return [raw]

@@ -1,6 +1,6 @@
 """Hardware classes: named in ``[tool.runrec.hardware.<name>]`` of the repository's
 pyproject.toml, or in a ``runrec.toml`` beside it (same tables, with or without the
-``tool.runrec`` prefix).
+``tool.runrec`` prefix; the files are found and read by ``runrec_cluster.settings``).
 
     [tool.runrec.hardware.a100]
     slurm = { partition = "gpu", constraint = "a100", gres = "gpu:a100:1" }
@@ -21,7 +21,7 @@ from typing import Any
 
 from runrec_cluster.errors import ConfigError
 from runrec_cluster.record import NodeInfo
-from runrec_cluster.settings import config_section, find_config_files
+from runrec_cluster.settings import config_tables, find_config_files
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,9 @@ class HardwareClass:
 
 def hardware_classes(start: str | None = None) -> dict[str, HardwareClass]:
     out: dict[str, HardwareClass] = {}
-    for path in reversed(find_config_files(start or os.getcwd())):  # runrec.toml wins
-        for name, t in (config_section(path, "hardware", "hardware classes") or {}).items():
+    tables = config_tables(start or os.getcwd(), "hardware", "hardware classes")
+    for path, table in reversed(tables):  # runrec.toml last: it wins
+        for name, t in table.items():
             if not isinstance(t, dict):
                 raise ConfigError(f"hardware class {name!r} in {path} must be a table.")
             unknown = set(t) - {"slurm", "ray", "expect", "description"}

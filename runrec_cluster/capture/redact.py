@@ -20,7 +20,8 @@ values), git remote URLs and the message and traceback of a job's exception:
 - **URLs.** ``scheme://user:password@host`` loses its user and password.
 
 Configuration, from ``[tool.runrec.redact]`` in the nearest ``pyproject.toml`` / ``runrec.toml``
-above the current directory (found as for hardware classes) and from environment variables::
+above the current directory and from environment variables (read by ``runrec_cluster.settings``,
+under the same rules as every setting)::
 
     [tool.runrec.redact]
     secret_names = ["^corp_", "pin$"]          # regexes, searched in names (any case)
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import json
 import os
 import re
 import time
@@ -49,14 +49,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from runrec_cluster import settings
 from runrec_cluster.errors import ConfigError
 
 REDACTED = "[redacted]"
 
-ENV_NAMES = "RUNREC_REDACT_NAMES"
-ENV_VALUES = "RUNREC_REDACT_VALUES"
-ENV_NOT_SECRET = "RUNREC_REDACT_NOT_SECRET"
-TABLE_KEYS = ("secret_names", "secret_values", "not_secret")
 
 # -- names ------------------------------------------------------------------------------------
 
@@ -222,9 +219,9 @@ class Rules:
 BUILTIN = Rules()
 
 
-def _patterns(items: Any, where: str, key: str) -> tuple[re.Pattern[str], ...]:
+def _patterns(items: list[str], where: str, key: str) -> tuple[re.Pattern[str], ...]:
     out = []
-    for p in _as_list(items, where, key):
+    for p in items:
         try:
             out.append(re.compile(p, re.IGNORECASE if key == "secret_names" else 0))
         except re.error as exc:
@@ -235,77 +232,18 @@ def _patterns(items: Any, where: str, key: str) -> tuple[re.Pattern[str], ...]:
     return tuple(out)
 
 
-def _as_list(items: Any, where: str, key: str) -> list[str]:
-    if isinstance(items, str):
-        items = [items]
-    if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
-        raise ConfigError(
-            f"redaction rule {key} in {where} must be a list of non-empty strings, got {items!r}."
-        )
-    return items
-
-
-def _env_list(environ: Mapping[str, str], var: str, commas: bool) -> list[str]:
-    raw = environ.get(var, "").strip()
-    if not raw:
-        return []
-    if raw.startswith("["):
-        try:
-            items = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(
-                f"${var} starts with '[' but is not a JSON list of strings ({exc}). "
-                'Give one pattern, or a JSON list like ["a", "b"].'
-            ) from None
-        return _as_list(items, f"${var}", var)
-    if commas:
-        return [s.strip() for s in raw.split(",") if s.strip()]
-    return [raw]
-
-
-def _file_table(path: str) -> dict[str, Any]:
-    from runrec_cluster.settings import config_section
-
-    t = config_section(path, "redact", "redaction rules")
-    if t is None:
-        return {}
-    if not isinstance(t, dict):
-        raise ConfigError(f"[tool.runrec.redact] in {path} must be a table.")
-    unknown = sorted(set(t) - set(TABLE_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"[tool.runrec.redact] in {path} has unknown keys {unknown}; "
-            f"use {', '.join(TABLE_KEYS)}."
-        )
-    return t
-
-
 def load_rules(start: str | None = None, environ: Mapping[str, str] | None = None) -> Rules:
-    """The configured rules for a project directory (default: the current one)."""
-    from runrec_cluster.settings import find_config_files
-
-    env = os.environ if environ is None else environ
+    """The configured rules for a project directory (default: the current one); the files and
+    variables are read by ``runrec_cluster.settings``."""
     names: list[re.Pattern[str]] = []
     values: list[re.Pattern[str]] = []
     allow: list[str] = []
     sources = []
-    for path in find_config_files(start or os.getcwd()):
-        t = _file_table(path)
-        if not t:
-            continue
-        sources.append(path)
-        names += _patterns(t.get("secret_names", []), path, "secret_names")
-        values += _patterns(t.get("secret_values", []), path, "secret_values")
-        allow += [g.lower() for g in _as_list(t.get("not_secret", []), path, "not_secret")]
-    for var, key in ((ENV_NAMES, "secret_names"), (ENV_VALUES, "secret_values")):
-        items = _env_list(env, var, commas=False)
-        if items:
-            sources.append(f"${var}")
-            (names if key == "secret_names" else values).extend(_patterns(items, f"${var}", key))
-    items = _env_list(env, ENV_NOT_SECRET, commas=True)
-    if items:
-        sources.append(f"${ENV_NOT_SECRET}")
-        allow += [g.lower() for g in items]
+    for where, t in settings.redact_sources(start or os.getcwd(), environ):
+        sources.append(where)
+        names += _patterns(t.get("secret_names", []), where, "secret_names")
+        values += _patterns(t.get("secret_values", []), where, "secret_values")
+        allow += [g.lower() for g in t.get("not_secret", [])]
     return Rules(tuple(names), tuple(values), tuple(allow), tuple(sources))
 
 
@@ -318,16 +256,14 @@ def active_rules() -> Rules:
     """``load_rules()`` for the current directory and environment, read again when a config
     file appears, changes or goes."""
     env = os.environ
-    key = (os.getcwd(), env.get(ENV_NAMES), env.get(ENV_VALUES), env.get(ENV_NOT_SECRET))
+    key = (os.getcwd(), *(env.get(v) for v in settings.REDACT_VARS.values()))
     now = time.monotonic()
     hit = _cache.get(key)
     if hit is not None and now - hit[2] < RECHECK_S:
         return hit[1]
-    from runrec_cluster.settings import find_config_files
-
     cwd = key[0]
     sig = []
-    for p in find_config_files(cwd):
+    for p in settings.find_config_files(cwd):
         try:
             st = os.stat(p)
             sig.append((p, st.st_mtime_ns, st.st_size))

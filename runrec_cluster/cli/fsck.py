@@ -13,7 +13,7 @@ import sys
 import click
 
 from runrec_cluster.cli._common import cli, open_store, store_option
-from runrec_cluster.fsck.check import HINTS, FsckReport, check, repair
+from runrec_cluster.fsck import HINTS, FsckReport, check, repair
 
 
 def _age(s: float | None) -> str:

@@ -1,4 +1,6 @@
-"""TODO-DOC"""
+"""Changing an existing store's permission settings (``runrec init STORE --mode M [--fix]``):
+the new settings into its metadata file (``change_policy``), and onto the files already there
+(``fix_tree``). How the settings are applied to every new write is in ``store/policy.py``."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from runrec_cluster.errors import StoreError
-from runrec_cluster.store import codec, layout
+from runrec_cluster.store import codec, fs, layout
 from runrec_cluster.store.policy import Policy, read_meta, remember, set_root
 
 
@@ -17,8 +19,6 @@ def change_policy(root: str, policy: Policy, *, fsync: bool = False) -> None:
     another user), then the metadata file, replaced atomically. Existing entries keep their
     modes until ``fix_tree``; writers that already read the old settings keep them until they
     restart."""
-    from runrec_cluster.store import fs
-
     meta = read_meta(root)
     if meta is None:
         raise StoreError(

@@ -24,6 +24,7 @@ Size limits (a damaged or hostile file must not exhaust memory: a 33 KB zstd fra
 from __future__ import annotations
 
 import os
+import resource
 import threading
 from datetime import datetime
 from typing import Any, TypeVar
@@ -143,14 +144,12 @@ def _free_memory() -> int | None:
     except (OSError, KeyError, ValueError, IndexError):
         pass
     try:
-        import resource
-
         soft, _ = resource.getrlimit(resource.RLIMIT_AS)
         if soft != resource.RLIM_INFINITY:
             with open("/proc/self/statm", "rb") as f:
                 used = int(f.read().split()[0]) * resource.getpagesize()
             known.append(soft - used)
-    except (ImportError, OSError, ValueError, IndexError):
+    except (OSError, ValueError, IndexError):
         pass
     known += _cgroup_room()
     return max(min(known), 0) if known else None

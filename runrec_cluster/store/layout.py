@@ -8,6 +8,8 @@
       cache/datasets/<sha256 of path>.msgpack.zst   hash cache of a dataset (derived, disposable)
       changes/<YYYYMMDDHH>/<host>-<pid>-<token>.log  change journal: one line ``<run_id> <seq>``
                                         per version written (derived; read by the query index)
+      quarantine/<time>-<token>/         what ``runrec fsck --repair`` moved aside, same relative
+                                        paths, with fsck-repair.json saying why
 
 ``<shard>`` is the first 5 characters of the run id (its time prefix: about 2.3 hours a shard),
 so a directory never holds more than the runs of a few hours. Temporary files start with
@@ -126,10 +128,59 @@ def version_name(seq: int, writer: str) -> str:
     return f"v{seq:06d}-{writer}.msgpack.zst"
 
 
+def version_seq(name: str) -> int | None:
+    """The seq of a version file's name (``v000003-<writer>.msgpack.zst``: 3); None for any
+    other name."""
+    m = VERSION_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole store, as ``runrec fsck`` walks it
+# ---------------------------------------------------------------------------------------------
+# Every entry fsck meets is judged by these rules: a name that matches none is "unexpected"
+# (a note), a ``.tmp-`` name a leftover temporary file. Nothing else reads them.
+
+SHARD_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{5}$")  # runs/<shard>/: SHARD_LEN characters
+BLOB_DIR_RE = re.compile(r"^[0-9a-f]{2}$")  # blobs/<aa>/
+BLOB_NAME_RE = re.compile(r"^([0-9a-f]{64})\.zst$")  # blobs/<aa>/<sha256 hex>.zst
+ANY_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")  # a blob digest anywhere in a text
+QUARANTINE_DIR = "quarantine"  # quarantine/<time>-<token>/<the moved files' relative paths>
+REPAIR_LOG = "fsck-repair.json"  # in each quarantine/<time>-<token>/: what was moved, and why
+# top-level entries of a store (docs/store-layout.md); anything else is named as a note
+KNOWN_TOP = frozenset(
+    {
+        META_FILE,
+        "runs",
+        "blobs",
+        "logs",
+        "slurm",
+        "cache",
+        "promoted",
+        "retirements",
+        "index",
+        CHANGES_DIR,
+        "worktrees",
+        QUARANTINE_DIR,
+    }
+)
+# derived directories: only searched for leftover temporary files
+DERIVED_DIRS = ("cache", "index", CHANGES_DIR)
+
+
+def blobs_dir(root: str) -> str:
+    return os.path.join(root, "blobs")
+
+
+def quarantine_dir(root: str, stamp: str) -> str:
+    """Where one repair puts what it moves (``stamp``: its time and a random token)."""
+    return os.path.join(root, QUARANTINE_DIR, stamp)
+
+
 # ---------------------------------------------------------------------------------------------
 # Promoted artifacts and retirement records
 # ---------------------------------------------------------------------------------------------
-# Path rules for promoted artifacts and retirement records (the rest is in ``layout.py``).
+# Path rules for promoted artifacts and retirement records.
 #
 #    STORE/
 #      promoted/<NAME>/v<N>/promotion.msgpack.zst     the promotion record (immutable)
@@ -196,6 +247,12 @@ def copy_name(source_path: str) -> str:
     """The file name the promoted copy gets: the artifact's own, when it is a plain name."""
     base = os.path.basename(os.path.normpath(source_path))
     return base if COPY_NAME_RE.match(base) else "artifact"
+
+
+def promotion_file(root: str, name: str, version: str | int) -> str:
+    """The record of ``NAME@v<version>``, joined without the checks of ``version_dir`` (for a
+    reader that only asks whether it exists)."""
+    return os.path.join(root, "promoted", name, f"v{version}", PROMOTION_FILE)
 
 
 def retirements_dir(root: str, error: type[RunrecError]) -> str:

@@ -1,4 +1,6 @@
-"""TODO-DOC"""
+"""Reading promoted versions (``STORE/promoted/<NAME>/v<N>/``): list them, find one by name
+and version (``NAME``, ``NAME@v3``, ``NAME@latest``), locate its read-only copy. Writing them
+(promotion itself) is ``lineage/promote.py``; their path rules are in ``store/layout.py``."""
 
 from __future__ import annotations
 
@@ -98,7 +100,8 @@ def find_promotion(store: Store, name: str, version: int | None = None) -> Versi
 
 def copy_path(store: Store, entry: VersionEntry) -> str:
     """Where the promoted copy lies (checked to be inside the store)."""
-    assert entry.promotion is not None
+    if entry.promotion is None:
+        raise PromotionError(f"{entry.ref} is not usable: {entry.problem}.")
     return ll.inside(store.root, os.path.join(entry.path, entry.promotion.files), PromotionError)
 
 

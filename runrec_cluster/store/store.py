@@ -9,12 +9,14 @@ import secrets
 import socket
 import stat
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
+from runrec_cluster import settings
 from runrec_cluster.errors import AmbiguousRunId, CorruptRecord, RecordNotFound, StoreError
 from runrec_cluster.record import (
     CONTEXT_KEY,
@@ -23,6 +25,7 @@ from runrec_cluster.record import (
     RunRecord,
     Writer,
     fold,
+    merge_context,
 )
 from runrec_cluster.store import codec, fs, layout
 from runrec_cluster.store import policy as perms
@@ -31,32 +34,11 @@ DEFAULT_STORE = "runrec-store"
 
 
 def default_store_path(cwd: str | None = None) -> str:
-    """$RUNREC_STORE, else ``[tool.runrec] store`` of the nearest pyproject.toml (relative to
-    that file), else ./runrec-store."""
-    env = os.environ.get("RUNREC_STORE")
-    if env:
-        return os.path.abspath(os.path.expanduser(env))
-    here = os.path.abspath(cwd or os.getcwd())
-    d = here
-    while True:
-        pp = os.path.join(d, "pyproject.toml")
-        if os.path.isfile(pp):
-            try:
-                with open(pp, "rb") as f:
-                    data = tomllib.load(f)
-            except (OSError, tomllib.TOMLDecodeError):
-                data = {}
-            store = data.get("tool", {}).get("runrec", {}).get("store")
-            if isinstance(store, str) and store:
-                return os.path.abspath(os.path.join(d, os.path.expanduser(store)))
-            break  # the nearest pyproject.toml decides
-        if os.path.isdir(os.path.join(d, ".git")):
-            break
-        parent = os.path.dirname(d)
-        if parent == d:
-            break
-        d = parent
-    return os.path.join(here, DEFAULT_STORE)
+    """$RUNREC_STORE, else ``store`` of the nearest runrec.toml / pyproject.toml (relative to
+    that file; ``runrec_cluster.settings``), else ./runrec-store."""
+    return settings.store_location(cwd) or os.path.join(
+        os.path.abspath(cwd or os.getcwd()), DEFAULT_STORE
+    )
 
 
 @dataclass(frozen=True)
@@ -305,7 +287,7 @@ class Store:
                 problems.append(ReadProblem(path, msg))
                 continue
             if CONTEXT_KEY in v.patch:
-                v = self._expand(v, path, problems)
+                v = self.expand_context(v, path, problems)
             out.append(v)
         return out
 
@@ -315,14 +297,12 @@ class Store:
         ``CONTEXT_KEY`` and carry only what is their own (schema v2)."""
         return self.put_obj(patch)
 
-    def _expand(
+    def expand_context(
         self, v: RecordVersion, path: str, problems: list[ReadProblem] | None
     ) -> RecordVersion:
-        """A version naming a shared context, with the context merged under its own patch."""
-        import msgspec
-
-        from runrec_cluster.record import merge_context
-
+        """A version naming a shared context (``CONTEXT_KEY``), with the context merged under
+        its own patch. With ``problems``, a context that cannot be read or merged is reported
+        there and the version keeps its own patch; without it, ``CorruptRecord``."""
         digest = v.patch[CONTEXT_KEY]
         ctx = self._contexts.get(digest) if isinstance(digest, str) else None
         if ctx is None:
@@ -444,8 +424,6 @@ class Store:
         """``path`` (a place in the store) if, symlinks resolved, it lies inside the store: a
         link planted in the store that points elsewhere is refused (``StoreError``), never
         written through. Cheap when no link is on the way (an lstat per level)."""
-        from runrec_cluster.store.layout import inside
-
         if path in self._inside_ok:
             return path
         parent = os.path.dirname(path)
@@ -469,7 +447,7 @@ class Store:
             if cur in self._inside_ok:
                 continue  # checked before by this Store (a shard, runs/, changes/<hour>)
             if part == os.pardir or os.path.islink(cur):
-                return inside(self.root, path, StoreError)
+                return layout.inside(self.root, path, StoreError)
             if os.path.isdir(cur):
                 self._remember_inside(cur)
         return path

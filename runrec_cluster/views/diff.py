@@ -92,6 +92,78 @@ def _flat(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}.{k}" if prefix else k: v for k, v in d.items()}
 
 
+def _code_facts(r: RunRecord) -> dict[str, Any]:
+    c, ep = r.code, r.entrypoint
+    d: dict[str, Any] = {}
+    if c is not None:
+        d = {
+            "code.is_repo": c.is_repo,
+            "code.commit": c.commit,
+            "code.dirty": c.dirty,
+            "code.patch": c.patch_blob,
+            "code.submodules": {s.path: s.commit for s in c.submodules} or None,
+        }
+    if ep is not None:
+        d["entrypoint.kind"] = ep.kind
+        d["entrypoint.function"] = ep.function
+        d["entrypoint.argv"] = list(ep.argv) or None
+        d["entrypoint.cwd"] = ep.cwd or None
+    return d
+
+
+def _input_facts(r: RunRecord) -> dict[str, Any]:
+    return {f"inputs.{i.path}": i.digest for i in r.inputs}
+
+
+def _launch_facts(r: RunRecord) -> dict[str, Any]:
+    e = r.launch_env
+    if e is None:
+        return {}
+    return {
+        "launch.python_version": e.python_version,
+        "launch.platform": e.platform,
+        "launch.submit_host": r.submit_host or None,
+    }
+
+
+def _hardware_facts(r: RunRecord) -> dict[str, Any]:
+    x = r.execution
+    if x is None:
+        return {}
+    return {
+        "hardware": x.hardware,
+        "hardware.expect": dict(x.hardware_expect) or None,
+        "hardware.match": x.hardware_match,
+    }
+
+
+def _resource_facts(r: RunRecord) -> dict[str, Any]:
+    x = r.execution
+    if x is None:
+        return {}
+    d: dict[str, Any] = {"backend": x.backend}
+    for f in ("timeout_min", "cpus", "mem_gb", "gpus", "nodes"):
+        d[f"resources.{f}"] = getattr(x.resources, f)
+    d.update(_flat("options", dict(x.options)))
+    for k in ("partition", "nodelist", "assigned_resources"):
+        if k in x.scheduler:
+            d[f"scheduler.{k}"] = x.scheduler[k]
+    return d
+
+
+def _state_facts(r: RunRecord) -> dict[str, Any]:
+    return {
+        "state": r.state.value,
+        "failure": r.failure.cause.value if r.failure else None,
+        "exit_code": r.exit_code,
+        "result": r.result.summary if r.result else None,
+    }
+
+
+def _config_facts(r: RunRecord) -> dict[str, Any]:
+    return {f"config.{k}": e.value for k, e in r.config.items()}
+
+
 def _pairs(store: Store, a: RunRecord, b: RunRecord) -> list[tuple[str, str, Any, Any]]:
     """(section, key, value in a, value in b) for everything compared."""
     out: list[tuple[str, str, Any, Any]] = []
@@ -100,47 +172,10 @@ def _pairs(store: Store, a: RunRecord, b: RunRecord) -> list[tuple[str, str, Any
         for k in dict.fromkeys([*va, *vb]):
             out.append((section, k, va.get(k), vb.get(k)))
 
-    def code(r: RunRecord) -> dict[str, Any]:
-        c, ep = r.code, r.entrypoint
-        d: dict[str, Any] = {}
-        if c is not None:
-            d = {
-                "code.is_repo": c.is_repo,
-                "code.commit": c.commit,
-                "code.dirty": c.dirty,
-                "code.patch": c.patch_blob,
-                "code.submodules": {s.path: s.commit for s in c.submodules} or None,
-            }
-        if ep is not None:
-            d["entrypoint.kind"] = ep.kind
-            d["entrypoint.function"] = ep.function
-            d["entrypoint.argv"] = list(ep.argv) or None
-            d["entrypoint.cwd"] = ep.cwd or None
-        return d
-
-    add("code", code(a), code(b))
-    add(
-        "config",
-        {f"config.{k}": e.value for k, e in a.config.items()},
-        {f"config.{k}": e.value for k, e in b.config.items()},
-    )
-
-    def inputs(r: RunRecord) -> dict[str, Any]:
-        return {f"inputs.{i.path}": i.digest for i in r.inputs}
-
-    add("inputs", inputs(a), inputs(b))
-
-    def launch(r: RunRecord) -> dict[str, Any]:
-        e = r.launch_env
-        if e is None:
-            return {}
-        return {
-            "launch.python_version": e.python_version,
-            "launch.platform": e.platform,
-            "launch.submit_host": r.submit_host or None,
-        }
-
-    add("launch", launch(a), launch(b))
+    add("code", _code_facts(a), _code_facts(b))
+    add("config", _config_facts(a), _config_facts(b))
+    add("inputs", _input_facts(a), _input_facts(b))
+    add("launch", _launch_facts(a), _launch_facts(b))
     la = _packages(store, a.launch_env.packages_blob if a.launch_env else None)
     lb = _packages(store, b.launch_env.packages_blob if b.launch_env else None)
     if la is not None and lb is not None and la != lb:
@@ -150,43 +185,9 @@ def _pairs(store: Store, a: RunRecord, b: RunRecord) -> list[tuple[str, str, Any
     nb = _packages(store, b.node.packages_blob if b.node else None)
     if na is not None and nb is not None and na != nb:
         add("node", _flat("node.packages", na), _flat("node.packages", nb))
-
-    def hw(r: RunRecord) -> dict[str, Any]:
-        x = r.execution
-        if x is None:
-            return {}
-        return {
-            "hardware": x.hardware,
-            "hardware.expect": dict(x.hardware_expect) or None,
-            "hardware.match": x.hardware_match,
-        }
-
-    add("hardware", hw(a), hw(b))
-
-    def resources(r: RunRecord) -> dict[str, Any]:
-        x = r.execution
-        if x is None:
-            return {}
-        d: dict[str, Any] = {"backend": x.backend}
-        for f in ("timeout_min", "cpus", "mem_gb", "gpus", "nodes"):
-            d[f"resources.{f}"] = getattr(x.resources, f)
-        d.update(_flat("options", dict(x.options)))
-        for k in ("partition", "nodelist", "assigned_resources"):
-            if k in x.scheduler:
-                d[f"scheduler.{k}"] = x.scheduler[k]
-        return d
-
-    add("resources", resources(a), resources(b))
-
-    def state(r: RunRecord) -> dict[str, Any]:
-        return {
-            "state": r.state.value,
-            "failure": r.failure.cause.value if r.failure else None,
-            "exit_code": r.exit_code,
-            "result": r.result.summary if r.result else None,
-        }
-
-    add("state", state(a), state(b))
+    add("hardware", _hardware_facts(a), _hardware_facts(b))
+    add("resources", _resource_facts(a), _resource_facts(b))
+    add("state", _state_facts(a), _state_facts(b))
     add("metrics", _flat("metrics", dict(a.metrics)), _flat("metrics", dict(b.metrics)))
     return out
 

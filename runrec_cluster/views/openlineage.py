@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from runrec_cluster.record import InputRef, RunRecord, RunState
 from runrec_cluster.store import Store, layout
 from runrec_cluster.store.codec import to_json_builtins
+from runrec_cluster.version import __version__
 
 SPEC = "https://openlineage.io/spec"
 RUN_EVENT_SCHEMA = f"{SPEC}/2-0-2/OpenLineage.json#/$defs/RunEvent"
@@ -58,14 +59,8 @@ _END_EVENT = {
 }
 
 
-def _version() -> str:
-    from runrec_cluster.version import __version__
-
-    return __version__
-
-
 def producer() -> str:
-    return f"urn:runrec-cluster:{_version()}"
+    return f"urn:runrec-cluster:{__version__}"
 
 
 def custom_schema(facet: str) -> str:
@@ -99,8 +94,6 @@ def _facet(key: str, /, **fields: Any) -> dict[str, Any]:
 
 def _time(dt: datetime | None, run_id: str) -> str:
     if dt is None:
-        from datetime import UTC
-
         dt = datetime.fromtimestamp(layout.id_time(run_id), UTC)
     return dt.isoformat()
 
@@ -150,12 +143,40 @@ def _packages(store: Store, digest: str | None) -> dict[str, Any] | None:
 
 
 def _run_facets(store: Store, rec: RunRecord, trust: Any, end: bool) -> dict[str, Any]:
+    facets = _standard_run_facets(rec, end)
+    facets["runrec_run"] = _runrec_run_facet(rec, trust)
+    facets["runrec_config"] = _facet(
+        "runrec_config",
+        config={
+            k: {"value": to_json_builtins(e.value), "source": e.source}
+            for k, e in rec.config.items()
+        },
+    )
+    env = rec.launch_env
+    if env is not None:
+        facets["runrec_environment"] = _facet(
+            "runrec_environment",
+            python_version=env.python_version,
+            python_executable=env.python_executable,
+            platform=env.platform,
+            hostname=env.hostname,
+            package_count=env.package_count,
+            packages=_packages(store, env.packages_blob),
+            packages_blob=env.packages_blob,
+            env_vars=dict(env.env_vars),
+        )
+    facets["runrec_hardware"] = _hardware_facet(rec)
+    return facets
+
+
+def _standard_run_facets(rec: RunRecord, end: bool) -> dict[str, Any]:
+    """The OpenLineage facets: processing engine, environment variables, tags, error."""
     facets: dict[str, Any] = {
         "processing_engine": _facet(
             "processing_engine",
-            version=_version(),
+            version=__version__,
             name="runrec-cluster",
-            openlineageAdapterVersion=_version(),
+            openlineageAdapterVersion=__version__,
         )
     }
     env = rec.launch_env
@@ -177,8 +198,13 @@ def _run_facets(store: Store, rec: RunRecord, trust: Any, end: bool) -> dict[str
             programmingLanguage="python",
             stackTrace=f.traceback or None,
         )
+    return facets
+
+
+def _runrec_run_facet(rec: RunRecord, trust: Any) -> dict[str, Any]:
+    f = rec.failure
     flags = trust.of_run(rec.run_id) if trust is not None else []
-    facets["runrec_run"] = _facet(
+    return _facet(
         "runrec_run",
         run_id=rec.run_id,
         name=rec.name,
@@ -200,25 +226,9 @@ def _run_facets(store: Store, rec: RunRecord, trust: Any, end: bool) -> dict[str
         trust=[fl.to_json() for fl in flags] or None,
         warnings=list(rec.warnings) or None,
     )
-    facets["runrec_config"] = _facet(
-        "runrec_config",
-        config={
-            k: {"value": to_json_builtins(e.value), "source": e.source}
-            for k, e in rec.config.items()
-        },
-    )
-    if env is not None:
-        facets["runrec_environment"] = _facet(
-            "runrec_environment",
-            python_version=env.python_version,
-            python_executable=env.python_executable,
-            platform=env.platform,
-            hostname=env.hostname,
-            package_count=env.package_count,
-            packages=_packages(store, env.packages_blob),
-            packages_blob=env.packages_blob,
-            env_vars=dict(env.env_vars),
-        )
+
+
+def _hardware_facet(rec: RunRecord) -> dict[str, Any]:
     ex = rec.execution
     nodes = []
     for n in rec.nodes:
@@ -227,7 +237,7 @@ def _run_facets(store: Store, rec: RunRecord, trust: Any, end: bool) -> dict[str
         if d.get("runtime"):
             d["runtime"].pop("loaded_libraries", None)
         nodes.append(d)
-    facets["runrec_hardware"] = _facet(
+    return _facet(
         "runrec_hardware",
         backend=ex.backend if ex else None,
         resources=to_json_builtins(ex.resources) if ex else None,
@@ -238,7 +248,6 @@ def _run_facets(store: Store, rec: RunRecord, trust: Any, end: bool) -> dict[str
         scheduler=to_json_builtins(ex.scheduler) if ex else None,
         nodes=nodes,
     )
-    return facets
 
 
 def _iso(dt: datetime | None) -> str | None:

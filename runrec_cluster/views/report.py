@@ -18,8 +18,12 @@ from __future__ import annotations
 import html
 import json
 import math
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from runrec_cluster.query.select import query
+from runrec_cluster.query.sweeps import metric_columns, sweep_frame, varied_config
 
 W, H = 420, 260
 ML, MR, MT, MB = 58, 16, 28, 52
@@ -78,8 +82,33 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return out
 
 
-def plot_svg(points: list[dict[str, Any]], xkey: str, ykey: str) -> str:
-    """A scatter plot of ``ykey`` against ``xkey``; each point dict has run_id, state, x, y."""
+@dataclass(frozen=True)
+class _Axes:
+    """Where a plot's values go: the ranges (log10 on a log x axis), categories of a
+    non-numeric x, and the plotting area."""
+
+    numeric_x: bool
+    log_x: bool
+    cats: list[str]
+    x_lo: float
+    x_hi: float
+    y_lo: float
+    y_hi: float
+    pw: int = W - ML - MR
+    ph: int = H - MT - MB
+
+    def sx(self, x: Any) -> float:
+        if self.numeric_x:
+            v = math.log10(x) if self.log_x else x
+            return ML + (v - self.x_lo) / (self.x_hi - self.x_lo) * self.pw
+        i = self.cats.index(_fmt(x) or "(none)")
+        return ML + (i + 0.5) / len(self.cats) * self.pw
+
+    def sy(self, y: float) -> float:
+        return MT + self.ph - (y - self.y_lo) / (self.y_hi - self.y_lo) * self.ph
+
+
+def _axes(points: list[dict[str, Any]]) -> _Axes:
     xs = [p["x"] for p in points]
     numeric_x = all(_isnum(x) for x in xs if x is not None) and any(x is not None for x in xs)
     cats: list[str] = []
@@ -95,6 +124,7 @@ def plot_svg(points: list[dict[str, Any]], xkey: str, ykey: str) -> str:
     pad = (y_hi - y_lo) * 0.06
     y_lo, y_hi = y_lo - pad, y_hi + pad
     log_x = False
+    x_lo = x_hi = 0.0
     if numeric_x:
         nx = [x for x in xs if _isnum(x)]
         x_lo, x_hi = min(nx), max(nx)
@@ -105,31 +135,25 @@ def plot_svg(points: list[dict[str, Any]], xkey: str, ykey: str) -> str:
             x_lo, x_hi = x_lo - 0.5, x_hi + 0.5
         xpad = (x_hi - x_lo) * 0.06
         x_lo, x_hi = x_lo - xpad, x_hi + xpad
-    pw, ph = W - ML - MR, H - MT - MB
+    return _Axes(numeric_x, log_x, cats, x_lo, x_hi, y_lo, y_hi)
 
-    def sx(x: Any) -> float:
-        if numeric_x:
-            v = math.log10(x) if log_x else x
-            return ML + (v - x_lo) / (x_hi - x_lo) * pw
-        i = cats.index(_fmt(x) or "(none)")
-        return ML + (i + 0.5) / len(cats) * pw
 
-    def sy(y: float) -> float:
-        return MT + ph - (y - y_lo) / (y_hi - y_lo) * ph
-
+def _grid(ax: _Axes, xkey: str, ykey: str) -> list[str]:
+    """The frame, grid lines, tick labels and axis titles."""
+    pw, ph = ax.pw, ax.ph
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{W}" height="{H}" '
         f'viewBox="0 0 {W} {H}" role="img" aria-label="{_e(ykey)} against {_e(xkey)}">',
         f'<rect x="{ML}" y="{MT}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>',
     ]
-    for t in _ticks(y_lo, y_hi):
-        y = sy(t)
+    for t in _ticks(ax.y_lo, ax.y_hi):
+        y = ax.sy(t)
         parts.append(f'<line x1="{ML}" x2="{ML + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
         parts.append(f'<text x="{ML - 4}" y="{y + 4:.1f}" text-anchor="end">{t:.4g}</text>')
-    if numeric_x:
-        for t in _ticks(x_lo, x_hi):
-            x = ML + (t - x_lo) / (x_hi - x_lo) * pw
-            label = f"{10**t:.3g}" if log_x else f"{t:.4g}"
+    if ax.numeric_x:
+        for t in _ticks(ax.x_lo, ax.x_hi):
+            x = ML + (t - ax.x_lo) / (ax.x_hi - ax.x_lo) * pw
+            label = f"{10**t:.3g}" if ax.log_x else f"{t:.4g}"
             parts.append(
                 f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{MT}" y2="{MT + ph}" stroke="#eee"/>'
             )
@@ -137,44 +161,85 @@ def plot_svg(points: list[dict[str, Any]], xkey: str, ykey: str) -> str:
                 f'<text x="{x:.1f}" y="{MT + ph + 14}" text-anchor="middle">{label}</text>'
             )
     else:
-        for c in cats:
-            x = ML + (cats.index(c) + 0.5) / len(cats) * pw
+        for c in ax.cats:
+            x = ML + (ax.cats.index(c) + 0.5) / len(ax.cats) * pw
             parts.append(
                 f'<text x="{x:.1f}" y="{MT + ph + 14}" text-anchor="middle">{_e(c[:14])}</text>'
             )
+    log = " (log)" if ax.log_x else ""
+    parts.append(f'<text x="{ML + pw / 2}" y="{H - 8}" text-anchor="middle">{_e(xkey)}{log}</text>')
     parts.append(
-        f'<text x="{ML + pw / 2}" y="{H - 8}" text-anchor="middle">{_e(xkey)}{" (log)" if log_x else ""}</text>'
+        f'<text transform="translate(12,{MT + ph / 2}) rotate(-90)" '
+        f'text-anchor="middle">{_e(ykey)}</text>'
     )
-    parts.append(
-        f'<text transform="translate(12,{MT + ph / 2}) rotate(-90)" text-anchor="middle">{_e(ykey)}</text>'
-    )
+    return parts
+
+
+def _marks(ax: _Axes, points: list[dict[str, Any]], xkey: str, ykey: str) -> list[str]:
+    """One point per run with a value; a cross under the axis for a run without one."""
+    parts = []
     for p in points:
-        if p["x"] is None and numeric_x:
+        if p["x"] is None and ax.numeric_x:
             continue
-        x = sx(p["x"])
+        x = ax.sx(p["x"])
         color = _STATE_COLOR.get(p["state"], "#555")
-        tip = f"{p['run_id']} [{p.get('sweep_index')}] {p['state']}: {xkey}={_fmt(p['x'])}, {ykey}={_fmt(p['y'])}"
+        tip = (
+            f"{p['run_id']} [{p.get('sweep_index')}] {p['state']}: "
+            f"{xkey}={_fmt(p['x'])}, {ykey}={_fmt(p['y'])}"
+        )
         if _isnum(p["y"]):
-            y = sy(p["y"])
+            y = ax.sy(p["y"])
             parts.append(
-                f'<circle class="pt" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}" fill-opacity="0.8">'
-                f"<title>{_e(tip)}</title></circle>"
+                f'<circle class="pt" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}" '
+                f'fill-opacity="0.8"><title>{_e(tip)}</title></circle>'
             )
         else:  # no value (failed, cancelled, still running): a cross under the axis
-            y = MT + ph + 26
+            y = MT + ax.ph + 26
             parts.append(
                 f'<path class="nometric" d="M{x - 4:.1f},{y - 4} l8,8 m0,-8 l-8,8" stroke="{color}" '
                 f'stroke-width="2"><title>{_e(tip)} (no value)</title></path>'
             )
-    parts.append("</svg>")
-    return "".join(parts)
+    return parts
+
+
+def plot_svg(points: list[dict[str, Any]], xkey: str, ykey: str) -> str:
+    """A scatter plot of ``ykey`` against ``xkey``; each point dict has run_id, state, x, y."""
+    ax = _axes(points)
+    return "".join([*_grid(ax, xkey, ykey), *_marks(ax, points, xkey, ykey), "</svg>"])
+
+
+@dataclass
+class _Page:
+    """What the page is drawn from: the sweep's rows, the reruns made outside it, the varied
+    config keys and the metrics."""
+
+    store_root: str
+    sweep_id: str
+    rows: list[dict[str, Any]]
+    extra: list[dict[str, Any]]
+    ids: set[str]
+    varied: list[str]
+    metrics: list[str]
+    page_ids: set[str] = field(init=False)  # every run with a row on the page
+
+    def __post_init__(self) -> None:
+        self.page_ids = {r["run_id"] for r in self.all_rows}
+
+    @property
+    def all_rows(self) -> list[dict[str, Any]]:
+        return self.rows + self.extra
+
+    def link(self, rid: str) -> str:
+        label = _e(rid[:12])
+        return (
+            f'<a href="#run-{_e(rid)}">{label}</a>'
+            if rid in self.page_ids
+            else f"<code>{label}</code>"
+        )
 
 
 def sweep_report(store: Any, sweep: str, index_dir: Any = None) -> tuple[str, dict[str, Any]]:
     """(HTML text, {sweep_id, runs, plots}) for the sweep whose id starts with ``sweep``."""
-    from runrec_cluster.query.select import query
-    from runrec_cluster.query.sweeps import metric_columns, sweep_frame, varied_config
-
     sweep_id, df = sweep_frame(store, sweep, index_dir)
     ids = set(df["run_id"])
     all_df = query(store, refresh=False, index_dir=index_dir)
@@ -182,76 +247,98 @@ def sweep_report(store: Any, sweep: str, index_dir: Any = None) -> tuple[str, di
         ~all_df["run_id"].isin(ids)
         & (all_df["rerun_of"].isin(ids) | all_df["rerun_root"].isin(ids))
     ]
-    varied = varied_config(df)
-    metrics = metric_columns(df)
-    rows = [_clean(r) for r in df.to_dict(orient="records")]
-    extra = [_clean(r) for r in outside.to_dict(orient="records")]
-    page_ids = {r["run_id"] for r in rows + extra}
-    reruns: dict[str, list[str]] = {}
-    for r in rows + extra:
-        if r.get("rerun_of"):
-            reruns.setdefault(r["rerun_of"], []).append(r["run_id"])
+    page = _Page(
+        store_root=store.root,
+        sweep_id=sweep_id,
+        rows=[_clean(r) for r in df.to_dict(orient="records")],
+        extra=[_clean(r) for r in outside.to_dict(orient="records")],
+        ids=ids,
+        varied=varied_config(df),
+        metrics=metric_columns(df),
+    )
+    out = _summary(page)
+    plots, nplots = _plots(page)
+    out += plots
+    out += _runs_table(page)
+    out += _failures(page)
+    out.append(
+        "<p class='muted'>Details: <code>runrec show RUN</code>; rerun: "
+        "<code>runrec rerun RUN</code>.</p></body></html>"
+    )
+    return "\n".join(out), {"sweep_id": sweep_id, "runs": len(page.rows), "plots": nplots}
 
-    def link(rid: str) -> str:
-        label = _e(rid[:12])
-        return (
-            f'<a href="#run-{_e(rid)}">{label}</a>' if rid in page_ids else f"<code>{label}</code>"
-        )
 
+def _summary(page: _Page) -> list[str]:
     states: dict[str, int] = {}
-    for r in rows:
+    for r in page.rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
-    out = [
+    sweep_id = page.sweep_id
+    by_state = ", ".join(
+        f"<span class='state-{_e(k)}'>{v} {_e(k)}</span>" for k, v in sorted(states.items())
+    )
+    varied = _e(", ".join(page.varied) or "nothing")
+    metrics = _e(", ".join(page.metrics) or "none")
+    generated = (
+        f" <span class='muted'>Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from "
+        f"{_e(page.store_root)}.</span></p>"
+    )
+    return [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>sweep {_e(sweep_id[:12])}: runrec report</title><style>{CSS}</style></head><body>",
         f"<h1>Sweep <code>{_e(sweep_id)}</code></h1>",
-        f"<p id='summary'>{len(rows)} runs: "
-        + ", ".join(
-            f"<span class='state-{_e(k)}'>{v} {_e(k)}</span>" for k, v in sorted(states.items())
-        )
-        + f". Varied: {_e(', '.join(varied) or 'nothing')}. Metrics: {_e(', '.join(metrics) or 'none')}."
-        + f" <span class='muted'>Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from {_e(store.root)}.</span></p>",
+        f"<p id='summary'>{len(page.rows)} runs: {by_state}. Varied: {varied}. Metrics: {metrics}."
+        + generated,
     ]
-    nplots = 0
-    if varied and metrics:
-        out.append("<h2>Metrics against the varied config</h2><div class='plots'>")
-        for m in metrics:
-            for k in varied:
-                pts = [
-                    {
-                        "run_id": r["run_id"],
-                        "sweep_index": r.get("sweep_index"),
-                        "state": r["state"],
-                        "x": r.get(k),
-                        "y": r.get(m),
-                    }
-                    for r in rows
-                ]
-                out.append(
-                    f"<figure>{plot_svg(pts, k, m)}<figcaption>{_e(m)} against {_e(k)}</figcaption></figure>"
-                )
-                nplots += 1
-        out.append("</div>")
-    else:
-        out.append(
-            "<p class='muted'>No plot: the sweep varies no config key, or records no metric.</p>"
-        )
 
-    cols = ["sweep_index", "state", "cause", "verdict", *varied, *metrics]
-    out.append("<h2>Runs</h2><table id='runs'><thead><tr><th>run</th>")
+
+def _plots(page: _Page) -> tuple[list[str], int]:
+    """One plot per (metric, varied key), and how many."""
+    if not (page.varied and page.metrics):
+        return [
+            "<p class='muted'>No plot: the sweep varies no config key, or records no metric.</p>"
+        ], 0
+    out = ["<h2>Metrics against the varied config</h2><div class='plots'>"]
+    nplots = 0
+    for m in page.metrics:
+        for k in page.varied:
+            pts = [
+                {
+                    "run_id": r["run_id"],
+                    "sweep_index": r.get("sweep_index"),
+                    "state": r["state"],
+                    "x": r.get(k),
+                    "y": r.get(m),
+                }
+                for r in page.rows
+            ]
+            out.append(
+                f"<figure>{plot_svg(pts, k, m)}<figcaption>{_e(m)} against {_e(k)}"
+                "</figcaption></figure>"
+            )
+            nplots += 1
+    out.append("</div>")
+    return out, nplots
+
+
+def _runs_table(page: _Page) -> list[str]:
+    reruns: dict[str, list[str]] = {}
+    for r in page.all_rows:
+        if r.get("rerun_of"):
+            reruns.setdefault(r["rerun_of"], []).append(r["run_id"])
+    cols = ["sweep_index", "state", "cause", "verdict", *page.varied, *page.metrics]
+    out = ["<h2>Runs</h2><table id='runs'><thead><tr><th>run</th>"]
     out += [f"<th>{_e(c)}</th>" for c in cols]
     out.append("<th>flags</th><th>reruns</th></tr></thead><tbody>")
-    for r in rows + extra:
+    for r in page.all_rows:
         cls = []
         if r["state"] == "failed":
             cls.append("failed")
         if r.get("negative"):
             cls.append("negative")
-        for f in ("retired", "suspect"):
-            if r.get(f):
-                cls.append(f)
+        cls += [f for f in ("retired", "suspect") if r.get(f)]
         out.append(
-            f"<tr id='run-{_e(r['run_id'])}' class='{' '.join(cls)}'><td><code>{_e(r['run_id'][:12])}</code></td>"
+            f"<tr id='run-{_e(r['run_id'])}' class='{' '.join(cls)}'>"
+            f"<td><code>{_e(r['run_id'][:12])}</code></td>"
         )
         for c in cols:
             v = r.get(c)
@@ -262,41 +349,40 @@ def sweep_report(store: Any, sweep: str, index_dir: Any = None) -> tuple[str, di
         flags = [f.upper() for f in ("retired", "suspect") if r.get(f)]
         if r.get("negative"):
             flags.append("negative")
-        if r["run_id"] not in ids:
+        if r["run_id"] not in page.ids:
             flags.append("outside the sweep")
         out.append(f"<td>{_e(', '.join(flags))}</td><td>")
         links = []
         if r.get("rerun_of"):
-            links.append("rerun of " + link(r["rerun_of"]))
+            links.append("rerun of " + page.link(r["rerun_of"]))
         if reruns.get(r["run_id"]):
-            links.append("rerun as " + ", ".join(link(x) for x in reruns[r["run_id"]]))
+            links.append("rerun as " + ", ".join(page.link(x) for x in reruns[r["run_id"]]))
         out.append("; ".join(links) + "</td></tr>")
     out.append("</tbody></table>")
+    return out
 
-    bad = [r for r in rows + extra if r["state"] in ("failed", "cancelled") or r.get("negative")]
-    out.append("<h2 id='failures'>Failures and negative results</h2>")
-    if bad:
-        out.append("<ul>")
-        for r in bad:
-            why = ", ".join(
-                _e(x)
-                for x in (
-                    r.get("cause"),
-                    r.get("failure_type"),
-                    r.get("verdict") and f"verdict {r['verdict']}",
-                )
-                if x
+
+def _failures(page: _Page) -> list[str]:
+    bad = [r for r in page.all_rows if r["state"] in ("failed", "cancelled") or r.get("negative")]
+    out = ["<h2 id='failures'>Failures and negative results</h2>"]
+    if not bad:
+        return [*out, "<p>None.</p>"]
+    out.append("<ul>")
+    for r in bad:
+        why = ", ".join(
+            _e(x)
+            for x in (
+                r.get("cause"),
+                r.get("failure_type"),
+                r.get("verdict") and f"verdict {r['verdict']}",
             )
-            out.append(
-                f"<li>{link(r['run_id'])} [{_e(r.get('sweep_index'))}] {_e(r['state'])}: {why}</li>"
-            )
-        out.append("</ul>")
-    else:
-        out.append("<p>None.</p>")
-    out.append(
-        "<p class='muted'>Details: <code>runrec show RUN</code>; rerun: <code>runrec rerun RUN</code>.</p></body></html>"
-    )
-    return "\n".join(out), {"sweep_id": sweep_id, "runs": len(rows), "plots": nplots}
+            if x
+        )
+        out.append(
+            f"<li>{page.link(r['run_id'])} [{_e(r.get('sweep_index'))}] {_e(r['state'])}: {why}</li>"
+        )
+    out.append("</ul>")
+    return out
 
 
 def _clean(row: dict[str, Any]) -> dict[str, Any]:

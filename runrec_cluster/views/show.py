@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.markup import escape as _markup_escape
 
-from runrec_cluster.record import RunRecord
+from runrec_cluster.record import NodeInfo, RunRecord
 from runrec_cluster.store import Store
 
 # control characters a record may hold (written before names were checked, or in free text)
@@ -29,6 +29,10 @@ def _kv(c: Any, key: str, value: Any) -> None:
     c.print(f"  [bold]{escape(key)}[/bold]: {escape(str(value))}")
 
 
+def _section(c: Any, title: str) -> None:
+    c.print(f"\n[bold underline]{title}[/bold underline]")
+
+
 def render(
     c: Any,
     store: Store,
@@ -37,10 +41,29 @@ def render(
     promoted: list[Any] | None = None,
 ) -> None:
     """``flags``: the run's trust flags (``lineage.Trust``); ``promoted``: its promotions."""
+    _header(c, rec, flags)
+    if flags:
+        _trust(c, rec, flags)
+    _identity(c, rec)
+    if rec.rerun_of:
+        _rerun(c, rec, rec.rerun_of)
+    _code(c, rec)
+    _config(c, rec)
+    _inputs(c, rec)
+    _launch_env(c, rec)
+    _execution(c, rec)
+    for n in rec.nodes:
+        _node(c, n, len(rec.nodes) > 1)
+    _lifecycle(c, rec)
+    _outcome(c, rec, promoted)
+    _annotations(c, rec)
+    if rec.warnings:
+        _section(c, "Warnings")
+        for w in rec.warnings:
+            c.print(f"  {escape(w)}")
 
-    def section(title: str) -> None:
-        c.print(f"\n[bold underline]{title}[/bold underline]")
 
+def _header(c: Any, rec: RunRecord, flags: list[Any] | None) -> None:
     state = rec.state.value + (f" ({rec.failure.cause.value})" if rec.failure else "")
     marker = ""
     if flags:
@@ -49,42 +72,51 @@ def render(
     c.print(
         f"[bold]run {rec.run_id}[/bold]  {escape(rec.name)}  [bold]{escape(state)}[/bold]{marker}"
     )
-    if flags:
-        section("Trust")
-        for f in flags:
-            r = f.retirement
-            what = (
-                "this run was retired"
-                if f.kind == "retired"
-                else f"SUSPECT: upstream {f.via_label or r.target} was {r.state}"
-            )
-            c.print(f"  [bold red]{escape(what)}[/bold red]")
-            _kv(c, "reason", r.reason)
-            _kv(c, "retirement", f"{r.id} (by {r.by}, {r.at.isoformat()})")
-            _kv(c, "superseded by", r.superseded_by)
-        c.print(f"  see `runrec lineage {rec.run_id[:12]} --up` and `runrec retirements`")
-    section("Identity")
+
+
+def _trust(c: Any, rec: RunRecord, flags: list[Any]) -> None:
+    _section(c, "Trust")
+    for f in flags:
+        r = f.retirement
+        what = (
+            "this run was retired"
+            if f.kind == "retired"
+            else f"SUSPECT: upstream {f.via_label or r.target} was {r.state}"
+        )
+        c.print(f"  [bold red]{escape(what)}[/bold red]")
+        _kv(c, "reason", r.reason)
+        _kv(c, "retirement", f"{r.id} (by {r.by}, {r.at.isoformat()})")
+        _kv(c, "superseded by", r.superseded_by)
+    c.print(f"  see `runrec lineage {rec.run_id[:12]} --up` and `runrec retirements`")
+
+
+def _identity(c: Any, rec: RunRecord) -> None:
+    _section(c, "Identity")
     _kv(c, "sweep", f"{rec.sweep_id} [{rec.sweep_index}]" if rec.sweep_id else None)
     _kv(c, "user", rec.user)
     _kv(c, "submit host", rec.submit_host)
     _kv(c, "tags", ", ".join(f"{k}={v}" for k, v in rec.tags.items()))
     _kv(c, "created", rec.created_at.isoformat() if rec.created_at else None)
-    if rec.rerun_of:
-        section("Rerun")
-        _kv(c, "rerun of", rec.rerun_of)
-        _kv(c, "chain root", rec.rerun_root if rec.rerun_root != rec.rerun_of else None)
-        rr_info = rec.rerun
-        if rr_info is not None:
-            _kv(c, "reason", rr_info.reason)
-            where = f" ({rr_info.code_dir})" if rr_info.code_dir else ""
-            _kv(c, "code from", rr_info.code_from + where)
-            _kv(c, "function from", rr_info.function_from)
-            for d in rr_info.intended:
-                _kv(c, "intended", f"{d.what}: {d.before!r} -> {d.after!r}")
-            _kv(c, "pinned", ", ".join(f"{k}={v!r}" for k, v in rr_info.pinned.items()))
-        c.print(f"  compare: runrec diff {rec.rerun_of[:12]} {rec.run_id[:12]}")
 
-    section("Code")
+
+def _rerun(c: Any, rec: RunRecord, rerun_of: str) -> None:
+    _section(c, "Rerun")
+    _kv(c, "rerun of", rerun_of)
+    _kv(c, "chain root", rec.rerun_root if rec.rerun_root != rerun_of else None)
+    rr_info = rec.rerun
+    if rr_info is not None:
+        _kv(c, "reason", rr_info.reason)
+        where = f" ({rr_info.code_dir})" if rr_info.code_dir else ""
+        _kv(c, "code from", rr_info.code_from + where)
+        _kv(c, "function from", rr_info.function_from)
+        for d in rr_info.intended:
+            _kv(c, "intended", f"{d.what}: {d.before!r} -> {d.after!r}")
+        _kv(c, "pinned", ", ".join(f"{k}={v!r}" for k, v in rr_info.pinned.items()))
+    c.print(f"  compare: runrec diff {rerun_of[:12]} {rec.run_id[:12]}")
+
+
+def _code(c: Any, rec: RunRecord) -> None:
+    _section(c, "Code")
     code = rec.code
     if code is None:
         c.print("  (not captured)")
@@ -113,13 +145,17 @@ def render(
         _kv(c, "entrypoint", ep.function if ep.kind == "function" else " ".join(ep.argv))
         _kv(c, "cwd", ep.cwd)
 
-    section("Config")
+
+def _config(c: Any, rec: RunRecord) -> None:
+    _section(c, "Config")
     if not rec.config:
         c.print("  (none)")
     for k, e in rec.config.items():
         c.print(f"  [bold]{escape(k)}[/bold] = {escape(repr(e.value))}  [dim]({e.source})[/dim]")
 
-    section("Inputs")
+
+def _inputs(c: Any, rec: RunRecord) -> None:
+    _section(c, "Inputs")
     if not rec.inputs:
         c.print("  (none)")
     for i in rec.inputs:
@@ -128,10 +164,13 @@ def render(
             src = i.promoted or f"{i.run_id}:{i.artifact}"
             extra += f", artifact {src}"
         c.print(
-            f"  {escape(i.path)}  {i.digest}  ({i.size} bytes, {i.file_count} files{escape(extra)}, added at {i.added_by})"
+            f"  {escape(i.path)}  {i.digest}  ({i.size} bytes, {i.file_count} files"
+            f"{escape(extra)}, added at {i.added_by})"
         )
 
-    section("Launch environment")
+
+def _launch_env(c: Any, rec: RunRecord) -> None:
+    _section(c, "Launch environment")
     le = rec.launch_env
     if le:
         _kv(c, "python", f"{le.python_version} ({le.python_executable})")
@@ -140,7 +179,9 @@ def render(
         for k, v in le.env_vars.items():
             _kv(c, k, v)
 
-    section("Execution")
+
+def _execution(c: Any, rec: RunRecord) -> None:
+    _section(c, "Execution")
     ex = rec.execution
     if ex:
         _kv(c, "backend", ex.backend)
@@ -170,40 +211,44 @@ def render(
         _kv(c, "logs", ex.log_dir)
     _kv(c, "attempt", rec.attempt if rec.attempt > 1 else None)
 
-    for n in rec.nodes:
-        section(f"Node (rank {n.rank})" if len(rec.nodes) > 1 else "Node")
-        _kv(c, "hostname", n.hostname)
-        _kv(c, "os", f"{n.os}, {n.kernel}")
+
+def _node(c: Any, n: NodeInfo, ranked: bool) -> None:
+    _section(c, f"Node (rank {n.rank})" if ranked else "Node")
+    _kv(c, "hostname", n.hostname)
+    _kv(c, "os", f"{n.os}, {n.kernel}")
+    _kv(
+        c,
+        "cpu",
+        f"{n.cpu_model}, {n.cpus_allowed}/{n.cpu_count} cpus usable, {n.memory_total_mb} MB",
+    )
+    _kv(c, "gpu status", n.gpu_status)
+    for g in n.gpus:
         _kv(
             c,
-            "cpu",
-            f"{n.cpu_model}, {n.cpus_allowed}/{n.cpu_count} cpus usable, {n.memory_total_mb} MB",
+            f"gpu {g.index}",
+            f"{g.name} {g.uuid} {g.memory_total_mb} MB, cc {g.compute_capability}, "
+            f"MIG {g.mig_mode}",
         )
-        _kv(c, "gpu status", n.gpu_status)
-        for g in n.gpus:
-            _kv(
-                c,
-                f"gpu {g.index}",
-                f"{g.name} {g.uuid} {g.memory_total_mb} MB, cc {g.compute_capability}, MIG {g.mig_mode}",
-            )
-        _kv(c, "nvidia driver", n.nvidia_driver)
-        _kv(c, "cuda driver", n.cuda_driver)
-        _kv(c, "CUDA_VISIBLE_DEVICES", n.cuda_visible_devices)
-        if n.runtime:
-            _kv(c, "cuda runtime", n.runtime.cuda_runtime)
-            _kv(c, "cudnn", n.runtime.cudnn)
-            _kv(c, "nccl", n.runtime.nccl)
-            _kv(c, "frameworks", ", ".join(f"{k} {v}" for k, v in n.runtime.frameworks.items()))
-        _kv(c, "features", ", ".join(n.features))
-        _kv(c, "python", f"{n.python_version} ({n.python_executable})")
-        if n.package_drift:
-            c.print("  [bold yellow]package drift (launch → node)[/bold yellow]:")
-            for name, (a, b) in n.package_drift.items():
-                c.print(f"    {escape(name)}: {a or '(absent)'} → {b or '(absent)'}")
-        else:
-            _kv(c, "package drift", "none (node packages match the launch environment)")
+    _kv(c, "nvidia driver", n.nvidia_driver)
+    _kv(c, "cuda driver", n.cuda_driver)
+    _kv(c, "CUDA_VISIBLE_DEVICES", n.cuda_visible_devices)
+    if n.runtime:
+        _kv(c, "cuda runtime", n.runtime.cuda_runtime)
+        _kv(c, "cudnn", n.runtime.cudnn)
+        _kv(c, "nccl", n.runtime.nccl)
+        _kv(c, "frameworks", ", ".join(f"{k} {v}" for k, v in n.runtime.frameworks.items()))
+    _kv(c, "features", ", ".join(n.features))
+    _kv(c, "python", f"{n.python_version} ({n.python_executable})")
+    if n.package_drift:
+        c.print("  [bold yellow]package drift (launch → node)[/bold yellow]:")
+        for name, (a, b) in n.package_drift.items():
+            c.print(f"    {escape(name)}: {a or '(absent)'} → {b or '(absent)'}")
+    else:
+        _kv(c, "package drift", "none (node packages match the launch environment)")
 
-    section("Lifecycle")
+
+def _lifecycle(c: Any, rec: RunRecord) -> None:
+    _section(c, "Lifecycle")
     _kv(c, "submitted", rec.submitted_at.isoformat() if rec.submitted_at else None)
     _kv(c, "started", rec.started_at.isoformat() if rec.started_at else None)
     _kv(c, "ended", rec.ended_at.isoformat() if rec.ended_at else None)
@@ -218,18 +263,21 @@ def render(
     _kv(c, "exit code", rec.exit_code)
     _kv(c, "state recorded by", rec.state_source)
 
+
+def _outcome(c: Any, rec: RunRecord, promoted: list[Any] | None) -> None:
+    """Metrics, artifacts, promotions, the result and the failure: the sections a run has."""
     if rec.metrics:
-        section("Metrics")
+        _section(c, "Metrics")
         for k, v in rec.metrics.items():
             _kv(c, k, v)
     if rec.artifacts:
-        section("Artifacts")
+        _section(c, "Artifacts")
         for a in rec.artifacts:
             c.print(
                 f"  [bold]{escape(a.name)}[/bold]: {escape(a.path)}  {a.digest}  ({a.size} bytes)"
             )
     if promoted:
-        section("Promoted")
+        _section(c, "Promoted")
         for p in promoted:
             _kv(
                 c,
@@ -237,10 +285,10 @@ def render(
                 f"artifact {p.artifact}, approved by {p.approved_by}, {p.promoted_at.isoformat()}",
             )
     if rec.result is not None:
-        section("Result")
+        _section(c, "Result")
         _kv(c, "value", f"{rec.result.summary} ({rec.result.type}, {rec.result.format})")
     if rec.failure is not None:
-        section("Failure")
+        _section(c, "Failure")
         f = rec.failure
         _kv(c, "cause", f.cause.value)
         _kv(c, "type", f.type)
@@ -252,8 +300,11 @@ def render(
         if f.traceback:
             c.print("  [bold]traceback[/bold]:")
             c.print(escape(f.traceback.rstrip()), highlight=False)
+
+
+def _annotations(c: Any, rec: RunRecord) -> None:
     if rec.annotations:
-        section("Annotations")
+        _section(c, "Annotations")
         for a in rec.annotations:  # in the order they were written
             blocks = f", blocks {a.blocks}" if a.blocks else ""
             when = a.at.isoformat() if a.at else "?"
@@ -261,7 +312,3 @@ def render(
                 f"  [bold]{escape(a.verdict)}[/bold]{escape(blocks)} by {escape(a.by)} at {when}"
             )
             c.print(f"    {escape(a.note)}")
-    if rec.warnings:
-        section("Warnings")
-        for w in rec.warnings:
-            c.print(f"  {escape(w)}")

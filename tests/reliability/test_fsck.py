@@ -20,7 +20,7 @@ from helpers import git, run_cli
 from helpers import write_figures as _results
 
 import runrec_cluster as rr
-from runrec_cluster.fsck import check as fsck
+from runrec_cluster import fsck
 from runrec_cluster.lineage import promote, retire
 from runrec_cluster.store import codec, layout
 from runrec_cluster.store import promoted as store_promoted

@@ -31,7 +31,7 @@ import time
 
 from helpers import write_figures as _results
 
-from runrec_cluster.fsck import check as fsck
+from runrec_cluster import fsck
 from runrec_cluster.store import Store, layout
 
 TRIALS = int(os.environ.get("RUNREC_KILL9_TRIALS", "200"))
