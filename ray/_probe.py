@@ -42,13 +42,17 @@ def import_ray():
     try:
         import ray
     except ImportError as exc:
-        sys.exit(f"_probe.py: {sys.executable} cannot import ray ({exc}); "
-                 "set RAY_BIN or PYTHON to an environment with ray[default]")
+        sys.exit(
+            f"_probe.py: {sys.executable} cannot import ray ({exc}); "
+            "set RAY_BIN or PYTHON to an environment with ray[default]"
+        )
     if getattr(ray, "__file__", None) is None:
         # A directory named `ray` in the working directory (such as /tmp/ray) imports as an
         # empty namespace package when Ray is not installed.
-        sys.exit(f"_probe.py: {sys.executable} has no Ray installed "
-                 f"(`import ray` found only the directory {list(ray.__path__)})")
+        sys.exit(
+            f"_probe.py: {sys.executable} has no Ray installed "
+            f"(`import ray` found only the directory {list(ray.__path__)})"
+        )
     return ray
 
 
@@ -70,17 +74,19 @@ def node_list_gcs(address: str) -> list[dict]:
     client = GcsClient(address=address)
     nodes = []
     for node_id, info in client.get_all_node_info(timeout=10).items():
-        nodes.append({
-            "node_id": node_id.hex(),
-            "state": GcsNodeInfo.GcsNodeState.Name(info.state),
-            "is_head": bool(info.is_head_node),
-            "ip": info.node_manager_address,
-            "resources": dict(info.resources_total),
-            "temp_dir": info.temp_dir,
-            "session_dir": info.session_dir,
-            "raylet_socket": info.raylet_socket_name,
-            "start_time_ms": info.start_time_ms,
-        })
+        nodes.append(
+            {
+                "node_id": node_id.hex(),
+                "state": GcsNodeInfo.GcsNodeState.Name(info.state),
+                "is_head": bool(info.is_head_node),
+                "ip": info.node_manager_address,
+                "resources": dict(info.resources_total),
+                "temp_dir": info.temp_dir,
+                "session_dir": info.session_dir,
+                "raylet_socket": info.raylet_socket_name,
+                "start_time_ms": info.start_time_ms,
+            }
+        )
     return nodes
 
 
@@ -92,17 +98,19 @@ def node_list_driver(address: str) -> list[dict]:
         nodes = []
         for n in ray.nodes():
             res = n.get("Resources", {})
-            nodes.append({
-                "node_id": n["NodeID"],
-                "state": "ALIVE" if n.get("Alive") else "DEAD",
-                "is_head": "node:__internal_head__" in res,
-                "ip": n.get("NodeManagerAddress", ""),
-                "resources": res,
-                "temp_dir": "",
-                "session_dir": "",
-                "raylet_socket": n.get("RayletSocketName", ""),
-                "start_time_ms": 0,
-            })
+            nodes.append(
+                {
+                    "node_id": n["NodeID"],
+                    "state": "ALIVE" if n.get("Alive") else "DEAD",
+                    "is_head": "node:__internal_head__" in res,
+                    "ip": n.get("NodeManagerAddress", ""),
+                    "resources": res,
+                    "temp_dir": "",
+                    "session_dir": "",
+                    "raylet_socket": n.get("RayletSocketName", ""),
+                    "start_time_ms": 0,
+                }
+            )
         return nodes
     finally:
         ray.shutdown()
@@ -199,16 +207,19 @@ def cmd_nodes(args) -> int:
     if not port_open(args.address):
         print(f"no GCS answers at {args.address}")
         return 2
-    nodes = sorted(node_list(args.address), key=lambda n: (n["state"] != "ALIVE", not n["is_head"],
-                                                           role_of(n)))
+    nodes = sorted(
+        node_list(args.address), key=lambda n: (n["state"] != "ALIVE", not n["is_head"], role_of(n))
+    )
     pids = raylet_pids()
     for n in nodes:
         res = {k: v for k, v in n["resources"].items() if not k.startswith("node:")}
         for k in ("memory", "object_store_memory"):
             if k in res:
                 res[k] = f"{res[k] / 2**30:.2f}GiB"
-        print(f"{role_of(n):5} {n['state']:5} {n['node_id'][:12]} ip={n['ip']} "
-              f"raylet_pid={pids.get(n['node_id'], '-')} resources={json.dumps(res, sort_keys=True)}")
+        print(
+            f"{role_of(n):5} {n['state']:5} {n['node_id'][:12]} ip={n['ip']} "
+            f"raylet_pid={pids.get(n['node_id'], '-')} resources={json.dumps(res, sort_keys=True)}"
+        )
     return 0
 
 

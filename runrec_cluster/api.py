@@ -86,6 +86,8 @@ class Executor:
     Generic resources (``timeout_min``, ``cpus``, ``mem_gb``, ``gpus``, ``nodes``) map to each
     backend's own; backend-only options carry its prefix (``slurm_partition``, ``ray_runtime_env``,
     ``local_max_parallel``). ``hardware`` names a hardware class (see docs/hardware-classes.md).
+    ``name`` names its runs unless a call passes its own ``name=`` (that one wins); without
+    either, a run is named after its function or command.
     """
 
     def __init__(
@@ -215,14 +217,21 @@ class Executor:
             ep = Entrypoint(kind="command", argv=ep.argv, cwd=run_cwd, call_blob=blob)
         run_id = layout.new_id()
         self.write_launch(
-            run_id, ctx, ep, config, tags, name or os.path.basename(argv[0]), None, None
+            run_id,
+            ctx,
+            ep,
+            config,
+            tags,
+            self.run_name(name, os.path.basename(argv[0])),
+            None,
+            None,
         )
         return self.launch([JobSpec(run_id, "command", run_cwd, self.store.log_dir(run_id))])[0]
 
     # -- internals ---------------------------------------------------------------------------
 
     def _context(self, inputs: Sequence[Any] | None) -> dict[str, Any]:
-        code: CodeInfo = capture_code(self.cwd, self.store.put_blob)
+        code: CodeInfo = capture_code(self.cwd, self.store.put_blob, exclude=[self.store.root])
         env: EnvInfo
         env, _ = capture_env(self.store.put_obj)
         refs: list[InputRef] = []
@@ -273,7 +282,7 @@ class Executor:
                 ep,
                 conf,
                 tags,
-                name or getattr(fn, "__name__", "run"),
+                self.run_name(name, getattr(fn, "__name__", "run")),
                 sweep_id,
                 i if sweep else None,
             )
@@ -287,6 +296,11 @@ class Executor:
                 )
             )
         return self.launch(specs)
+
+    def run_name(self, name: str | None, default: str) -> str:
+        """A run's name: the per-call ``name=``, else the Executor's ``name``, else ``default``
+        (the function's or the command's name)."""
+        return name or self.name or default
 
     def write_launch(
         self,
@@ -302,8 +316,9 @@ class Executor:
     ) -> None:
         """Write run ``run_id``'s launch record (version "launch"), before anything runs.
         ``ctx``: the captured context (code, env, inputs, user, host; see ``_context``);
+        ``name``: the run's name as recorded (``run_name`` resolves a call's);
         ``extra``: more launch fields (a rerun's rerun_of / rerun_root / rerun)."""
-        check_printable("run name", self.name or name)
+        check_printable("run name", name)
         clean_tags = {}
         for k, v in (tags or {}).items():
             if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)):
@@ -321,7 +336,7 @@ class Executor:
         )
         patch = to_patch(
             run_id=run_id,
-            name=self.name or name,
+            name=name,
             sweep_id=sweep_id,
             sweep_index=sweep_index,
             user=ctx["user"],

@@ -60,6 +60,8 @@ class FailureCause(str, enum.Enum):
 
     CODE_ERROR = "code_error"  # the function raised
     EXIT_CODE = "exit_code"  # a command exited non-zero
+    # a command's executable was not found on the node (not on PATH, or the path does not exist)
+    EXECUTABLE_NOT_FOUND = "executable_not_found"
     KILLED = "killed"  # killed by a signal, or the process vanished (kill -9)
     OUT_OF_MEMORY = "out_of_memory"
     TIMEOUT = "timeout"
@@ -468,13 +470,16 @@ def _state_wins(cur: dict[str, Any], patch: dict[str, Any]) -> bool:
         return False
     if _refines(cur.get("failure"), patch.get("failure")):
         return True
+    if _refines(patch.get("failure"), cur.get("failure")):
+        return False  # a bare kill never undoes the cause recorded for it (a cancel first)
     old_auth = SOURCE_AUTHORITY.get(cur.get("state_source", "submitter"), 0)
     new_auth = SOURCE_AUTHORITY.get(patch.get("state_source", "submitter"), 0)
     return new_auth > old_auth
 
 
 # A process that saw its job die of a signal records KILLED without knowing why; the
-# scheduler's specific cause (out of memory, timeout...) refines it, whoever wrote first.
+# scheduler's specific cause (out of memory, timeout...) or a recorded cancel (the backend's
+# "cancel" version) refines it, whoever wrote first: in either order the specific cause stands.
 _SPECIFIC_CAUSES = frozenset({"out_of_memory", "timeout", "node_failure", "preempted", "cancelled"})
 
 

@@ -5,6 +5,13 @@ recorded. The recorded patch (tracked changes as ``git diff HEAD --binary`` plus
 files under ``UNTRACKED_TEXT_CAP`` as new-file diffs) re-applies with ``git apply`` on the
 recorded commit and reproduces the working tree; binary or larger untracked files are listed
 with their size and hash.
+
+Runrec's own files never count as a change (docs/store-layout.md): the store the run is recorded
+in (``exclude``) and any other runrec store that lies untracked in the repository (a directory
+holding the store metadata file, e.g. a ``./runrec-store`` made before stores ignored
+themselves) are left out of the dirty flag, the untracked list and the patch, with git pathspec
+excludes; so the dirty flag equals ``git status --porcelain -- . ':(exclude)<store>'``. A store
+committed to the repository is the user's content and counts, unless it is the run's own store.
 """
 
 from __future__ import annotations
@@ -12,12 +19,13 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from runrec_cluster.capture.redact import strip_url_credentials
 from runrec_cluster.errors import CaptureError
 from runrec_cluster.record import CodeInfo, Submodule, UntrackedFile
+from runrec_cluster.store.layout import META_FILE
 
 if TYPE_CHECKING:
     import git
@@ -26,8 +34,16 @@ UNTRACKED_TEXT_CAP = 1024 * 1024  # bytes per untracked file whose content is re
 UNTRACKED_LIST_CAP = 10_000  # untracked files listed at most
 
 
-def capture_code(path: str, put_blob: Callable[[bytes], str] | None = None) -> CodeInfo:
-    """The code at ``path`` (its repository); ``put_blob`` stores the uncommitted change."""
+def capture_code(
+    path: str,
+    put_blob: Callable[[bytes], str] | None = None,
+    *,
+    exclude: Sequence[str | os.PathLike[str]] = (),
+) -> CodeInfo:
+    """The code at ``path`` (its repository); ``put_blob`` stores the uncommitted change.
+
+    ``exclude``: directories left out of the capture (the store the run is recorded in); those
+    outside the repository are ignored. Untracked runrec stores are left out anyway."""
     try:
         import git  # lazy: GitPython runs `git version` on import, failing on nodes without git
     except ImportError as exc:  # pragma: no cover - a core dependency
@@ -39,7 +55,7 @@ def capture_code(path: str, put_blob: Callable[[bytes], str] | None = None) -> C
     except git.GitCommandError as exc:
         return CodeInfo(is_repo=False, error=f"git failed: {exc}")
     try:
-        return _capture(repo, put_blob)
+        return _capture(repo, put_blob, exclude)
     except Exception as exc:  # git missing, odd repo states: recorded, never a crash
         return CodeInfo(
             is_repo=True, root=repo.working_tree_dir, error=f"{type(exc).__name__}: {exc}"
@@ -48,7 +64,11 @@ def capture_code(path: str, put_blob: Callable[[bytes], str] | None = None) -> C
         repo.close()
 
 
-def _capture(repo: git.Repo, put_blob: Callable[[bytes], str] | None) -> CodeInfo:
+def _capture(
+    repo: git.Repo,
+    put_blob: Callable[[bytes], str] | None,
+    exclude: Sequence[str | os.PathLike[str]],
+) -> CodeInfo:
     root = repo.working_tree_dir
     if root is None:
         return CodeInfo(is_repo=True, error="bare repository: no working tree")
@@ -66,18 +86,22 @@ def _capture(repo: git.Repo, put_blob: Callable[[bytes], str] | None) -> CodeInf
     except Exception:  # remote without url
         remote_url = None
 
-    g = repo.git
+    skip = _inside(os.fspath(root), exclude)  # the run's store: not even listed
+    all_untracked = _untracked_names(repo, _pathspec(skip))
+    skip = sorted({*skip, *_untracked_stores(all_untracked)})
+    untracked_names = [n for n in all_untracked if not _under(n, skip)]
+    spec = _pathspec(skip)
     # tracked changes, staged or not, against HEAD (binary-safe); in an empty repo, nothing
     tracked = b""
     if commit is not None:
-        tracked = _git_bytes(repo, ["diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"])
-    untracked_names = repo.untracked_files
+        diff = ["diff", "HEAD", "--binary", "--no-color", "--no-ext-diff", *spec]
+        tracked = _git_bytes(repo, diff)
     untracked, new_files = _untracked(root, untracked_names[:UNTRACKED_LIST_CAP])
     patch_parts = [tracked, *new_files]
     patch = b"".join(p if p.endswith(b"\n") or not p else p + b"\n" for p in patch_parts)
     dirty = bool(tracked) or bool(untracked_names)
     if commit is None:
-        dirty = bool(untracked_names) or bool(g.status("--porcelain"))
+        dirty = bool(untracked_names) or bool(_git_bytes(repo, ["status", "--porcelain", *spec]))
     patch_blob = put_blob(patch) if (patch and put_blob is not None) else None
 
     submodules = _submodules(repo)
@@ -100,6 +124,45 @@ def _capture(repo: git.Repo, put_blob: Callable[[bytes], str] | None) -> CodeInf
         submodules=submodules,
         error=warnings,
     )
+
+
+def _untracked_names(repo: git.Repo, spec: list[str]) -> list[str]:
+    """Untracked files that git does not ignore, relative to the repository root (what
+    ``git status --porcelain --untracked-files=all`` lists as ``??``)."""
+    out = _git_bytes(repo, ["ls-files", "--others", "--exclude-standard", "-z", *spec])
+    return [n for n in out.decode("utf-8", "surrogateescape").split("\0") if n]
+
+
+def _pathspec(dirs: list[str]) -> list[str]:
+    """Git arguments limiting a command to the repository less ``dirs``."""
+    return ["--", ".", *(f":(exclude,literal){d}" for d in dirs)] if dirs else []
+
+
+def _inside(root: str, dirs: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Those of ``dirs`` inside the repository at ``root``, relative to it, ``/``-separated."""
+    real_root = os.path.realpath(root)
+    found: list[str] = []
+    for d in dirs:
+        real = os.path.realpath(os.fspath(d))
+        if real == real_root or os.path.commonpath([real, real_root]) != real_root:
+            continue  # outside the repository (or the repository itself): nothing to leave out
+        found.append(os.path.relpath(real, real_root).replace(os.sep, "/"))
+    return found
+
+
+def _untracked_stores(untracked: list[str]) -> list[str]:
+    """The untracked runrec stores: directories whose metadata file ``META_FILE`` is
+    untracked (not the repository root itself)."""
+    found = []
+    for name in untracked:
+        head, _, base = name.rpartition("/")
+        if base == META_FILE and head:
+            found.append(head)
+    return found
+
+
+def _under(name: str, dirs: list[str]) -> bool:
+    return any(name == d or name.startswith(d + "/") for d in dirs)
 
 
 def _untracked(

@@ -22,15 +22,17 @@ from runrec_cluster.expr import parse
 from runrec_cluster.lineage.annotate import negatives
 from runrec_cluster.lineage.trust import Trust
 from runrec_cluster.query.columns import (
+    ColumnNames,
     flat_row,
     package_reader,
     parse_columns,
     parse_sort,
+    present_columns,
     sort_rows,
 )
 from runrec_cluster.record import RunRecord
 from runrec_cluster.store import Store
-from runrec_cluster.store.codec import to_json_builtins
+from runrec_cluster.store.codec import strict_document, to_json_builtins
 
 FLAG_STYLE = {"RETIRED": "bold red", "SUSPECT": "bold yellow"}
 STATE_STYLE = {
@@ -83,12 +85,19 @@ def ls_select(
     where: str | None,
     columns: str | None,
     sort: str | None,
+    universe: list[RunRecord] | None = None,
 ) -> tuple[list[RunRecord], list[dict[str, Any]] | None, list[str] | None]:
-    """(records, rows, columns) after ``--where`` and ``--sort``; rows only when needed."""
+    """(records, rows, columns) after ``--where`` and ``--sort``; rows only when needed.
+    ``universe``: every run of the store (default ``recs``), whose names are the known columns:
+    an unknown name is an ``ExpressionError``, as in ``rr.query``."""
     expr = parse(where) if where else None
     cols = parse_columns(columns)
     if expr is None and cols is None and not sort:
         return recs, None, None
+    every = recs if universe is None else universe
+    fixed = set(flat_row(every[0])) if every else set()  # a fixed column flat_row adds too
+    names = ColumnNames(present_columns(every) | fixed, has_runs=bool(every))
+    names.check(expr, cols, parse_sort(sort)[0] if sort else None)
     pk = package_reader(store)
     wants_pk = any(
         c.startswith("packages.") for c in [*(expr.columns if expr else ()), *(cols or [])]
@@ -211,7 +220,8 @@ def print_negatives(recs: list[RunRecord], trust: Trust | None, as_json: bool) -
             row["verdict"] = to_json_builtins(n.verdict) if n.verdict else None
             row["annotations"] = [to_json_builtins(a) for a in n.notes]
             rows.append(row)
-        click.echo(json.dumps(rows, indent=1, default=str))
+        docs = [strict_document(r) for r in rows]
+        click.echo(json.dumps(docs, indent=1, default=str, allow_nan=False))
         return
     c = console()
     if not negs:

@@ -1,12 +1,15 @@
 """``runrec init``: create a store, or show and change its permission settings.
 
-A store is created by its first run anyway; ``init`` is for choosing who may read and add to
-it (``store/policy.py``), once, before a lab starts sharing it:
+A store is created by its first run anyway; ``init`` is for choosing who may read and add to it
+(``store/policy.py``), once, before a lab starts sharing it:
 
     runrec init /nfs/lab/runrec --mode group --group lab
 
 A command of its own rather than an option on ``submit``: the settings belong to the store, are
 chosen once by whoever sets it up, and must not depend on which member happens to submit first.
+
+Every new store gets a ``.gitignore`` of ``*`` (so a store inside a git repository never makes
+the code dirty); ``init`` also adds one to an existing store that has none.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def init_cmd(store_arg, store_path, mode, group, fix):  # type: ignore[no-untype
         return 0
     meta_path = os.path.join(store.root, layout.META_FILE)
     current = perms.policy_from_meta(meta, meta_path)
+    _gitignore(store)
     if mode is None and group is None:
         if not fix:
             click.echo(f"store {store.root}: {current.describe()}")
@@ -88,6 +92,17 @@ def init_cmd(store_arg, store_path, mode, group, fix):  # type: ignore[no-untype
         admin.change_policy(store.root, wanted, fsync=store.fsync)
         click.echo(f"store {store.root}: was {current.describe()}; now {wanted.describe()}")
     return _report(store.root, admin.fix_tree(store.root, wanted))
+
+
+def _gitignore(store: Store) -> None:
+    """Give an existing store the ``.gitignore`` of ``*`` a new store gets (if it has none)."""
+    try:
+        if store.ensure_gitignore():
+            click.echo(
+                f"added {os.path.join(store.root, layout.GITIGNORE)} (git ignores the store)"
+            )
+    except (OSError, StoreError) as exc:
+        click.echo(f"note: could not add a .gitignore to {store.root}: {exc}", err=True)
 
 
 def _report(root: str, rep: FixReport) -> int:

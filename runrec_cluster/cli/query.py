@@ -29,6 +29,7 @@ from runrec_cluster.query.columns import need_query_extra, parse_sort, sort_key
 from runrec_cluster.query.index import Index
 from runrec_cluster.query.select import query
 from runrec_cluster.query.sweeps import isnan, metric_columns, sweep_frame, varied_config
+from runrec_cluster.store.codec import strict_document
 from runrec_cluster.views.report import sweep_report
 
 INDEX_DIR_HELP = (
@@ -82,19 +83,20 @@ def table_cmd(store_path, where, columns, sort, fmt, output, index_dir):  # type
     store = open_store(store_path)
     if fmt == "parquet":
         _, pq = _pyarrow()
-        t = query(store, where, columns, as_arrow=True, index_dir=index_dir)
-        if sort:
-            t = _sort_arrow(t, sort)
+        t = query(store, where, columns, as_arrow=True, sort=sort, index_dir=index_dir)
         pq.write_table(t, output)
         click.echo(f"wrote {t.num_rows} runs, {t.num_columns} columns to {output}", err=True)
         return
-    df = query(store, where, columns, index_dir=index_dir)
-    if sort:
-        df = _sort_df(df, sort)
+    df = query(store, where, columns, sort=sort, index_dir=index_dir)
     if fmt == "csv":
         text = df.to_csv(index=False)
     else:
-        text = json.dumps(_records(df), indent=1, ensure_ascii=False, default=str) + "\n"
+        # a NaN in the DataFrame is a missing value or a recorded NaN: the Arrow nulls tell
+        t = query(
+            store, where, columns, as_arrow=True, sort=sort, refresh=False, index_dir=index_dir
+        )
+        rows = _records(df, nulls={c: t.column(c).is_null().to_pylist() for c in t.column_names})
+        text = _strict_dumps([strict_document(r) for r in rows], indent=1) + "\n"
     if output:
         with open(output, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -103,17 +105,38 @@ def table_cmd(store_path, where, columns, sort, fmt, output, index_dir):  # type
         sys.stdout.write(text)
 
 
-def _records(df) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def _strict_dumps(obj: Any, indent: int) -> str:
+    """JSON without NaN / Infinity (they were made ``null`` + ``"nonfinite"`` before)."""
+    return json.dumps(obj, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
 
+
+def _records(  # type: ignore[no-untyped-def]
+    df, nulls: dict[str, list[bool]] | None = None, ints: set[str] | frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """The rows as plain values. A float NaN is a missing value (``None``) unless ``nulls``
+    (per column: is the Arrow value null) says it is a recorded NaN; a whole float in a column
+    of ``ints`` (an integer column with missing values, a float in pandas) is an int again."""
     out = []
-    for row in df.to_dict(orient="records"):
-        out.append(
-            {
-                k: (None if isinstance(v, float) and math.isnan(v) else _plain(v))
-                for k, v in row.items()
-            }
-        )
+    for n, row in enumerate(df.to_dict(orient="records")):
+        r = {}
+        for k, v in row.items():
+            v = _plain(v)
+            if isinstance(v, float) and math.isnan(v):
+                col = nulls.get(k) if nulls is not None else None
+                v = v if col is not None and not col[n] else None
+            elif k in ints and isinstance(v, float) and v.is_integer():
+                v = int(v)
+            r[k] = v
+        out.append(r)
     return out
+
+
+def _order(values: list[Any], desc: bool) -> list[int]:
+    keys = [sort_key(None if isnan(v) else v) for v in values]
+    present = [i for i, k in enumerate(keys) if k[0] < 3]
+    missing = [i for i, k in enumerate(keys) if k[0] == 3]
+    present.sort(key=lambda i: keys[i], reverse=desc)
+    return present + missing
 
 
 def _plain(v: Any) -> Any:
@@ -130,17 +153,7 @@ def _sort_df(df, spec: str):  # type: ignore[no-untyped-def]
     key, desc = parse_sort(spec)
     if key not in df.columns:
         raise ConfigError(f"--sort {key!r}: no such column in the result; add it to --columns.")
-    keys = [sort_key(None if isnan(v) else v) for v in df[key]]
-    present = [i for i, k in enumerate(keys) if k[0] < 3]
-    missing = [i for i, k in enumerate(keys) if k[0] == 3]
-    present.sort(key=lambda i: keys[i], reverse=desc)
-    return df.iloc[present + missing].reset_index(drop=True)
-
-
-def _sort_arrow(t, spec: str):  # type: ignore[no-untyped-def]
-    pa, _ = _pyarrow()
-    df = _sort_df(t.to_pandas(), spec)
-    return pa.Table.from_pandas(df, preserve_index=False, schema=t.schema)
+    return df.iloc[_order(list(df[key]), desc)].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,21 +182,17 @@ def compare_cmd(store_path, sweep, sort, as_json, index_dir):  # type: ignore[no
     if spec:
         df = _sort_df(df, spec)
     cols = ["run_id", "sweep_index", "state", "cause", *varied, *metrics]
-    rows = _records(df[[c for c in cols if c in df.columns]])
+    shown = [c for c in cols if c in df.columns]
+    rows = _records(df[shown], ints=_int_columns(store, shown, index_dir))
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "sweep_id": sweep_id,
-                    "varied": varied,
-                    "metrics": metrics,
-                    "sorted_by": spec,
-                    "runs": rows,
-                },
-                indent=1,
-                default=str,
-            )
-        )
+        doc = {
+            "sweep_id": sweep_id,
+            "varied": varied,
+            "metrics": metrics,
+            "sorted_by": spec,
+            "runs": rows,
+        }
+        click.echo(_strict_dumps(strict_document(doc), indent=1))
         return
     c = console()
     c.print(
@@ -193,6 +202,13 @@ def compare_cmd(store_path, sweep, sort, as_json, index_dir):  # type: ignore[no
     for r in rows:
         r["state"] = r["state"] + (f" ({r['cause']})" if r.get("cause") else "")
     print_rows(rows, [c for c in cols if c != "cause" and (c in df.columns)])
+
+
+def _int_columns(store: Any, columns: list[str], index_dir: Any) -> set[str]:
+    """The columns the index holds as integers (pandas makes them floats when one is missing)."""
+    pa, _ = _pyarrow()
+    t = query(store, columns=columns, as_arrow=True, refresh=False, index_dir=index_dir)
+    return {f.name for f in t.schema if pa.types.is_integer(f.type)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from runrec_cluster.lineage.annotate import negatives
 from runrec_cluster.lineage.trust import trust_for
 from runrec_cluster.record import RecordVersion, RunRecord, RunState, needs_verdict
 from runrec_cluster.rerun import order_with_reruns
+from runrec_cluster.store.codec import strict_document
 from runrec_cluster.store.promoted import list_promotions
 from runrec_cluster.views.export import export_json
 from runrec_cluster.views.openlineage import run_events
@@ -39,6 +40,11 @@ from runrec_cluster.views.show import render
 # ---------------------------------------------------------------------------------------------
 # ls
 # ---------------------------------------------------------------------------------------------
+
+
+def _strict_json(obj: object, indent: int = 1) -> str:
+    """Strict JSON: non-finite floats were made ``null`` + ``"nonfinite"`` (docs/export.md)."""
+    return json.dumps(obj, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
 
 
 def _check_states(states: tuple[str, ...]) -> None:
@@ -98,6 +104,7 @@ def ls_cmd(
     _check_states(states)
     store = open_store(store_path)
     recs = load_all(store)
+    every = recs  # the known columns are those of every run, not only of the ones listed
     problems: list[str] = []
     trust = trust_for(store, recs, problems)  # None (nothing read) when nothing was retired
     for p in problems:
@@ -108,14 +115,12 @@ def ls_cmd(
     if negative:
         keep = {n.record.run_id for n in negatives(recs)}
         recs = [r for r in recs if r.run_id in keep]
-    recs, rows, cols = ls_select(store, recs, trust, where, columns, sort)
+    recs, rows, cols = ls_select(store, recs, trust, where, columns, sort, universe=every)
     if limit:
         recs, rows = recs[-limit:], (rows[-limit:] if rows is not None else None)
     if cols and not negative:
         if as_json:
-            click.echo(
-                json.dumps([{c: r.get(c) for c in cols} for r in rows], indent=1, default=str)
-            )
+            click.echo(_strict_json([strict_document({c: r.get(c) for c in cols}) for r in rows]))
         else:
             print_rows(rows, cols)
         return
@@ -123,7 +128,7 @@ def ls_cmd(
         print_negatives(recs, trust, as_json)
         return
     if as_json:
-        click.echo(json.dumps([ls_row(r, trust) for r in recs], indent=1, default=str))
+        click.echo(_strict_json([strict_document(ls_row(r, trust)) for r in recs]))
         return
     print_runs(recs, trust, depth)
 
@@ -177,9 +182,11 @@ def export_cmd(store_path, run, fmt, namespace, output):  # type: ignore[no-unty
     rec = load_one(store, run)
     if fmt == "openlineage":
         events = run_events(store, rec, namespace=namespace, trust=trust_for(store))
-        text = "\n".join(json.dumps(e, ensure_ascii=False, sort_keys=True) for e in events)
+        text = "\n".join(
+            json.dumps(e, ensure_ascii=False, sort_keys=True, allow_nan=False) for e in events
+        )
     else:
-        text = json.dumps(export_json(store, rec), indent=2, ensure_ascii=False)
+        text = _strict_json(export_json(store, rec), indent=2)
     if output:
         with open(output, "w", encoding="utf-8") as f:
             f.write(text + "\n")

@@ -97,7 +97,12 @@ def _backend_options(
     return opts
 
 
-@cli.command("submit", context_settings={"ignore_unknown_options": False})
+# Option parsing stops at the first word that is not one of runrec's options: everything from
+# the command's name on is the command, exactly as typed (``--`` before it is allowed, not needed)
+@cli.command(
+    "submit",
+    context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False},
+)
 @store_option
 @click.option("--backend", default="local", show_default=True, help="local, slurm or ray.")
 @click.option("--name", default=None, help="Run name (default: the command's name).")
@@ -148,7 +153,10 @@ def submit_cmd(
     command,
     **slurm,  # the --slurm-* options (SLURM_OPTIONS)
 ):  # type: ignore[no-untyped-def]
-    """Submit a command as a recorded run:  runrec submit [OPTIONS] -- CMD [ARGS]..."""
+    """Submit a command as a recorded run:  runrec submit [OPTIONS] [--] CMD [ARGS]...
+
+    runrec's options go before the command; from CMD on, every word (options included) is the
+    command's, exactly as recorded in the run's entrypoint."""
     store = open_store(store_path, must_exist=False)
     opts = _backend_options(backend, options, {k: slurm[k] for k in SLURM_OPTIONS})
     with HashProgress() as cb:

@@ -1,16 +1,26 @@
 """A command job (``submit_command``) on the node: start the recorded command line in its own
-session, forward the scheduler's signals to it, and record its exit code as the outcome."""
+session, forward the scheduler's signals to it, and record its exit code as the outcome.
+
+The command's stderr passes through the job (``StderrTail``): every byte goes on to the job's own
+stderr (the run's log) unchanged, and the last lines are kept so that a failure says what the
+command said last (redacted, at most ``TAIL_LINES`` lines / ``TAIL_BYTES`` bytes)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
+import msgspec.structs
 
+from runrec_cluster.capture.redact import redact_text
+from runrec_cluster.errors import RunrecError
 from runrec_cluster.job.outcome import now, write_end
 from runrec_cluster.job.run import Run
 from runrec_cluster.record import (
@@ -26,6 +36,65 @@ from runrec_cluster.store import Store
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 NOT_STARTED_EXIT = 127  # the exit code of a command that could not be started (as a shell's)
+CANCEL_WAIT_S = 1.0  # how long a command that exited non-zero on a forwarded signal waits for
+# the backend's record of a cancel (``recorded_cancel``)
+TAIL_LINES = 20  # a failed command's message keeps at most this many last lines of its stderr
+TAIL_BYTES = 4096  # ... and at most this many bytes of them
+_DRAIN_S = 2.0  # how long to wait for stderr to close after the command exited (a grandchild
+# that inherited it may keep it open: the tail is then what arrived until then)
+
+
+class StderrTail:
+    """A pipe for a command's stderr: a thread copies everything to the job's own stderr (fd 2)
+    and keeps the last ``TAIL_BYTES`` bytes."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        self.buf = bytearray()
+        self.thread = threading.Thread(target=self._pump, name="runrec-stderr", daemon=True)
+
+    def start(self) -> None:
+        """Start copying; the parent's copy of the write end is closed (the child has its own)."""
+        os.close(self.write_fd)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Close both ends (the command could not be started)."""
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _pump(self) -> None:
+        try:
+            while chunk := os.read(self.read_fd, 65536):
+                _write_all(2, chunk)
+                self.buf += chunk
+                if len(self.buf) > 2 * TAIL_BYTES:
+                    del self.buf[: len(self.buf) - TAIL_BYTES]
+        except OSError:
+            pass
+        finally:
+            os.close(self.read_fd)
+
+    def tail(self) -> str:
+        """The last lines the command wrote to stderr, redacted and bounded ("" when none)."""
+        self.thread.join(_DRAIN_S)
+        data = bytes(self.buf[-TAIL_BYTES:])
+        text = data.decode("utf-8", errors="replace")
+        lines = text.splitlines()[-TAIL_LINES:]
+        if len(data) == TAIL_BYTES and lines and len(lines) < TAIL_LINES:
+            lines = lines[1:] or lines  # the first line is cut: drop it unless it is all there is
+        return redact_text("\n".join(lines).strip("\n"))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError:  # the job's stderr is gone: the tail is still kept
+        pass
 
 
 def run_command(
@@ -46,15 +115,14 @@ def run_command(
     argv = list(ep.argv)
     if ep.call_blob:  # the unredacted command line, kept out of the record
         argv = cloudpickle.loads(store.get_blob(ep.call_blob))
+    err = StderrTail()
     try:
-        p = subprocess.Popen(argv, cwd=ep.cwd or None, env=env, start_new_session=True)
-    except OSError as exc:
-        failure = Failure(
-            cause=FailureCause.CODE_ERROR,
-            type=type(exc).__name__,
-            message=f"cannot start {ep.argv[0]!r}: {exc.strerror or exc}",
-            source="job",
+        p = subprocess.Popen(
+            argv, cwd=ep.cwd or None, env=env, start_new_session=True, stderr=err.write_fd
         )
+    except OSError as exc:
+        err.close()
+        failure = not_started_failure(exc, argv[0], ep.argv[0], env.get("PATH", ""))
         store.write_version(
             rec.run_id,
             "end",
@@ -62,23 +130,52 @@ def run_command(
             role="job",
         )
         return NOT_STARTED_EXIT
+    err.start()
     children.append(p)
     if on_start is not None:
         on_start(p.pid)
-    rc = _wait_forwarding_signals(p)
+    signalled: list[int] = []
+    rc = _wait_forwarding_signals(p, signalled)
     if run.rank != 0:
         return rc
-    patch = exit_patch(rc)
+    patch = exit_patch(rc, err.tail() if rc != 0 else "")
+    cancel = recorded_cancel(store, rec.run_id) if signalled and rc != 0 else None
+    if cancel is not None:  # it ended on the signal a cancel sent: the cancel is the outcome
+        patch = to_patch(
+            state=RunState.CANCELLED,
+            state_source="job",
+            failure=cancel,
+            exit_code=rc,
+            ended_at=patch["ended_at"],
+        )
     log_dir = rec.execution.log_dir if rec.execution else None
     write_end(store, rec.run_id, log_dir, lambda _s: patch)
     return rc
 
 
-def _wait_forwarding_signals(p: subprocess.Popen[bytes]) -> int:
+def recorded_cancel(store: Store, run_id: str, wait_s: float = CANCEL_WAIT_S) -> Failure | None:
+    """The cancel of the run recorded in the store (``Backend.record_cancel``), asked for up to
+    ``wait_s`` seconds (a backend records it right after sending the signal the command ended
+    on), or None: the signal came from elsewhere (a time limit, a kill)."""
+    end = time.monotonic() + wait_s
+    while True:
+        try:
+            f = store.load(run_id, problems=[]).failure
+        except RunrecError:
+            return None
+        if f is not None and f.cause == FailureCause.CANCELLED:
+            return f
+        if time.monotonic() >= end:
+            return None
+        time.sleep(0.1)
+
+
+def _wait_forwarding_signals(p: subprocess.Popen[bytes], signalled: list[int]) -> int:
     """Wait for ``p``, passing the signals a scheduler sends (``FORWARDED_SIGNALS``) on to its
-    process group; the handlers found are put back after."""
+    process group (and noting them in ``signalled``); the handlers found are put back after."""
 
     def forward(signum: int, _frame: Any) -> None:
+        signalled.append(signum)
         try:
             os.killpg(p.pid, signum)
         except OSError:
@@ -97,9 +194,39 @@ def _wait_forwarding_signals(p: subprocess.Popen[bytes]) -> int:
             signal.signal(sig, handler)
 
 
-def exit_patch(rc: int) -> dict[str, Any]:
+def not_started_failure(exc: OSError, executable: str, shown: str, path: str) -> Failure:
+    """Why the command could not be started: EXECUTABLE_NOT_FOUND when the executable itself is
+    missing (not on ``path``, or its path does not exist), else CODE_ERROR (not executable, the
+    working directory is gone...). ``shown`` is the executable as recorded (redacted)."""
+    if isinstance(exc, FileNotFoundError) and exc.filename in (executable, None):
+        where = (
+            "the path does not exist"
+            if os.sep in executable
+            else f"no such executable on PATH on {socket.gethostname()} (PATH={path})"
+        )
+        return Failure(
+            cause=FailureCause.EXECUTABLE_NOT_FOUND,
+            type="ExecutableNotFound",
+            message=(
+                f"cannot start {shown!r}: {where}. Check the command's spelling, install it on "
+                "the node, or give its full path; then submit the run again."
+            ),
+            exit_code=NOT_STARTED_EXIT,
+            source="job",
+        )
+    return Failure(
+        cause=FailureCause.CODE_ERROR,
+        type=type(exc).__name__,
+        message=f"cannot start {shown!r}: {exc.strerror or exc}"
+        + (f" ({exc.filename})" if exc.filename and exc.filename != executable else ""),
+        source="job",
+    )
+
+
+def exit_patch(rc: int, stderr_tail: str = "") -> dict[str, Any]:
     """The end of a command run that exited with ``rc``: succeeded on 0, else failed (killed by
-    a signal when ``rc`` is negative, else EXIT_CODE)."""
+    a signal when ``rc`` is negative, else EXIT_CODE); a failure's message ends with the last
+    lines of the command's stderr (``stderr_tail``, redacted already) when it wrote any."""
     patch: dict[str, Any] = {"exit_code": rc, "ended_at": now()}
     if rc == 0:
         patch.update(to_patch(state=RunState.SUCCEEDED, state_source="job"))
@@ -113,6 +240,10 @@ def exit_patch(rc: int) -> dict[str, Any]:
             message=f"the command exited with code {rc}",
             exit_code=rc,
             source="job",
+        )
+    if stderr_tail:
+        failure = msgspec.structs.replace(
+            failure, message=f"{failure.message}; its last stderr lines:\n{stderr_tail}"
         )
     patch.update(to_patch(state=RunState.FAILED, state_source="job", failure=failure))
     return patch

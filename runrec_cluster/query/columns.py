@@ -10,6 +10,7 @@ needed, so ``import runrec_cluster`` never loads them.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -20,7 +21,8 @@ from typing import Any
 
 import msgspec
 
-from runrec_cluster.errors import ConfigError
+from runrec_cluster.errors import ConfigError, ExpressionError
+from runrec_cluster.expr import Expr, tokenize
 from runrec_cluster.lineage.annotate import is_negative
 from runrec_cluster.record import RunRecord
 
@@ -296,8 +298,108 @@ def sort_key(value: Any) -> tuple[int, Any]:
     return (2, json.dumps(value, sort_keys=True, default=str))
 
 
+def sort_order(values: Sequence[Any], desc: bool) -> list[int]:
+    """Positions of ``values`` in sorted order (``sort_key``; NaN and missing last either way)."""
+    keys = [sort_key(v) for v in values]
+    present = [i for i, k in enumerate(keys) if k[0] < 3]
+    present.sort(key=lambda i: keys[i], reverse=desc)
+    return present + [i for i, k in enumerate(keys) if k[0] == 3]
+
+
 def sort_rows(rows: list[dict[str, Any]], key: str, desc: bool) -> list[dict[str, Any]]:
     present = [r for r in rows if sort_key(r.get(key))[0] < 3]
     missing = [r for r in rows if sort_key(r.get(key))[0] == 3]
     present.sort(key=lambda r: sort_key(r.get(key)), reverse=desc)
     return present + missing  # missing values last either way
+
+
+# ---------------------------------------------------------------------------------------------
+# Known column names: an unknown name is an error, never a silent column of nulls
+# ---------------------------------------------------------------------------------------------
+
+# the prefixes whose names come from the runs themselves (packages.* is a fixed set)
+RUN_PREFIXES = ("tags.", "config.", "metrics.")
+
+
+def present_columns(recs: Iterable[RunRecord]) -> set[str]:
+    """The ``tags.*``, ``config.*`` and ``metrics.*`` names the runs ``recs`` have."""
+    out: set[str] = set()
+    for r in recs:
+        out.update(f"tags.{k}" for k in r.tags)
+        out.update(f"config.{k}" for k in r.config)
+        out.update(f"metrics.{k}" for k in r.metrics)
+    return out
+
+
+class ColumnNames:
+    """The column names a query over one store may use: the fixed columns (``BASE_COLUMNS``,
+    ``packages.<KEY_PACKAGES>``) and the names some run of the store has (``present``: the
+    ``tags.* config.* metrics.*`` of its runs, or the index's columns). A store without runs
+    (``has_runs=False``) knows no run's names yet: there any ``tags.* config.* metrics.*`` name
+    is accepted (it matches nothing), so a script's query does not fail on a fresh store; bare
+    names (``lr``) are errors even there. A name some runs have and others lack is known: those
+    others read it as ``null``."""
+
+    def __init__(self, present: Iterable[str], has_runs: bool) -> None:
+        fixed = [*BASE_COLUMNS, *(f"packages.{p}" for p in KEY_PACKAGES)]
+        extra = sorted(n for n in set(present) - set(fixed) if not n.startswith("_"))
+        self.known: list[str] = fixed + extra
+        self.known_set = set(self.known)
+        self.has_runs = has_runs
+
+    def knows(self, name: str) -> bool:
+        if name in self.known_set:
+            return True
+        return not self.has_runs and name.startswith(RUN_PREFIXES)
+
+    def suggest(self, name: str) -> list[str]:
+        """Up to three known names close to ``name``: the same name under another prefix
+        first (``lr`` -> ``config.lr``), then names that look alike (difflib)."""
+        tail = name.split(".", 1)[1] if name.startswith((*PREFIXES, "packages.")) else name
+        tails: dict[str, list[str]] = {}
+        for k in self.known:
+            if "." in k:
+                tails.setdefault(k.split(".", 1)[1], []).append(k)
+        out = list(tails.get(tail, []))
+        out += difflib.get_close_matches(name, self.known, n=3, cutoff=0.6)
+        for t in difflib.get_close_matches(tail, list(tails), n=3, cutoff=0.75):
+            out += tails[t]
+        seen: list[str] = []
+        for k in out:
+            if k != name and k not in seen:
+                seen.append(k)
+        return seen[:3]
+
+    def check(
+        self, expr: Expr | None, columns: Sequence[str] | None, sort_key: str | None = None
+    ) -> None:
+        """``ExpressionError`` (exit 2 on the command line) naming each unknown column of the
+        where expression, the column list or the sort key, with the closest known names."""
+        if expr is not None:
+            bad = [c for c in expr.columns if not self.knows(c)]
+            if bad:
+                pos = next(
+                    t.pos for t in tokenize(expr.text) if t.kind == "name" and t.value == bad[0]
+                )
+                raise ExpressionError(self._message(bad, "the where expression"), expr.text, pos)
+        if columns:
+            bad = [c for c in columns if not self.knows(c)]
+            if bad:
+                text = ",".join(columns)
+                pos = sum(len(c) + 1 for c in columns[: list(columns).index(bad[0])])
+                raise ExpressionError(self._message(bad, "the column list"), text, pos)
+        if sort_key is not None and not self.knows(sort_key):
+            raise ExpressionError(self._message([sort_key], "the sort key"), sort_key, 0)
+
+    def _message(self, bad: list[str], where: str) -> str:
+        parts = []
+        for name in bad:
+            close = self.suggest(name)
+            hint = f"did you mean {' or '.join(close)}?" if close else "no known name is close"
+            parts.append(f"{name!r} ({hint})")
+        noun = "column" if len(bad) == 1 else "columns"
+        return (
+            f"unknown {noun} {', '.join(parts)} in {where}. A query may use the fixed columns "
+            "of docs/query.md and the tags.*, config.* and metrics.* names this store's runs "
+            "have; `runrec table --format csv | head -1` lists them"
+        )

@@ -71,11 +71,13 @@ from runrec_cluster.lineage.trust import trust_for
 from runrec_cluster.query.columns import (
     LINEAGE_COLUMN,
     TRUST_COLUMNS,
+    ColumnNames,
     flat_row,
     lineage_part,
     order_columns,
     package_reader,
     query_libs,
+    sort_order,
 )
 from runrec_cluster.query.index_changes import read_journal, scan_runs
 from runrec_cluster.query.index_table import (
@@ -421,9 +423,14 @@ class Index:
     # -- querying ------------------------------------------------------------------------------
 
     def select(
-        self, expr: Expr | None = None, columns: list[str] | None = None, as_arrow: bool = False
+        self,
+        expr: Expr | None = None,
+        columns: list[str] | None = None,
+        as_arrow: bool = False,
+        sort: tuple[str, bool] | None = None,
     ) -> Any:
-        """Rows matching ``expr`` (an ``expr.Expr``), with ``columns`` (default all)."""
+        """Rows matching ``expr`` (an ``expr.Expr``), with ``columns`` (default all), ordered by
+        ``sort`` (column, descending); ``ExpressionError`` for an unknown name (``ColumnNames``)."""
         libs = query_libs()
         parts = self.load_parts()
         if parts is None:
@@ -437,9 +444,10 @@ class Index:
         pieces = [base] if delta is None or not delta.num_rows else [base, delta]
         live = live_mask(base, delta) if len(pieces) == 2 else None
         n = sum(p.num_rows for p in pieces)
-        need_trust = any(c in TRUST_COLUMNS for c in (expr.columns if expr else ())) or (
-            columns is None or any(c in TRUST_COLUMNS for c in columns)
-        )
+        names = ColumnNames({c for p in pieces for c in p.column_names}, has_runs=n > 0)
+        names.check(expr, columns, sort[0] if sort else None)
+        asked = [*(expr.columns if expr else ()), *(sort[:1] if sort else ()), *(columns or ())]
+        need_trust = columns is None or any(c in TRUST_COLUMNS for c in asked)
         trust = self._trust_of(pieces) if need_trust else None
         mask = None
         if expr is not None:
@@ -456,7 +464,7 @@ class Index:
                 chosen.append(delta.filter(libs.pa.array(mask[nb:])))
             table = chosen[0] if len(chosen) == 1 else concat(chosen[0], chosen[1])
             idx = libs.np.flatnonzero(mask)
-        return _project(table, idx, columns, trust, n, as_arrow)
+        return _project(table, idx, columns, trust, n, as_arrow, sort)
 
     def _trust_of(self, pieces: list[Any]) -> dict[str, Any] | None:
         """retired / suspect arrays over the rows of every piece, or None when nothing was ever
@@ -551,9 +559,10 @@ def _project(
     trust: dict[str, Any] | None,
     n: int,
     as_arrow: bool,
+    sort: tuple[str, bool] | None = None,
 ) -> Any:
     """The selected rows with ``columns`` (default all, trust flags included), as an Arrow
-    table or a DataFrame (JSON text columns decoded)."""
+    table or a DataFrame (JSON text columns decoded), ordered by ``sort``."""
     libs = query_libs()
     pa, np = libs.pa, libs.np
     jcols = json_columns(table)
@@ -571,6 +580,17 @@ def _project(
         arrays.append(arr)
         fields.append(pa.field(c, arr.type))
     out = pa.Table.from_arrays(arrays, schema=pa.schema(fields)) if arrays else table.select([])
+    if sort is not None:
+        key, desc = sort
+        if key in TRUST_COLUMNS and trust is not None:
+            values = (trust[key] if idx is None else trust[key][idx]).tolist()
+        elif key in pos:
+            values = table.column(pos[key]).to_pylist()
+            if key in jcols:
+                values = [json.loads(v) if isinstance(v, str) else None for v in values]
+        else:  # no run has it (a trust flag when nothing was ever retired): the order stays
+            values = [None] * table.num_rows
+        out = out.take(sort_order(values, desc))
     if as_arrow:
         return out
     df = out.to_pandas()

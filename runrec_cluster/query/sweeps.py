@@ -34,6 +34,19 @@ def sweep_frame(
     return ids[0], sub
 
 
+def int_columns(store: Store, index_dir: str | os.PathLike[str] | None = None) -> set[str]:
+    """The columns the query index holds as integers: pandas makes such a column float when a
+    run lacks the value (seed ``886812345`` reads ``886812345.0``), the index does not."""
+    table = query(store, as_arrow=True, refresh=False, index_dir=index_dir)
+    return {f.name for f in table.schema if _is_int_type(f.type)}
+
+
+def _is_int_type(t: Any) -> bool:
+    import pyarrow as pa  # lazy: heavy, and only the query layer needs it
+
+    return bool(pa.types.is_integer(t))
+
+
 def varied_config(df: Any) -> list[str]:
     """config.* columns whose values differ between the runs."""
     out = []

@@ -188,7 +188,7 @@ def _rerun(
     handles: list[Any] = []
     for mat_key, mat in mats.items():
         ex = _executor(store, plan, hw, mat)
-        code_ctx = {**ctx, "code": capture_code(mat.cwd, store.put_blob)}
+        code_ctx = {**ctx, "code": capture_code(mat.cwd, store.put_blob, exclude=[store.root])}
         specs = [
             _write_rerun(store, ex, plan, r, mat, code_ctx, reason, sweep_id, echo)
             for r in recs

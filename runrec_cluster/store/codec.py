@@ -23,6 +23,7 @@ Size limits (a damaged or hostile file must not exhaust memory: a 33 KB zstd fra
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import threading
@@ -240,3 +241,41 @@ def _json_hook(obj: Any) -> Any:
     if isinstance(obj, bytes):
         return obj.hex()
     raise NotImplementedError(type(obj))
+
+
+NONFINITE_KEY = "nonfinite"
+"""The key of the map that carries the non-finite floats a JSON document wrote as ``null``."""
+
+
+def finite_json(obj: Any, prefix: str = "") -> tuple[Any, dict[str, str]]:
+    """``obj`` (JSON builtins) with every NaN / +Infinity / -Infinity float replaced by ``None``,
+    and a map from the JSON Pointer (RFC 6901, under ``prefix``) of each replaced value to its
+    spelling: ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` (docs/export.md, "Non-finite
+    numbers"). Strict JSON has no such numbers; this is the one way runrec writes them."""
+    found: dict[str, str] = {}
+    return _finite(obj, prefix, found), found
+
+
+def _finite(obj: Any, path: str, found: dict[str, str]) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found[path] = "NaN" if obj != obj else ("Infinity" if obj > 0 else "-Infinity")
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v, f"{path}/{_pointer_token(str(k))}", found) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v, f"{path}/{i}", found) for i, v in enumerate(obj)]
+    return obj
+
+
+def _pointer_token(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def strict_document(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with its non-finite floats as ``null`` and, when there were any, a top-level
+    ``"nonfinite"`` map (JSON Pointer relative to ``doc`` -> ``"NaN"`` / ``"Infinity"`` /
+    ``"-Infinity"``). The result serializes with ``json.dumps(..., allow_nan=False)``."""
+    clean, found = finite_json(doc)
+    if found:
+        clean[NONFINITE_KEY] = found
+    return clean

@@ -2,6 +2,7 @@
 
     STORE/
       runrec-store.msgpack.zst          store identity and format version
+      .gitignore                        ``*``: a store inside a git repository ignores itself
       runs/<shard>/<run_id>/v<seq>-<writer>.msgpack.zst   one immutable file per record version
       blobs/<aa>/<sha256 hex>.zst        content-addressed blobs (diff, package list, pickled call)
       logs/<shard>/<run_id>/             stdout.txt and stderr.txt of the job (plain text)
@@ -37,6 +38,10 @@ SHARD_LEN = 5
 VERSION_RE = re.compile(r"^v(\d{6,})-([0-9a-z]+)\.msgpack\.zst\Z")
 TMP_PREFIX = ".tmp-"
 META_FILE = "runrec-store.msgpack.zst"
+# written when a store is made (never over an existing one): git then ignores the whole store,
+# so a store inside a repository never makes the code dirty (capture/git.py excludes it anyway)
+GITIGNORE = ".gitignore"
+GITIGNORE_TEXT = b"# a runrec store: keep it out of git (docs/store-layout.md)\n*\n"
 STORE_FORMAT = 1
 
 
@@ -151,6 +156,7 @@ REPAIR_LOG = "fsck-repair.json"  # in each quarantine/<time>-<token>/: what was 
 KNOWN_TOP = frozenset(
     {
         META_FILE,
+        GITIGNORE,
         "runs",
         "blobs",
         "logs",

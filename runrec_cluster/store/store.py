@@ -107,6 +107,7 @@ class Store:
             new = {"format": layout.STORE_FORMAT, "created_at": _now()}
             if pol.enforced:
                 new["permissions"] = pol.to_meta()
+            self.ensure_gitignore()
             if not fs.create_atomic(meta_path, codec.encode(new), fsync=self.fsync):
                 meta = perms.read_meta(self.root)  # another process created it first
         if meta is not None:
@@ -132,6 +133,16 @@ class Store:
                 f"store {self.root} is not writable ({exc.strerror}). Check its permissions, "
                 "or point --store / RUNREC_STORE to a writable directory."
             ) from exc
+
+    def ensure_gitignore(self) -> bool:
+        """Put a ``.gitignore`` of ``*`` at the store root unless one is there (never
+        overwritten), with the store's file mode; True when this call wrote it. A store made
+        inside a git repository then never shows up as a change of the code."""
+        path = os.path.join(self.root, layout.GITIGNORE)
+        if os.path.lexists(path):
+            return False
+        self.check_inside(path)
+        return fs.create_atomic(path, layout.GITIGNORE_TEXT, fsync=self.fsync)
 
     def exists(self) -> bool:
         return os.path.isdir(os.path.join(self.root, "runs"))

@@ -18,7 +18,10 @@ OpenLineage consumer (Marquez, DataHub, ...). Spec version 2-0-2.
   entrypoint), ``runrec_run`` (state, failure, metrics, annotations, trust flags),
   ``runrec_config``, ``runrec_environment`` (Python, platform, every package),
   ``runrec_hardware`` (requested resources, hardware class, every node: CPU, memory, GPUs,
-  drivers, CUDA libraries), ``runrec_content`` (datasets: size, files, producing run).
+  drivers, CUDA libraries), ``runrec_content`` (datasets: size, files, producing run),
+  ``runrec_nonfinite`` (only when needed: strict JSON has no NaN / Infinity, so such a float is
+  written ``null`` and this facet's ``values`` maps its JSON Pointer, relative to the event, to
+  ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``; docs/export.md).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 
 from runrec_cluster.record import InputRef, RunRecord, RunState
 from runrec_cluster.store import Store, layout
-from runrec_cluster.store.codec import to_json_builtins
+from runrec_cluster.store.codec import finite_json, to_json_builtins
 from runrec_cluster.version import __version__
 
 SPEC = "https://openlineage.io/spec"
@@ -51,6 +54,7 @@ CUSTOM_FACETS = (
     "runrec_environment",
     "runrec_hardware",
     "runrec_content",
+    "runrec_nonfinite",
 )
 _END_EVENT = {
     RunState.SUCCEEDED: "COMPLETE",
@@ -320,4 +324,12 @@ def run_events(
                 ],
             }
         )
-    return events
+    return [_strict(e) for e in events]
+
+
+def _strict(event: dict[str, Any]) -> dict[str, Any]:
+    """The event with non-finite floats as ``null``, named in a ``runrec_nonfinite`` run facet."""
+    clean, found = finite_json(event)
+    if found:
+        clean["run"]["facets"]["runrec_nonfinite"] = _facet("runrec_nonfinite", values=found)
+    return clean

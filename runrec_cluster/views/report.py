@@ -8,7 +8,12 @@ No script, no CDN, no external file: inline CSS and SVG plots drawn here. The pa
   stay visible; numeric keys on a linear or log axis, other keys as categories;
 - the runs table: state and cause, verdict, trust flags, varied config, metrics, and links
   between a run and its reruns (``rerun_of``), also for reruns made outside the sweep;
-- failures and negative results listed with their cause.
+- failures and negative results listed with their cause, the failure message as recorded
+  (already redacted by the job; cut to ``MESSAGE_CAP`` characters) and the latest annotation
+  (verdict and note).
+
+Integers print as integers: a column the query index holds as integers stays one on the page
+also where pandas made it float (a run lacking the value).
 
 Every text from a record is HTML-escaped.
 """
@@ -22,9 +27,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from runrec_cluster.errors import RunrecError
 from runrec_cluster.query.select import query
-from runrec_cluster.query.sweeps import metric_columns, sweep_frame, varied_config
+from runrec_cluster.query.sweeps import int_columns, metric_columns, sweep_frame, varied_config
+from runrec_cluster.record import RunRecord
 
+MESSAGE_CAP = 500  # characters of a failure message shown in the failures section
 W, H = 420, 260
 ML, MR, MT, MB = 58, 16, 28, 52
 _STATE_COLOR = {
@@ -57,6 +65,10 @@ def _isnum(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _isint(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _fmt(v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
@@ -67,12 +79,25 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+def _tick(t: float, digits: int = 4) -> str:
+    """A tick label: a whole number in full (``886812345``, not ``8.868e+08``), else ``digits``
+    significant digits."""
+    if float(t).is_integer() and abs(t) < 1e15:
+        return str(int(t))
+    return f"{t:.{digits}g}"
+
+
+def _ticks(lo: float, hi: float, n: int = 5, *, whole: bool = False) -> list[float]:
+    """About ``n`` round tick values in [lo, hi]; only whole numbers when ``whole`` (an axis of
+    integers: no tick between two seeds)."""
     if hi <= lo:
         return [lo]
     raw = (hi - lo) / n
+    if whole:
+        raw = max(raw, 1.0)
     mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    mults = (1, 2, 5, 10) if whole else (1, 2, 2.5, 5, 10)
+    step = next(m * mag for m in mults if m * mag >= raw)
     start = math.ceil(lo / step) * step
     out = []
     x = start
@@ -94,6 +119,8 @@ class _Axes:
     x_hi: float
     y_lo: float
     y_hi: float
+    whole_x: bool = False  # every value an integer: ticks only at whole numbers
+    whole_y: bool = False
     pw: int = W - ML - MR
     ph: int = H - MT - MB
 
@@ -135,7 +162,9 @@ def _axes(points: list[dict[str, Any]]) -> _Axes:
             x_lo, x_hi = x_lo - 0.5, x_hi + 0.5
         xpad = (x_hi - x_lo) * 0.06
         x_lo, x_hi = x_lo - xpad, x_hi + xpad
-    return _Axes(numeric_x, log_x, cats, x_lo, x_hi, y_lo, y_hi)
+    whole_x = numeric_x and not log_x and all(_isint(x) for x in xs if x is not None)
+    whole_y = bool(ys) and all(_isint(y) for y in ys)
+    return _Axes(numeric_x, log_x, cats, x_lo, x_hi, y_lo, y_hi, whole_x, whole_y)
 
 
 def _grid(ax: _Axes, xkey: str, ykey: str) -> list[str]:
@@ -146,14 +175,14 @@ def _grid(ax: _Axes, xkey: str, ykey: str) -> list[str]:
         f'viewBox="0 0 {W} {H}" role="img" aria-label="{_e(ykey)} against {_e(xkey)}">',
         f'<rect x="{ML}" y="{MT}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>',
     ]
-    for t in _ticks(ax.y_lo, ax.y_hi):
+    for t in _ticks(ax.y_lo, ax.y_hi, whole=ax.whole_y):
         y = ax.sy(t)
         parts.append(f'<line x1="{ML}" x2="{ML + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
-        parts.append(f'<text x="{ML - 4}" y="{y + 4:.1f}" text-anchor="end">{t:.4g}</text>')
+        parts.append(f'<text x="{ML - 4}" y="{y + 4:.1f}" text-anchor="end">{_tick(t)}</text>')
     if ax.numeric_x:
-        for t in _ticks(ax.x_lo, ax.x_hi):
+        for t in _ticks(ax.x_lo, ax.x_hi, whole=ax.whole_x):
             x = ML + (t - ax.x_lo) / (ax.x_hi - ax.x_lo) * pw
-            label = f"{10**t:.3g}" if ax.log_x else f"{t:.4g}"
+            label = _tick(10**t, 3) if ax.log_x else _tick(t)
             parts.append(
                 f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{MT}" y2="{MT + ph}" stroke="#eee"/>'
             )
@@ -247,11 +276,12 @@ def sweep_report(store: Any, sweep: str, index_dir: Any = None) -> tuple[str, di
         ~all_df["run_id"].isin(ids)
         & (all_df["rerun_of"].isin(ids) | all_df["rerun_root"].isin(ids))
     ]
+    ints = int_columns(store, index_dir)
     page = _Page(
         store_root=store.root,
         sweep_id=sweep_id,
-        rows=[_clean(r) for r in df.to_dict(orient="records")],
-        extra=[_clean(r) for r in outside.to_dict(orient="records")],
+        rows=[_clean(r, ints) for r in df.to_dict(orient="records")],
+        extra=[_clean(r, ints) for r in outside.to_dict(orient="records")],
         ids=ids,
         varied=varied_config(df),
         metrics=metric_columns(df),
@@ -260,7 +290,7 @@ def sweep_report(store: Any, sweep: str, index_dir: Any = None) -> tuple[str, di
     plots, nplots = _plots(page)
     out += plots
     out += _runs_table(page)
-    out += _failures(page)
+    out += _failures(page, store)
     out.append(
         "<p class='muted'>Details: <code>runrec show RUN</code>; rerun: "
         "<code>runrec rerun RUN</code>.</p></body></html>"
@@ -362,13 +392,14 @@ def _runs_table(page: _Page) -> list[str]:
     return out
 
 
-def _failures(page: _Page) -> list[str]:
+def _failures(page: _Page, store: Any) -> list[str]:
     bad = [r for r in page.all_rows if r["state"] in ("failed", "cancelled") or r.get("negative")]
     out = ["<h2 id='failures'>Failures and negative results</h2>"]
     if not bad:
         return [*out, "<p>None.</p>"]
     out.append("<ul>")
     for r in bad:
+        rec = _record(store, r["run_id"])
         why = ", ".join(
             _e(x)
             for x in (
@@ -379,14 +410,44 @@ def _failures(page: _Page) -> list[str]:
             if x
         )
         out.append(
-            f"<li>{page.link(r['run_id'])} [{_e(r.get('sweep_index'))}] {_e(r['state'])}: {why}</li>"
+            f"<li id='failure-{_e(r['run_id'])}'>{page.link(r['run_id'])} "
+            f"[{_e(_fmt(r.get('sweep_index')))}] {_e(r['state'])}: "
+            f"<span class='cause'>{why}</span>{_failure_details(rec)}</li>"
         )
     out.append("</ul>")
     return out
 
 
-def _clean(row: dict[str, Any]) -> dict[str, Any]:
-    """pandas values to plain Python (NaN to None, numpy scalars to Python)."""
+def _record(store: Any, run_id: str) -> RunRecord | None:
+    """The run's record (for its failure message and annotations); None when it cannot be
+    read (the row still shows what the index holds)."""
+    try:
+        rec: RunRecord = store.load(run_id)
+    except RunrecError:
+        return None
+    return rec
+
+
+def _failure_details(rec: RunRecord | None) -> str:
+    """The recorded failure message and the latest annotation's verdict and note, as HTML."""
+    if rec is None:
+        return " <span class='muted'>(record unreadable: see <code>runrec fsck</code>)</span>"
+    parts = []
+    msg = rec.failure.message.strip() if rec.failure else ""
+    if msg:
+        cut = msg if len(msg) <= MESSAGE_CAP else msg[:MESSAGE_CAP] + "…"
+        parts.append(f"<br><code class='message'>{_e(cut)}</code>")
+    if rec.annotations:
+        a = rec.annotations[-1]
+        by = f" ({_e(a.by)})" if a.by else ""
+        note = f": <span class='note'>{_e(a.note)}</span>" if a.note else ""
+        parts.append(f"<br><span class='annotation'>annotated {_e(a.verdict)}{by}{note}</span>")
+    return "".join(parts)
+
+
+def _clean(row: dict[str, Any], ints: set[str]) -> dict[str, Any]:
+    """pandas values to plain Python (NaN to None, numpy scalars to Python, a whole float in a
+    column of ``ints`` to an int)."""
     out = {}
     for k, v in row.items():
         if hasattr(v, "item") and not isinstance(v, list | dict | str):
@@ -396,5 +457,7 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
                 pass
         if isinstance(v, float) and math.isnan(v):
             v = None
+        elif k in ints and isinstance(v, float) and v.is_integer():
+            v = int(v)
         out[k] = v
     return out

@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 import ray
@@ -42,19 +43,7 @@ def connect(address: str | None = None, namespace: str | None = None) -> dict[st
             return _CONN
         where = resolve_address({"ray_address": address})
         if not ray.is_initialized():
-            try:
-                ctx = ray.init(
-                    address=where,
-                    ignore_reinit_error=True,
-                    log_to_driver=False,
-                    namespace=namespace,
-                )
-            except Exception as exc:
-                raise BackendError(
-                    f"cannot connect to the Ray cluster at {where!r}: {type(exc).__name__}: "
-                    f"{exc}. Start one (`ray start --head`; here: ray/up), or pass ray_address="
-                    "'HOST:6379' or 'ray://HOST:10001'."
-                ) from exc
+            ctx = _init(where, namespace)
             dashboard = getattr(ctx, "dashboard_url", None)
         else:  # the user connected already: use that connection
             try:
@@ -64,6 +53,35 @@ def connect(address: str | None = None, namespace: str | None = None) -> dict[st
         _CONN.clear()
         _CONN.update(_connection_facts(where, dashboard))
         return _CONN
+
+
+# A Ray Client (ray://) connection is served by a server process the proxier starts for it;
+# that start can fail once in a while (the new process already gone when the proxier looks at
+# it: "Initialization failure from server ... ZombieProcess"). Such a failure is tried again.
+_CLIENT_TRIES = 3
+
+
+def _init(where: str, namespace: str | None) -> Any:
+    tries = _CLIENT_TRIES if where.startswith("ray://") else 1
+    for n in range(1, tries + 1):
+        try:
+            return ray.init(
+                address=where, ignore_reinit_error=True, log_to_driver=False, namespace=namespace
+            )
+        except Exception as exc:
+            transient = isinstance(exc, ConnectionError) and "Initialization failure" in str(exc)
+            if transient and n < tries:
+                time.sleep(n)
+                continue
+            lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+            why = lines[-1].strip() if lines else ""  # the server's traceback: its last line
+            raise BackendError(
+                f"cannot connect to the Ray cluster at {where!r}"
+                f"{f' (after {n} tries)' if n > 1 else ''}: {type(exc).__name__}: {why}. Start "
+                "one (`ray start --head`; here: ray/up), or pass ray_address='HOST:6379' or "
+                "'ray://HOST:10001'."
+            ) from exc
+    raise AssertionError("unreachable")
 
 
 def _connection_facts(where: str, dashboard: str | None) -> dict[str, Any]:

@@ -79,9 +79,14 @@ def test_where_and_columns(swept):
     )
     assert sorted(df["run_id"]) == sorted([hs[1].run_id, hs[2].run_id])
     assert list(df.columns) == ["run_id", "config.epochs"]
-    df = rr.query(store, 'state == "failed" or config.lr >= 0.5', columns=["name", "nothing.here"])
+    df = rr.query(store, 'state == "failed" or config.lr >= 0.5', columns=["name", "config.epochs"])
     assert sorted(df["name"]) == ["broken", "sweep"]
-    assert df["nothing.here"].isna().all()
+    assert df.set_index("name")["config.epochs"].isna().to_dict() == {
+        "broken": True,
+        "sweep": False,
+    }
+    with pytest.raises(rr.ExpressionError, match="unknown column 'nothing.here'"):
+        rr.query(store, columns=["name", "nothing.here"])
     t = rr.query(store, "config.lr < 0.05", columns=["run_id", "metrics.acc"], as_arrow=True)
     assert isinstance(t, pa.Table) and t.num_rows == 2
     assert t.schema.field("metrics.acc").type == pa.float64()
