@@ -1,13 +1,15 @@
 """runrec-cluster: record every R&D run while it happens, on local, Slurm and Ray.
 
 The public API is this module's ``__all__`` (guarded by a test): submitting (``Executor``,
-``RunHandle``, ``Dataset``, ``Artifact``), reading (``Store``, ``load``, ``query``), the run's own
-side (``current_run``, ``Run``), reruns (``rerun``, ``rerun_sweep``), lineage and trust
-(``lineage``, ``annotate``, ``promote``, ``verify``, ``retire``) and every error these raise.
+``RunHandle``, ``Dataset``, ``Artifact``, ``ConfigFile``, ``ConfigEnv``), reading (``Store``,
+``load``, ``query``), the run's own side (``current_run``, ``Run``), reruns (``rerun``,
+``rerun_sweep``), lineage and trust (``lineage``, ``annotate``, ``promote``, ``verify``,
+``retire``) and every error these raise.
 The CLI uses the library through these same functions.
 """
 
 from runrec_cluster.api import Executor, RunHandle, load
+from runrec_cluster.capture.config_sources import ConfigEnv, ConfigFile
 from runrec_cluster.capture.data import Dataset
 from runrec_cluster.capture.inputs import Artifact
 from runrec_cluster.errors import (
@@ -52,7 +54,9 @@ __all__ = [
     "AmbiguousRunId",
     "Artifact",
     "BackendError",
+    "ConfigEnv",
     "ConfigError",
+    "ConfigFile",
     "CorruptRecord",
     "Dataset",
     "DatasetError",

@@ -18,8 +18,10 @@ from typing import Any
 import cloudpickle
 import msgspec
 
+from runrec_cluster import settings
 from runrec_cluster.backends import Backend, JobSpec, forget_checks, get_backend
 from runrec_cluster.capture import config as cfg
+from runrec_cluster.capture import config_sources, withhold
 from runrec_cluster.capture.env import capture_env
 from runrec_cluster.capture.git import capture_code
 from runrec_cluster.capture.hardware import HardwareClass, load_hardware_class
@@ -34,6 +36,7 @@ from runrec_cluster.errors import (
     RunrecError,
     StoreError,
 )
+from runrec_cluster.job import argparse_capture
 from runrec_cluster.job.outcome import find_rescue, rescue_message
 from runrec_cluster.record import (
     CONTEXT_KEY,
@@ -165,10 +168,15 @@ class Executor:
         inputs: Sequence[Any] | None = None,
         tags: Mapping[str, str] | None = None,
         name: str | None = None,
+        config_from: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> RunHandle:
-        """Submit ``fn(*args, **kwargs)`` as one recorded run."""
-        return self._submit_functions(fn, [(args, kwargs)], inputs, tags, name, sweep=False)[0]
+        """Submit ``fn(*args, **kwargs)`` as one recorded run. ``config_from``: config files and
+        environment variables (``rr.ConfigFile``, ``rr.ConfigEnv``; see docs/config.md) whose
+        values the call does not pass itself join it."""
+        return self._submit_functions(
+            fn, [(args, kwargs)], inputs, tags, name, sweep=False, config_from=config_from
+        )[0]
 
     def map_array(
         self,
@@ -178,8 +186,10 @@ class Executor:
         inputs: Sequence[Any] | None = None,
         tags: Mapping[str, str] | None = None,
         name: str | None = None,
+        config_from: Sequence[Any] | None = None,
     ) -> list[RunHandle]:
-        """A sweep: one run per dict of keyword arguments, all sharing one sweep id."""
+        """A sweep: one run per dict of keyword arguments, all sharing one sweep id
+        (``config_from``: as in ``submit``, under every run's own keyword arguments)."""
         calls = []
         for i, p in enumerate(params):
             if not isinstance(p, Mapping):
@@ -189,7 +199,9 @@ class Executor:
             calls.append(((), dict(p)))
         if not calls:
             raise ConfigError("map_array got no parameter sets; pass a non-empty list of dicts.")
-        return self._submit_functions(fn, calls, inputs, tags, name, sweep=True)
+        return self._submit_functions(
+            fn, calls, inputs, tags, name, sweep=True, config_from=config_from
+        )
 
     def submit_command(
         self,
@@ -199,15 +211,22 @@ class Executor:
         tags: Mapping[str, str] | None = None,
         name: str | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        config_from: Sequence[Any] | None = None,
+        capture_args: bool | None = None,
     ) -> RunHandle:
-        """Submit a command (its exit code is recorded; 0 is success)."""
+        """Submit a command (its exit code is recorded; 0 is success). ``config_from``: config
+        files and environment variables recorded with their provenance (the command reads them
+        itself); ``capture_args``: record a Python command's parsed argparse options (default
+        on unless ``RUNREC_CAPTURE_ARGPARSE=0``; docs/config.md)."""
         if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
             raise ConfigError(
                 f"submit_command takes a list of strings, e.g. ['python', 'train.py']; got {argv!r}."
             )
         run_cwd = os.path.abspath(os.fspath(cwd)) if cwd is not None else self.cwd
-        ctx = self._context(inputs)
-        config = cfg.command_config(list(argv))
+        sources = config_sources.resolve(config_from, self.store, self.hash_progress)
+        ctx = self._context(inputs, command=list(argv), cwd=run_cwd)
+        ctx["inputs"] = ctx["inputs"] + sources.inputs
+        config = sources.command_config(cfg.command_config(list(argv)))
         ep = Entrypoint(kind="command", argv=redact_argv(list(argv)), cwd=run_cwd)
         # the real argv (secrets included) is needed to run it: it travels in a blob that
         # only the job reads, never in the record
@@ -215,6 +234,8 @@ class Executor:
         if real is None:
             blob = self.store.put_blob(cloudpickle.dumps(list(argv)))
             ep = Entrypoint(kind="command", argv=ep.argv, cwd=run_cwd, call_blob=blob)
+        if not argparse_capture.enabled(capture_args):
+            ep = msgspec.structs.replace(ep, capture_args=False)
         run_id = layout.new_id()
         self.write_launch(
             run_id,
@@ -230,10 +251,19 @@ class Executor:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _context(self, inputs: Sequence[Any] | None) -> dict[str, Any]:
+    def _context(
+        self,
+        inputs: Sequence[Any] | None,
+        *,
+        command: list[str] | None = None,
+        cwd: str | None = None,
+    ) -> dict[str, Any]:
+        """What a launch captures here: code, environment (with the interpreter of the user's
+        code: the ``command``'s resolved from ``cwd`` as the node will, else this Python),
+        inputs, user, host."""
         code: CodeInfo = capture_code(self.cwd, self.store.put_blob, exclude=[self.store.root])
         env: EnvInfo
-        env, _ = capture_env(self.store.put_obj)
+        env, _ = capture_env(self.store.put_obj, command=command, cwd=cwd)
         refs: list[InputRef] = []
         for ds in inputs or []:
             refs.append(hash_input(self.store, ds, progress=self.hash_progress))
@@ -254,12 +284,21 @@ class Executor:
         name: str | None,
         *,
         sweep: bool,
+        config_from: Sequence[Any] | None = None,
     ) -> list[RunHandle]:
         if not callable(fn):
             raise ConfigError(f"submit needs a callable, got {type(fn).__name__}: {fn!r}.")
-        configs = [cfg.function_config(fn, a, k) for a, k in calls]  # refuse bad values first
+        sources = config_sources.resolve(config_from, self.store, self.hash_progress)
+        bound = [sources.bind(fn, a, k) for a, k in calls]  # refuse bad values first
+        calls = [(a, k) for (a, _), (k, _) in zip(calls, bound, strict=True)]
+        configs = [conf for _, conf in bound]
         blobs = []
+        kept: list[dict[str, Any]] = []  # per call: the values withheld from the store
         for a, k in calls:
+            # secrets (by the config view's redaction rules) never reach the shared store: the
+            # pickled call holds placeholders, the values an owner-only file (capture/withhold)
+            a, k, secret = withhold.withhold_call(fn, a, k)
+            kept.append(secret)
             try:
                 blobs.append(self.store.put_blob(cloudpickle.dumps((fn, a, k))))
             except Exception as exc:
@@ -268,14 +307,29 @@ class Executor:
                     "Pass picklable arguments, or open files and connections inside the job."
                 ) from exc
         ctx = self._context(inputs)
+        ctx["inputs"] = ctx["inputs"] + sources.inputs
         sweep_id = layout.new_id() if sweep else None
         if sweep and len(calls) > 1:
             ctx["shared"] = {}  # the sweep's shared launch context, written once (below)
         fname = _function_name(fn)
+        secrets_dir = (
+            withhold.check_dir(settings.secrets_dir(self.cwd), self.store.root)
+            if any(kept)
+            else None
+        )
         specs = []
-        for i, (conf, blob) in enumerate(zip(configs, blobs, strict=True)):
+        for i, (conf, blob, secret) in enumerate(zip(configs, blobs, kept, strict=True)):
             run_id = layout.new_id()
-            ep = Entrypoint(kind="function", function=fname, cwd=self.cwd, call_blob=blob)
+            ep = Entrypoint(
+                kind="function",
+                function=fname,
+                cwd=self.cwd,
+                call_blob=blob,
+                withheld=sorted(secret),
+                secrets_dir=secrets_dir if secret else None,
+            )
+            if secret and secrets_dir:
+                withhold.write_secrets(secrets_dir, run_id, secret)
             self.write_launch(
                 run_id,
                 ctx,
@@ -332,6 +386,12 @@ class Executor:
             options={k: cfg.plain(k, v) for k, v in self.options.items()},
             hardware=self.hardware_name,
             hardware_expect=dict(self.backend.hardware.expect) if self.backend.hardware else {},
+            hardware_on_mismatch=(
+                self.backend.hardware.on_mismatch if self.backend.hardware else None
+            ),
+            hardware_request=(
+                self.backend.hardware.request(self.backend.name) if self.backend.hardware else {}
+            ),
             log_dir=self.store.log_dir(run_id),
         )
         patch = to_patch(
@@ -486,7 +546,16 @@ def refresh_many(
         for run_id, patch in patches.items():
             store.write_version(run_id, "reconcile", patch, role="reconcile")
             updated[run_id] = store.load(run_id, problems=[])
+            _discard_secrets(updated[run_id])
     return [updated.get(r.run_id, r) for r in recs]
+
+
+def _discard_secrets(rec: RunRecord) -> None:
+    """A run that ended without its job unwinding (killed, cancelled, never started) leaves its
+    withheld values' file behind: removed once the end is recorded (capture/withhold.py)."""
+    ep = rec.entrypoint
+    if ep is not None and ep.withheld and rec.state.is_terminal():
+        withhold.discard(rec.run_id, ep.secrets_dir)
 
 
 class RunHandle:
@@ -595,3 +664,4 @@ class RunHandle:
                 f"cannot cancel run {self.run_id}: its backend is not available here."
             )
         b.cancel(rec)
+        _discard_secrets(self.store.load(self.run_id))

@@ -3,7 +3,8 @@
     RunrecError                 root: catch this to catch everything below
     ├── ConfigError             bad input from the user: arguments, config values, settings
     │   ├── DatasetError        a dataset or artifact path that cannot be read or hashed
-    │   └── ExpressionError     a query expression that does not parse (points at the token)
+    │   ├── ExpressionError     a query expression that does not parse (points at the token)
+    │   └── SecretsUnavailable  a job cannot read the argument values withheld from the store
     ├── StoreError              the store cannot be opened, read or written
     │   ├── RecordNotFound      no run matches the id or prefix
     │   ├── AmbiguousRunId      a prefix matches several runs
@@ -44,6 +45,11 @@ class ExpressionError(ConfigError):
         super().__init__(f"bad expression: {message} (character {pos + 1}):{caret}")
         self.text = text
         self.pos = pos
+
+
+class SecretsUnavailable(ConfigError):
+    """A job cannot read the argument values its submit withheld from the store (the secrets
+    file is missing on the node, unreadable, or lacks a value): docs/security.md."""
 
 
 class StoreError(RunrecError):

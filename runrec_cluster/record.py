@@ -70,6 +70,9 @@ class FailureCause(str, enum.Enum):
     CANCELLED = "cancelled"
     WORKER_CRASHED = "worker_crashed"
     DATA_PROBLEM = "data_problem"
+    # the node did not meet the hardware class's expectation and the class says on_mismatch =
+    # "fail": the job ended the run before the user's code ran
+    HARDWARE_MISMATCH = "hardware_mismatch"
     INFRASTRUCTURE = "infrastructure"
     UNKNOWN = "unknown"
 
@@ -126,11 +129,21 @@ class Entrypoint(Base, frozen=True, kw_only=True):
     argv: list[str] = []
     cwd: str = ""
     call_blob: str | None = None  # pickled (fn, args, kwargs); only the job and rerun unpickle it
+    # argument paths ("dsn", "conn.password") whose values the redaction rules flag: the call
+    # blob holds placeholders there, the values wait in an owner-only file in secrets_dir
+    # (outside the store) until the job reads and removes it (capture/withhold.py)
+    withheld: list[str] = []
+    secrets_dir: str | None = None
+    # a command run: the job records the parsed argparse options of a Python command
+    # (job/argparse_capture.py); False: --no-capture-args / RUNREC_CAPTURE_ARGPARSE=0 at submit
+    capture_args: bool = True
 
 
 class ConfigEntry(Base, frozen=True, kw_only=True):
     value: Any
-    source: Literal["default", "given", "generated"]
+    # "default" | "given" | "generated" | "file:<path>" | "env:<NAME>" | "argv" (see
+    # capture/config_sources.py; a str, so records holding only the first three still read)
+    source: str
 
 
 class InputRef(Base, frozen=True, kw_only=True):
@@ -147,6 +160,7 @@ class InputRef(Base, frozen=True, kw_only=True):
     version: str | None = None  # the user's own label
     manifest_blob: str | None = None  # for a directory: the (relpath, size, digest) list
     added_by: Literal["submit", "job"] = "submit"
+    role: str = ""  # "config": a config file (rr.ConfigFile, runrec submit --config); "": data
     # kind "artifact": what produced it (rr.Artifact("RUN:name") or rr.Artifact("NAME@vN"))
     run_id: str | None = None  # the producing run
     artifact: str | None = None  # the artifact's name in that run
@@ -163,6 +177,23 @@ class ArtifactRef(Base, frozen=True, kw_only=True):
     logged_at: datetime | None = None
 
 
+class Interpreter(Base, frozen=True, kw_only=True):
+    """The program that ran the user's code, as resolved on one host (capture/interpreter.py).
+
+    Written in the launch record (EnvInfo.interpreter, the submitting host) and by the job
+    (NodeInfo.interpreter, the node) so drift compares the same command's interpreter on both.
+    """
+
+    argv0: str = ""  # what the command named ("python3", "./train.py"); "" for a function run
+    path: str | None = None  # the resolved executable on that host; None: not found
+    via: str = ""  # "function" | "PATH" | "path" (argv0 has a slash) | "shebang" | "python -m"
+    python_executable: str | None = None  # sys.executable as that interpreter reports it
+    python_version: str | None = None  # platform.python_version() of that interpreter
+    packages_blob: str | None = None  # msgpack {name: version} of that interpreter's environment
+    package_count: int = 0
+    unknown: str | None = None  # why a fact above is missing ("not a Python interpreter: ...")
+
+
 class EnvInfo(Base, frozen=True, kw_only=True):
     python_version: str
     python_executable: str
@@ -171,6 +202,7 @@ class EnvInfo(Base, frozen=True, kw_only=True):
     packages_blob: str | None = None  # msgpack {name: version}, content-addressed
     package_count: int = 0
     env_vars: dict[str, str] = {}  # selected, secrets redacted
+    interpreter: Interpreter | None = None  # the user code's interpreter on the submitting host
 
 
 class Resources(Base, frozen=True, kw_only=True):
@@ -189,6 +221,12 @@ class Execution(Base, frozen=True, kw_only=True):
     hardware_expect: dict[str, Any] = {}  # the class's `expect`, checked by the job on its node
     hardware_match: bool | None = None  # the node matched the class's expectation
     hardware_mismatches: list[str] = []
+    # the class's on_mismatch ("fail" | "flag"; None: a record from before it existed = flag)
+    hardware_on_mismatch: str | None = None
+    # what the class asked this backend's scheduler for ({"constraint": "hwclass-x"}, Ray
+    # resources); the job's words on where the scheduler put a run whose class has no `expect`
+    hardware_request: dict[str, Any] = {}
+    hardware_placement: str | None = None
     scheduler: dict[str, Any] = {}  # job ids, array ids, node ids, pids: filled by the backend
     log_dir: str | None = None
 
@@ -203,6 +241,15 @@ class GPUInfo(Base, frozen=True, kw_only=True):
     pci_bus_id: str | None = None
 
 
+class LibSampling(Base, frozen=True, kw_only=True):
+    """How RuntimeLibs.loaded_libraries was gathered (written by the job, capture/maps.py)."""
+
+    method: str = ""  # "/proc/PID/maps of the command's process tree", "/proc/self/maps (finally)"
+    times: list[datetime] = []  # when each sample was taken (UTC)
+    pids: list[int] = []  # every pid whose maps were read
+    unknown: str | None = None  # why nothing could be sampled
+
+
 class RuntimeLibs(Base, frozen=True, kw_only=True):
     """CUDA-side libraries as actually loaded in the job process."""
 
@@ -212,6 +259,7 @@ class RuntimeLibs(Base, frozen=True, kw_only=True):
     frameworks: dict[str, str] = {}  # torch / jax / cupy version, when imported
     sources: dict[str, str] = {}  # where each value came from ("torch", "/proc/self/maps: ...")
     loaded_libraries: list[str] = []
+    sampling: LibSampling | None = None  # how and when the libraries above were seen
 
 
 class NodeInfo(Base, frozen=True, kw_only=True):
@@ -237,6 +285,10 @@ class NodeInfo(Base, frozen=True, kw_only=True):
     features: list[str] = []  # scheduler node features (slurm), custom resources (ray)
     scheduler_node: str = ""  # the scheduler's name for the node (Slurm node, Ray node id)
     captured_at: datetime | None = None
+    # The user code's interpreter resolved on the node (for a command run python_executable,
+    # python_version, packages_blob and package_drift above describe it, not runrec's job).
+    interpreter: Interpreter | None = None
+    job_python: str = ""  # the runrec job process's own sys.executable, always
 
 
 class Failure(Base, frozen=True, kw_only=True):

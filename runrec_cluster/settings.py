@@ -1,5 +1,6 @@
 """The one reader of runrec's settings: ``[tool.runrec]`` in ``pyproject.toml``, ``runrec.toml``
-and the ``RUNREC_*`` variables, for the store location, hardware classes and redaction rules.
+and the ``RUNREC_*`` variables, for the store location, hardware classes, redaction rules and
+the directory of withheld secrets.
 
 The rules, the same for every setting:
 
@@ -118,6 +119,33 @@ def store_location(cwd: str | None = None) -> str | None:
             )
         return os.path.abspath(os.path.join(os.path.dirname(path), os.path.expanduser(store)))
     return None
+
+
+# -- where withheld secrets wait for their job -----------------------------------------------------
+
+SECRETS_DIR_VAR = "RUNREC_SECRETS_DIR"
+
+
+def secrets_dir(cwd: str | None = None) -> str:
+    """Where a submit puts the argument values it withholds from the store (docs/security.md):
+    ``$RUNREC_SECRETS_DIR``, else ``secrets_dir`` of the config files of ``cwd`` (relative to
+    the file), else ``$XDG_CACHE_HOME/runrec/secrets`` or ``~/.cache/runrec/secrets``; absolute."""
+    env = os.environ.get(SECRETS_DIR_VAR)
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    for path in find_config_files(cwd or os.getcwd()):
+        d = config_section(path, "secrets_dir", "the secrets directory")
+        if d is None:
+            continue
+        if not isinstance(d, str) or not d:
+            raise ConfigError(
+                f"secrets_dir = {d!r} in {path} is not a directory path. Write "
+                '`secrets_dir = "~/.cache/runrec/secrets"` (a directory the nodes share), or '
+                "remove it."
+            )
+        return os.path.abspath(os.path.join(os.path.dirname(path), os.path.expanduser(d)))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.abspath(os.path.join(cache, "runrec", "secrets"))
 
 
 # -- redaction rules ----------------------------------------------------------------------------

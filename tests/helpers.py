@@ -19,10 +19,12 @@ def git(cwd, *args: str) -> str:
 
 
 def run_cli(*args: str, cwd=None, env=None, input=None):
-    """The real `runrec` entry point in a subprocess."""
+    """The real `runrec` entry point in a subprocess. Every JSON export it makes (`runrec
+    export`, stdout or -o) is validated against `runrec schema --of export` (``check_export``):
+    so every export of the test suite is."""
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run(
+    out = subprocess.run(
         [sys.executable, "-m", "runrec_cluster", *args],
         cwd=cwd,
         env=e,
@@ -31,6 +33,65 @@ def run_cli(*args: str, cwd=None, env=None, input=None):
         input=input,
         timeout=300,
     )
+    if args and args[0] == "export" and out.returncode == 0:
+        _check_cli_export(args, out.stdout, cwd)
+    return out
+
+
+def _option(args, *names):
+    for i, a in enumerate(args[:-1]):
+        if a in names:
+            return args[i + 1]
+    return None
+
+
+def _check_cli_export(args, stdout: str, cwd) -> None:
+    import json
+
+    if (_option(args, "--format") or "json") != "json":
+        return
+    path = _option(args, "-o", "--output")
+    if path is not None:
+        with open(os.path.join(cwd or os.getcwd(), path), encoding="utf-8") as f:
+            stdout = f.read()
+    check_export(json.loads(stdout))
+
+
+_SCHEMAS: dict = {}
+
+
+def json_schema(kind: str) -> dict:
+    """`runrec schema --of KIND`, once per test session."""
+    import json
+
+    if kind not in _SCHEMAS:
+        out = subprocess.run(
+            [sys.executable, "-m", "runrec_cluster", "schema", "--of", kind],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        _SCHEMAS[kind] = json.loads(out.stdout)
+    return _SCHEMAS[kind]
+
+
+def schema_errors(doc, kind: str) -> list[str]:
+    """Every way ``doc`` breaks `runrec schema --of KIND` (draft 2020-12, formats checked)."""
+    from jsonschema import Draft202012Validator
+
+    v = Draft202012Validator(json_schema(kind), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in v.iter_errors(doc)
+    ]
+
+
+def check_export(doc) -> None:
+    """An export document is valid against `runrec schema --of export`, its record against
+    `--of record`."""
+    bad = schema_errors(doc, "export") + schema_errors(doc.get("record"), "record")
+    assert not bad, "export does not match `runrec schema`:\n" + "\n".join(bad[:20])
 
 
 def write_figures(name: str, what: str, **figures) -> None:

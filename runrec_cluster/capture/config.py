@@ -1,7 +1,9 @@
 """The effective config: bound arguments with defaults applied, plus generated values.
 
 Every key carries its provenance: ``default`` (from the signature), ``given`` (passed at
-submit, or on the command line), ``generated`` (logged inside the job with ``run.log_config``).
+submit, or on the command line), ``generated`` (logged inside the job with ``run.log_config``);
+``file:<path>`` / ``env:<NAME>`` come from ``config_sources`` and ``argv`` from the job's
+argparse capture (``job/argparse_capture.py``); docs/config.md has them all.
 A value that cannot be stored is refused at submit, naming the key, before anything runs.
 """
 
@@ -63,7 +65,7 @@ def entries(values: Mapping[str, Any], source: str) -> dict[str, ConfigEntry]:
     for k, v in values.items():
         if not isinstance(k, str):
             raise ConfigError(f"config key {k!r} is not a string; use string keys.")
-        out[k] = ConfigEntry(value=plain(k, v, rules), source=source)  # type: ignore[arg-type]
+        out[k] = ConfigEntry(value=plain(k, v, rules), source=source)
     return out
 
 

@@ -7,10 +7,13 @@ import platform
 import site
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
+import msgspec.structs
+
+from runrec_cluster.capture import interpreter
 from runrec_cluster.capture.redact import redact_value
 from runrec_cluster.record import EnvInfo
 
@@ -119,9 +122,21 @@ def selected_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-def capture_env(put_obj: Callable[[object], str] | None = None) -> tuple[EnvInfo, dict[str, str]]:
+def capture_env(
+    put_obj: Callable[[object], str] | None = None,
+    *,
+    command: Sequence[str] | None = None,
+    cwd: str | None = None,
+) -> tuple[EnvInfo, dict[str, str]]:
+    """The launch environment: this Python and its packages, and ``interpreter``, the user
+    code's: for a ``command`` its program resolved here as the node will (``capture.
+    interpreter``, from ``cwd``), for a function run this Python."""
     pkgs = packages()
     blob = put_obj(pkgs) if put_obj is not None else None
+    if command is None:
+        interp = interpreter.this_python(blob, len(pkgs))
+    else:
+        interp, _ = interpreter.capture(command, cwd=cwd, put_obj=put_obj)
     info = EnvInfo(
         python_version=platform.python_version(),
         python_executable=sys.executable,
@@ -130,6 +145,7 @@ def capture_env(put_obj: Callable[[object], str] | None = None) -> tuple[EnvInfo
         packages_blob=blob,
         package_count=len(pkgs),
         env_vars=selected_env(),
+        interpreter=interp,
     )
     return info, pkgs
 
@@ -144,3 +160,15 @@ def package_drift(
         if a != b:
             out[name] = [a, b]
     return out
+
+
+def with_command_interpreter(
+    info: EnvInfo,
+    command: Sequence[str],
+    cwd: str | None,
+    put_obj: Callable[[object], str] | None = None,
+) -> EnvInfo:
+    """``info`` (captured once for many runs) with ``interpreter`` the ``command``'s, resolved
+    here from ``cwd`` (a rerun of a command run)."""
+    interp, _ = interpreter.capture(command, cwd=cwd, put_obj=put_obj)
+    return msgspec.structs.replace(info, interpreter=interp)

@@ -1,4 +1,5 @@
-"""Node capture, where the job runs: host, CPU, memory, GPUs (NVML), CUDA libraries loaded.
+"""Node capture, where the job runs: host, CPU, memory, GPUs (NVML), CUDA libraries loaded
+(in this process; a process tree's: ``capture.maps``).
 
 No NVIDIA driver, no GPU: recorded as such in ``gpu_status``, never an error.
 """
@@ -7,13 +8,13 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import socket
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from runrec_cluster.record import GPUInfo, NodeInfo, RuntimeLibs
+from runrec_cluster.capture import maps
+from runrec_cluster.record import GPUInfo, LibSampling, NodeInfo, RuntimeLibs
 
 try:
     import pynvml  # nvidia-ml-py, a dependency
@@ -118,16 +119,32 @@ def _nvml_err(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-_LIB_RES = {
-    "cuda_runtime": re.compile(r"libcudart\.so\.([\d.]+)"),
-    "cudnn": re.compile(r"libcudnn\.so\.([\d.]+)"),
-    "nccl": re.compile(r"libnccl\.so\.([\d.]+)"),
-}
-
-
 def runtime_libs(maps_path: str = "/proc/self/maps") -> RuntimeLibs:
     """CUDA runtime, cuDNN and NCCL versions as actually loaded in this process: asked of the
-    frameworks already imported (torch, jax, cupy), else read from the mapped libraries."""
+    frameworks already imported (torch, jax, cupy), else read from the mapped libraries
+    (``capture.maps``; other processes' maps are sampled by ``maps.MapsSampler``)."""
+    vals, src, frameworks = framework_libs()
+    try:
+        with open(maps_path, encoding="utf-8", errors="replace") as f:
+            loaded = maps.libraries_in(f)
+    except OSError:
+        loaded = set()
+    return maps.merge_runtime(
+        RuntimeLibs(
+            cuda_runtime=vals.get("cuda_runtime"),
+            cudnn=vals.get("cudnn"),
+            nccl=vals.get("nccl"),
+            frameworks=frameworks,
+            sources=src,
+        ),
+        loaded,
+        LibSampling(method=maps_path, times=[datetime.now(UTC)]),
+    )
+
+
+def framework_libs() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """(versions, their sources, framework versions) asked of the frameworks this process has
+    imported already (torch, jax, cupy); never imports one."""
     vals: dict[str, str] = {}
     src: dict[str, str] = {}
     frameworks: dict[str, str] = {}
@@ -166,34 +183,7 @@ def runtime_libs(maps_path: str = "/proc/self/maps") -> RuntimeLibs:
             src.setdefault("cuda_runtime", "cupy.cuda.runtime.runtimeGetVersion()")
         except Exception:
             pass
-    loaded: list[str] = []
-    try:
-        with open(maps_path, encoding="utf-8", errors="replace") as f:
-            seen = set()
-            for line in f:
-                path = line.rstrip("\n").split(" ")[-1]
-                if "/" not in path or path in seen:
-                    continue
-                name = os.path.basename(path)
-                if not any(k in name for k in ("libcuda", "libcudnn", "libnccl", "libnvidia-ml")):
-                    continue
-                seen.add(path)
-                loaded.append(path)
-                for key, rx in _LIB_RES.items():
-                    m = rx.search(name)
-                    if m and key not in vals:
-                        vals[key] = m.group(1)
-                        src[key] = f"mapped library {path}"
-    except OSError:
-        pass
-    return RuntimeLibs(
-        cuda_runtime=vals.get("cuda_runtime"),
-        cudnn=vals.get("cudnn"),
-        nccl=vals.get("nccl"),
-        frameworks=frameworks,
-        sources=src,
-        loaded_libraries=sorted(loaded),
-    )
+    return vals, src, frameworks
 
 
 def capture_node(*, rank: int = 0, features: list[str] | None = None, nvml: Any = None) -> NodeInfo:

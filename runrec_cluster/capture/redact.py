@@ -396,6 +396,20 @@ def redact_value(name: str, value: Any, rules: Rules | None = None) -> Any:
     return value
 
 
+def flags(name: str, value: Any, rules: Rules | None = None) -> bool:
+    """Whether ``redact_value(name, value)`` would change a single value (not a dict, list or
+    tuple: those are walked by the caller, as ``redact_value`` walks them): the name says it is
+    a secret, or a string holds a credential's shape or a URL with a password. Used to keep such
+    values out of the store's pickled calls (``capture.withhold``)."""
+    r = rules or active_rules()
+    t = type(value)
+    if t is int or t is float or t is bool or value is None:
+        return _hides(r.kind(name), value)
+    if _hides(r.kind(name), value):
+        return True
+    return isinstance(value, str) and _redact_text(value, r, urls=True) != value
+
+
 def redact_argv(argv: list[str], rules: Rules | None = None) -> list[str]:
     """``--password x``, ``--token=x`` and credential-shaped arguments are redacted (the value
     after a secret flag unless it is itself a ``--flag``)."""

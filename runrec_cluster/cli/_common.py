@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 
 from runrec_cluster.api import refresh, refresh_many
+from runrec_cluster.capture.hardware import flagged, mismatch_warning
 from runrec_cluster.errors import ExpressionError, RunrecError, StoreError
 from runrec_cluster.record import SCHEMA_VERSION, RunRecord
 from runrec_cluster.store import ReadProblem, Store, layout
@@ -117,6 +118,15 @@ def warn(msg: str) -> None:
     console(stderr=True).print(f"[yellow]warning:[/yellow] {msg}", markup=True)
 
 
+def print_ended(c: Console, rec: RunRecord) -> None:
+    """What a command that waited prints when a run ended: ``run ID STATE``, then (on stderr) a
+    warning naming each hardware mismatch, so a flagged run cannot pass unnoticed."""
+    c.print(f"run {rec.run_id} {esc(state_text(rec))}")
+    line = mismatch_warning(rec)
+    if line:
+        warn(esc(line))
+
+
 def esc(s: Any) -> str:
     """``s`` as text safe for rich markup, control characters shown escaped."""
     return escape(str(s))
@@ -164,11 +174,14 @@ def short_ids(ids: list[str], minimum: int = 10) -> dict[str, str]:
 
 
 def state_text(rec: RunRecord) -> str:
-    """``failed (oom)``: the state, and the failure cause when it did not succeed."""
-    s = rec.state.value
+    """``failed (oom)``: the state, and the failure cause when it did not succeed;
+    ``succeeded (hardware mismatch)`` when the node did not meet the run's hardware class."""
+    notes = []
     if rec.failure is not None and rec.state.value != "succeeded":
-        s += f" ({rec.failure.cause.value})"
-    return s
+        notes.append(rec.failure.cause.value)
+    if flagged(rec) and "hardware_mismatch" not in notes:
+        notes.append("hardware mismatch")
+    return rec.state.value + (f" ({', '.join(notes)})" if notes else "")
 
 
 # ---------------------------------------------------------------------------------------------

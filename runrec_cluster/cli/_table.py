@@ -9,6 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from runrec_cluster.capture.hardware import flagged
 from runrec_cluster.cli._common import (
     console,
     esc,
@@ -59,6 +60,8 @@ def ls_row(rec: RunRecord, trust: Trust | None = None) -> dict[str, Any]:
         "name": rec.name,
         "state": rec.state.value,
         "cause": rec.failure.cause.value if rec.failure else None,
+        "hardware": rec.execution.hardware if rec.execution else None,
+        "hardware_match": rec.execution.hardware_match if rec.execution else None,
         "backend": rec.execution.backend if rec.execution else None,
         "job_id": (rec.execution.scheduler.get("job_id") if rec.execution else None),
         "sweep_id": rec.sweep_id,
@@ -182,7 +185,7 @@ def print_runs(
         if job:
             backend += f" {job}"
         st = state_text(r)
-        style = STATE_STYLE.get(r.state.value, "")
+        style = "bold yellow" if flagged(r) else STATE_STYLE.get(r.state.value, "")
         t.add_row(
             short[r.run_id],
             esc(

@@ -20,6 +20,7 @@ from runrec_cluster.cli._common import (
     key_values,
     load_one,
     open_store,
+    print_ended,
     state_text,
     store_option,
 )
@@ -120,7 +121,7 @@ def rerun_cmd(
         bad = 0
         for h in handles:
             rec = h.wait()
-            c.print(f"run {h.run_id} {esc(state_text(rec))}")
+            print_ended(c, rec)
             bad += rec.state.value != "succeeded"
         if bad:
             sys.exit(1)

@@ -9,7 +9,6 @@ import sys
 from datetime import UTC, datetime
 
 import click
-import msgspec
 from rich.table import Table
 
 from runrec_cluster import api
@@ -29,12 +28,14 @@ from runrec_cluster.cli._common import (
 from runrec_cluster.cli._table import ls_row, ls_select, print_negatives, print_rows, print_runs
 from runrec_cluster.lineage.annotate import negatives
 from runrec_cluster.lineage.trust import trust_for
-from runrec_cluster.record import RecordVersion, RunRecord, RunState, needs_verdict
+from runrec_cluster.record import RunRecord, RunState, needs_verdict
 from runrec_cluster.rerun import order_with_reruns
 from runrec_cluster.store.codec import strict_document
 from runrec_cluster.store.promoted import list_promotions
 from runrec_cluster.views.export import export_json
 from runrec_cluster.views.openlineage import run_events
+from runrec_cluster.views.schema import KINDS as SCHEMA_KINDS
+from runrec_cluster.views.schema import schema as json_schema
 from runrec_cluster.views.show import render
 
 # ---------------------------------------------------------------------------------------------
@@ -199,16 +200,15 @@ def export_cmd(store_path, run, fmt, namespace, output):  # type: ignore[no-unty
 @click.option(
     "--of",
     "of",
-    type=click.Choice(["record", "version"]),
+    type=click.Choice(list(SCHEMA_KINDS)),
     default="record",
     show_default=True,
-    help="The folded run record, or one stored version file.",
+    help="The folded run record, one stored version file, or the `export --format json` document.",
 )
 def schema_cmd(of):  # type: ignore[no-untyped-def]
-    """Print the JSON Schema of the record, generated from the Structs."""
-    click.echo(
-        json.dumps(msgspec.json.schema(RunRecord if of == "record" else RecordVersion), indent=2)
-    )
+    """Print a JSON Schema (draft 2020-12), generated from the record Structs: closed objects,
+    typed metrics; --of export covers the whole export document (docs/export.md)."""
+    click.echo(json.dumps(json_schema(of), indent=2))
 
 
 @cli.command("history")

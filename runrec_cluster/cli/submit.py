@@ -12,6 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from runrec_cluster.api import Executor
 from runrec_cluster.capture.config import parse_scalar
+from runrec_cluster.capture.config_sources import ConfigEnv, ConfigFile
 from runrec_cluster.capture.data import Dataset
 from runrec_cluster.capture.inputs import hash_input
 from runrec_cluster.cli._common import (
@@ -19,7 +20,7 @@ from runrec_cluster.cli._common import (
     console,
     key_values,
     open_store,
-    state_text,
+    print_ended,
     store_option,
 )
 from runrec_cluster.cli._table import print_runs
@@ -113,6 +114,27 @@ def _backend_options(
     metavar="PATH",
     help="A dataset the run reads (hashed now); repeatable.",
 )
+@click.option(
+    "--config",
+    "config_files",
+    multiple=True,
+    metavar="FILE",
+    help="A config file the command reads (.yaml/.yml, .toml, .json): hashed as an input, its "
+    "keys recorded as config marked file:<path>; repeatable, later files win (docs/config.md).",
+)
+@click.option(
+    "--config-env",
+    "config_envs",
+    multiple=True,
+    metavar="KEY=NAME",
+    help="Record config key KEY from environment variable NAME (marked env:NAME); repeatable.",
+)
+@click.option(
+    "--capture-args/--no-capture-args",
+    default=None,
+    help="Record a Python command's parsed argparse options with given/default provenance "
+    "(default: on, unless RUNREC_CAPTURE_ARGPARSE=0; docs/config.md).",
+)
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag; repeatable.")
 @click.option("--timeout-min", type=float, default=None)
 @click.option("--cpus", type=int, default=None)
@@ -141,6 +163,9 @@ def submit_cmd(
     backend,
     name,
     inputs,
+    config_files,
+    config_envs,
+    capture_args,
     tags,
     timeout_min,
     cpus,
@@ -176,6 +201,9 @@ def submit_cmd(
         h = ex.submit_command(
             list(command),
             inputs=[Dataset(p) for p in inputs],
+            config_from=[ConfigFile(p) for p in config_files]
+            + [ConfigEnv(n, key=k) for k, n in key_values(config_envs, "--config-env").items()],
+            capture_args=capture_args,
             tags=key_values(tags, "--tag"),
             name=name,
         )
@@ -191,7 +219,7 @@ def submit_cmd(
     c.print(f"  runrec show {h.run_id[:12]}    runrec logs {h.run_id[:12]}    runrec ls")
     if wait:
         rec = h.wait()
-        c.print(f"run {h.run_id} {state_text(rec)}")
+        print_ended(c, rec)
         if rec.state.value != "succeeded":
             sys.exit(1)
 

@@ -19,7 +19,9 @@ CHUNK = 1 << 20  # bytes read and hashed at a time
 # values) is never read as a reference
 BLOB_KEYS = frozenset({"patch_blob", "packages_blob", "call_blob", "manifest_blob", "batch_script"})
 SKIP_TOP = frozenset({"config", "metrics", "tags", "warnings", "annotations"})
-SKIP_NESTED = frozenset({"options", "hardware_expect", "pinned", "intended", "env_vars"})
+SKIP_NESTED = frozenset(
+    {"options", "hardware_expect", "hardware_request", "pinned", "intended", "env_vars"}
+)
 
 
 def verify_blob(path: str, hexd: str) -> int | str:

@@ -21,6 +21,8 @@ import msgspec.structs
 
 from runrec_cluster.capture.redact import redact_text
 from runrec_cluster.errors import RunrecError
+from runrec_cluster.job import argparse_capture
+from runrec_cluster.job.libs import RunLibs
 from runrec_cluster.job.outcome import now, write_end
 from runrec_cluster.job.run import Run
 from runrec_cluster.record import (
@@ -103,18 +105,19 @@ def run_command(
     rec: RunRecord,
     children: list[subprocess.Popen[bytes]],
     on_start: Callable[[int], Any] | None = None,
+    libs: RunLibs | None = None,
 ) -> int:
     """Run the command of ``rec`` and return its exit code (negative: killed by that signal).
-    Its process joins ``children`` (for the watchdog); ``on_start(pid)`` is told its pid."""
+    Its process joins ``children`` (for the watchdog); ``on_start(pid)`` is told its pid;
+    ``libs`` samples its process tree's loaded libraries, carried by the end version."""
     ep = rec.entrypoint
     assert ep is not None
     env = dict(os.environ)
     env["RUNREC_STORE"] = store.root
     env["RUNREC_RUN_ID"] = rec.run_id
     env["RUNREC_RANK"] = str(run.rank)
-    argv = list(ep.argv)
-    if ep.call_blob:  # the unredacted command line, kept out of the record
-        argv = cloudpickle.loads(store.get_blob(ep.call_blob))
+    argv_capture = argparse_capture.prepare(env, rec, store)  # its argparse options
+    argv = command_argv(store, rec)
     err = StderrTail()
     try:
         p = subprocess.Popen(
@@ -123,20 +126,29 @@ def run_command(
     except OSError as exc:
         err.close()
         failure = not_started_failure(exc, argv[0], ep.argv[0], env.get("PATH", ""))
+        extra: dict[str, Any] = {}
+        if libs is not None:
+            libs.not_sampled = "the command could not be started"
+            extra = libs.end_fields()
         store.write_version(
             rec.run_id,
             "end",
-            end_patch(failure, source="job"),
+            {**extra, **end_patch(failure, source="job")},
             role="job",
         )
         return NOT_STARTED_EXIT
+    if libs is not None:
+        libs.start_command(p.pid)
     err.start()
     children.append(p)
     if on_start is not None:
         on_start(p.pid)
     signalled: list[int] = []
-    rc = _wait_forwarding_signals(p, signalled)
+    rc = _wait_forwarding_signals(p, signalled, libs.sample if libs is not None else None)
+    lib_fields = libs.end_fields() if libs is not None else {}
     if run.rank != 0:
+        if lib_fields:
+            store.write_version(rec.run_id, "libraries", lib_fields, role="job")
         return rc
     patch = exit_patch(rc, err.tail() if rc != 0 else "")
     cancel = recorded_cancel(store, rec.run_id) if signalled and rc != 0 else None
@@ -148,9 +160,21 @@ def run_command(
             exit_code=rc,
             ended_at=patch["ended_at"],
         )
+    patch.update(lib_fields)
+    patch.update(argparse_capture.collect(argv_capture))  # config: argv / default
     log_dir = rec.execution.log_dir if rec.execution else None
     write_end(store, rec.run_id, log_dir, lambda _s: patch)
     return rc
+
+
+def command_argv(store: Store, rec: RunRecord) -> list[str]:
+    """The command line as it runs: the unredacted one from its blob when secrets were
+    redacted in the record (``Entrypoint.call_blob``), else the recorded argv."""
+    ep = rec.entrypoint
+    assert ep is not None
+    if ep.call_blob:  # the unredacted command line, kept out of the record
+        return list(cloudpickle.loads(store.get_blob(ep.call_blob)))
+    return list(ep.argv)
 
 
 def recorded_cancel(store: Store, run_id: str, wait_s: float = CANCEL_WAIT_S) -> Failure | None:
@@ -170,12 +194,20 @@ def recorded_cancel(store: Store, run_id: str, wait_s: float = CANCEL_WAIT_S) ->
         time.sleep(0.1)
 
 
-def _wait_forwarding_signals(p: subprocess.Popen[bytes], signalled: list[int]) -> int:
+def _wait_forwarding_signals(
+    p: subprocess.Popen[bytes], signalled: list[int], before: Callable[[], None] | None = None
+) -> int:
     """Wait for ``p``, passing the signals a scheduler sends (``FORWARDED_SIGNALS``) on to its
-    process group (and noting them in ``signalled``); the handlers found are put back after."""
+    process group (and noting them in ``signalled``; ``before()`` is called first: a last
+    sample of the tree); the handlers found are put back after."""
 
     def forward(signum: int, _frame: Any) -> None:
         signalled.append(signum)
+        if before is not None:
+            try:
+                before()
+            except Exception:  # the signal is passed on whatever happens here
+                pass
         try:
             os.killpg(p.pid, signum)
         except OSError:

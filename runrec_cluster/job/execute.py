@@ -24,12 +24,13 @@ import msgspec
 import msgspec.structs
 
 from runrec_cluster.capture import env as envcap
+from runrec_cluster.capture import interpreter, proc, withhold
 from runrec_cluster.capture import node as nodecap
-from runrec_cluster.capture import proc
-from runrec_cluster.capture.hardware import HardwareClass
+from runrec_cluster.capture.hardware import mismatch_failure, node_verdict
 from runrec_cluster.capture.redact import redact_text
-from runrec_cluster.errors import CorruptRecord, StoreError
-from runrec_cluster.job.commands import run_command
+from runrec_cluster.errors import CorruptRecord, JobFailed, SecretsUnavailable, StoreError
+from runrec_cluster.job.commands import command_argv, run_command
+from runrec_cluster.job.libs import RunLibs, record_on_sigterm
 from runrec_cluster.job.outcome import (
     encode_result,
     now,
@@ -43,7 +44,7 @@ from runrec_cluster.record import (
     NodeInfo,
     RunRecord,
     RunState,
-    RuntimeLibs,
+    end_patch,
     to_patch,
 )
 from runrec_cluster.store import Store
@@ -61,28 +62,44 @@ def node_facts(
     features: list[str] | None = None,
     node_name: str = "",
 ) -> NodeInfo:
-    """Capture this node and its package drift against the launch environment."""
+    """Capture this node, the interpreter of the user's code here, and its package drift
+    against the launch environment. For a command that interpreter is the command's (resolved
+    on this node's PATH, shebangs, ``python -m``; probed once per interpreter and environment,
+    ``capture.interpreter``) and drift compares it with the same command's interpreter on the
+    submitting host; for a function run it is this job's Python, against the submitter's."""
     node = nodecap.capture_node(rank=rank, features=features)
-    pkgs = envcap.packages()
+    ep, le = rec.entrypoint, rec.launch_env
+    launch_blob = le.packages_blob if le is not None else None
+    if ep is not None and ep.kind == "command":
+        interp, pkgs = interpreter.capture(
+            command_argv(store, rec), cwd=ep.cwd or None, put_obj=store.put_obj
+        )
+        launch_blob = le.interpreter.packages_blob if le and le.interpreter else None
+    else:
+        pkgs = envcap.packages()
+        interp = interpreter.this_python(store.put_obj(pkgs), len(pkgs))
     drift: dict[str, list[str | None]] = {}
-    if rec.launch_env is not None and rec.launch_env.packages_blob:
+    if launch_blob and pkgs is not None:
         try:
-            launch_pkgs = store.get_obj(rec.launch_env.packages_blob, dict[str, str])
-            drift = envcap.package_drift(launch_pkgs, pkgs)
+            drift = envcap.package_drift(store.get_obj(launch_blob, dict[str, str]), pkgs)
         except Exception:
             drift = {}
     return msgspec.structs.replace(
         node,
-        packages_blob=store.put_obj(pkgs),
+        python_executable=interp.python_executable or "",
+        python_version=interp.python_version or "",
+        packages_blob=interp.packages_blob,
         package_drift=drift,
         env_vars=envcap.selected_env(),
         scheduler_node=node_name,
+        interpreter=interp,
+        job_python=sys.executable,
     )
 
 
 # what a node's record keeps per run; the rest (hardware, OS, drivers, packages) is the same
 # for every run on that node and goes into a shared context blob (record schema v2)
-_NODE_OWN = ("captured_at", "env_vars")
+_NODE_OWN = ("captured_at", "env_vars", "runtime")
 
 
 def node_patch(store: Store, node: NodeInfo) -> dict[str, Any]:
@@ -114,10 +131,10 @@ def start_patch(
     patch: dict[str, Any] = node_patch(store, node)
     if hardware_check is not None:  # a backend's own check (rec, node) -> execution patch
         patch["execution"] = hardware_check(rec, node)
-    elif rank == 0 and rec.execution is not None and rec.execution.hardware_expect:
-        hw = HardwareClass(rec.execution.hardware or "", expect=dict(rec.execution.hardware_expect))
-        ok, bad = hw.check(node)
-        patch["execution"] = {"hardware_match": ok, "hardware_mismatches": bad}
+    elif rank == 0:
+        verdict = node_verdict(rec.execution, node)  # the match, or where the run was placed
+        if verdict:
+            patch["execution"] = verdict
     if scheduler:
         patch.setdefault("execution", {})["scheduler"] = scheduler
     if rank == 0:
@@ -165,6 +182,12 @@ def execute(
         hardware_check=hardware_check,
     )
     store.write_version(run_id, "start" if rank == 0 else "node", patch, role="job")
+    stop = mismatch_failure(rec.execution, patch.get("execution", {})) if rank == 0 else None
+    if stop is not None:  # the class says on_mismatch = "fail": the user's code does not run
+        log_dir = rec.execution.log_dir if rec.execution else None
+        ended = end_patch(stop, source="job")
+        write_end(store, run_id, log_dir, lambda _s: ended)
+        raise JobFailed(stop.message, run_id=run_id, failure=stop)
     run = Run(store, run_id, rank=rank, pinned=rec.rerun.pinned if rec.rerun else {})
     set_current(run)
     os.environ["RUNREC_STORE"] = store.root
@@ -176,7 +199,9 @@ def execute(
         if (enforce_timeout and timeout_min)
         else None
     )
+    libs = RunLibs(node, lambda n: node_patch(store, n))
     if dog:
+        dog.end_fields = libs.end_fields
         dog.start()
     try:
         if rec.entrypoint is None:
@@ -185,18 +210,20 @@ def execute(
                 "or damaged. Check it with `runrec fsck`, and submit the run again."
             )
         if rec.entrypoint.kind == "command":
-            return run_command(store, run, rec, children, on_command_start)
-        return _call_function(store, rec, node, rank, dog)
+            return run_command(store, run, rec, children, on_command_start, libs)
+        return _call_function(store, rec, libs, rank, dog)
     finally:
         if dog:
             dog.cancel()
+        libs.stop()
         set_current(None)
 
 
 def _call_function(
-    store: Store, rec: RunRecord, node: NodeInfo, rank: int, dog: Watchdog | None
+    store: Store, rec: RunRecord, libs: RunLibs, rank: int, dog: Watchdog | None
 ) -> Any:
-    """Unpickle the recorded call, call it, and record its outcome (the end on rank 0)."""
+    """Unpickle the recorded call, call it, and record its outcome (the end on rank 0) with
+    the libraries it loaded (sampled while it ran, and in a ``finally``: every outcome)."""
     ep = rec.entrypoint
     assert ep is not None
     log_dir = rec.execution.log_dir if rec.execution else None
@@ -205,34 +232,46 @@ def _call_function(
             f"run {rec.run_id} has no recorded call: the record is incomplete or damaged. "
             "Check it with `runrec fsck`, and submit the run again."
         )
-    fn, args, kwargs = cloudpickle.loads(store.get_blob(ep.call_blob))
-    try:
-        value = fn(*args, **kwargs)
-    except BaseException as exc:
-        if dog:
-            dog.cancel()
+    try:  # values withheld from the store's call come from their owner-only file
+        values = withhold.job_values(rec.run_id, ep)
+        with withhold.provided(values):
+            fn, args, kwargs = cloudpickle.loads(store.get_blob(ep.call_blob))
+    except SecretsUnavailable as exc:
         record_failure(store, rec.run_id, rank, exc, log_dir)
         raise
-    if dog:
-        dog.cancel()
+    libs.start_function()
+    restore = record_on_sigterm(store, rec.run_id, libs)
+    lib_fields: dict[str, Any] = {}
+    try:
+        try:
+            with withhold.provided(values):  # a rerun's call unpickles the original's inside
+                value = fn(*args, **kwargs)
+        finally:
+            if dog:
+                dog.cancel()
+            restore()
+            if rank == 0:  # the run ended: its secrets file goes, whatever the outcome
+                withhold.discard(rec.run_id, ep.secrets_dir)
+            lib_fields = libs.end_fields()
+    except BaseException as exc:
+        record_failure(store, rec.run_id, rank, exc, log_dir, extra=lib_fields)
+        raise
     if rank != 0:
+        store.write_version(rec.run_id, "libraries", lib_fields, role="job")
         return value
-    end_node = msgspec.structs.replace(node, runtime=nodecap.runtime_libs())
-    # the node's facts again only when the run loaded libraries (CUDA, cuDNN, NCCL)
-    none = RuntimeLibs()
-    changed = (end_node.runtime or none) != (node.runtime or none)
-    end_nodes = [end_node] if changed else None
     ended_at = now()
     write_end(
         store,
         rec.run_id,
         log_dir,
-        lambda s: to_patch(
-            state=RunState.SUCCEEDED,
-            state_source="job",
-            ended_at=ended_at,
-            result=encode_result(s, value),
-            nodes=end_nodes,
+        lambda s: (
+            to_patch(
+                state=RunState.SUCCEEDED,
+                state_source="job",
+                ended_at=ended_at,
+                result=encode_result(s, value),
+            )
+            | lib_fields
         ),
     )
     return value

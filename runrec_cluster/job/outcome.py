@@ -23,7 +23,7 @@ import cloudpickle
 import msgspec
 
 from runrec_cluster.capture.redact import redact_text
-from runrec_cluster.errors import StoreError
+from runrec_cluster.errors import SecretsUnavailable, StoreError
 from runrec_cluster.record import (
     SCHEMA_VERSION,
     Failure,
@@ -71,14 +71,22 @@ def encode_result(store: Store, value: Any) -> ResultRef:
 
 
 def record_failure(
-    store: Store, run_id: str, rank: int, exc: BaseException, log_dir: str | None = None
+    store: Store,
+    run_id: str,
+    rank: int,
+    exc: BaseException,
+    log_dir: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Record that the function raised ``exc``: the end of the run on rank 0 (its cause from the
-    exception's type, the message and traceback redacted), a warning on another rank."""
+    exception's type, the message and traceback redacted), a warning on another rank; ``extra``
+    goes into the same version (the loaded libraries: ``job.libs``)."""
     if isinstance(exc, KeyboardInterrupt):
         cause, state = FailureCause.CANCELLED, RunState.CANCELLED
     elif isinstance(exc, MemoryError):
         cause, state = FailureCause.OUT_OF_MEMORY, RunState.FAILED
+    elif isinstance(exc, SecretsUnavailable):  # the withheld values are not on this node
+        cause, state = FailureCause.INFRASTRUCTURE, RunState.FAILED
     elif isinstance(exc, (FileNotFoundError, UnicodeDecodeError)) or type(exc).__name__ in (
         "ParserError",
         "EmptyDataError",
@@ -97,11 +105,14 @@ def record_failure(
         store.write_version(
             run_id,
             "rank-failure",
-            {"warnings": [f"rank {rank} failed: {failure.type}: {failure.message}"]},
+            {
+                **(extra or {}),
+                "warnings": [f"rank {rank} failed: {failure.type}: {failure.message}"],
+            },
             role="job",
         )
         return
-    patch = end_patch(failure, source="job", state=state)
+    patch = {**(extra or {}), **end_patch(failure, source="job", state=state)}
     write_end(store, run_id, log_dir, lambda _s: patch)
 
 

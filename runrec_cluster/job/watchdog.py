@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from runrec_cluster.record import Failure, FailureCause, end_patch
 from runrec_cluster.store import Store
@@ -22,6 +24,9 @@ class Watchdog:
         self, store: Store, run_id: str, timeout_s: float, child: list[subprocess.Popen[bytes]]
     ) -> None:
         self.store, self.run_id, self.timeout_s, self.child = store, run_id, timeout_s, child
+        # more fields for the end version, asked before the kill (the loaded libraries: a last
+        # sample of the tree while it still lives; ``job.libs``)
+        self.end_fields: Callable[[], dict[str, Any]] | None = None
         self.timer = threading.Timer(timeout_s, self._fire)
         self.timer.daemon = True
 
@@ -32,6 +37,12 @@ class Watchdog:
         self.timer.cancel()
 
     def _fire(self) -> None:
+        extra: dict[str, Any] = {}
+        if self.end_fields is not None:
+            try:
+                extra = self.end_fields()
+            except Exception:  # the time limit is enforced whatever happens here
+                extra = {}
         for p in self.child:
             try:
                 os.killpg(p.pid, signal.SIGKILL)
@@ -47,7 +58,7 @@ class Watchdog:
             self.store.write_version(
                 self.run_id,
                 "end",
-                end_patch(failure, source="job"),
+                {**extra, **end_patch(failure, source="job")},
                 role="job",
             )
         finally:

@@ -70,6 +70,10 @@ BASE_COLUMNS: tuple[str, ...] = (
     "retired",
     "suspect",
     "schema_version",
+    "hardware.class",
+    "hardware.match",
+    "hardware.mismatches",
+    "hardware.placement",
 )
 # Flags computed at query time from the retirement records (never stored in the index).
 TRUST_COLUMNS = ("retired", "suspect")
@@ -197,6 +201,12 @@ def flat_row(
         "verdict": verdict,
         "negative": is_negative(rec),
         "schema_version": rec.schema_version,
+        # the hardware verdict (docs/hardware-classes.md): match true / false / null (no class,
+        # nothing expected, or not checked yet); placement for a class that only steers
+        "hardware.class": ex.hardware if ex else None,
+        "hardware.match": ex.hardware_match if ex else None,
+        "hardware.mismatches": ("; ".join(ex.hardware_mismatches) or None) if ex else None,
+        "hardware.placement": ex.hardware_placement if ex else None,
     }
     if trust is not None:
         flags = trust.of_run(rec.run_id)

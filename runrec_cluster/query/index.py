@@ -69,6 +69,7 @@ from runrec_cluster.expr import Expr
 from runrec_cluster.lineage.records import list_retirements, problem_text
 from runrec_cluster.lineage.trust import trust_for
 from runrec_cluster.query.columns import (
+    BASE_COLUMNS,
     LINEAGE_COLUMN,
     TRUST_COLUMNS,
     ColumnNames,
@@ -97,6 +98,9 @@ from runrec_cluster.store import ReadProblem, Store, fs, layout
 from runrec_cluster.store import policy as perms
 
 INDEX_FORMAT = 1
+# every index row has these; an index without one of them was written before that column was
+# added (BASE_COLUMNS only grows): it is rebuilt, never read as a column of nulls
+STORED_COLUMNS = frozenset(BASE_COLUMNS) - frozenset(TRUST_COLUMNS)
 INDEX_FILE = f"runs-v{INDEX_FORMAT}.arrow"
 DELTA_FILE = f"runs-v{INDEX_FORMAT}.delta.arrow"  # rows changed since the base file was written
 DELTA_MIN_ROWS = 2000  # the delta is folded into the base when it holds more rows than this
@@ -231,6 +235,8 @@ class Index:
         except ValueError:
             return None
         if meta.get("format") != INDEX_FORMAT or meta.get("store") != self.store.root:
+            return None
+        if table.num_rows and not STORED_COLUMNS <= set(table.column_names):
             return None
         return table, meta
 

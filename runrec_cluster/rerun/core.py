@@ -36,9 +36,11 @@ from typing import Any
 
 import cloudpickle
 
+from runrec_cluster import settings
 from runrec_cluster.api import Executor
 from runrec_cluster.backends import JobSpec
-from runrec_cluster.capture.env import capture_env
+from runrec_cluster.capture import withhold
+from runrec_cluster.capture.env import capture_env, with_command_interpreter
 from runrec_cluster.capture.git import capture_code
 from runrec_cluster.capture.hardware import HardwareClass
 from runrec_cluster.capture.proc import current_user
@@ -244,8 +246,11 @@ def _write_rerun(
             )
         )
     function_from = None
+    secret: dict[str, Any] = {}
     if ep.kind == "function":
-        new_ep, function_from = _function_entrypoint(store, r, mat, call_ov, echo)
+        new_ep, function_from, secret = _function_entrypoint(
+            store, r, mat, call_ov, plan.secrets.get(r.run_id, {}), echo
+        )
     else:
         new_ep, argv_diffs = _command_entrypoint(store, r, mat, call_ov)
         intended += argv_diffs
@@ -262,8 +267,15 @@ def _write_rerun(
     if mat.notes:
         extra["warnings"] = list(mat.notes)
     new_id = layout.new_id()
+    if secret and new_ep.secrets_dir:  # before the launch record: the job may start at once
+        withhold.write_secrets(new_ep.secrets_dir, new_id, secret)
     index = r.sweep_index if sweep_id is not None else None
     launch_ctx = {**ctx, "inputs": refs}
+    if new_ep.kind == "command":  # the command's interpreter here, as a submit records it
+        real = cloudpickle.loads(store.get_blob(new_ep.call_blob)) if new_ep.call_blob else None
+        launch_ctx["env"] = with_command_interpreter(
+            ctx["env"], real or new_ep.argv, mat.cwd, store.put_obj
+        )
     ex.write_launch(
         new_id, launch_ctx, new_ep, config, r.tags, r.name, sweep_id, index, extra=extra
     )
@@ -271,9 +283,16 @@ def _write_rerun(
 
 
 def _function_entrypoint(
-    store: Store, r: RunRecord, mat: Materialized, call_ov: dict[str, Any], echo: Echo
-) -> tuple[Entrypoint, str]:
-    """The rerun's call (a pickled ``RerunCall``) and where its function comes from."""
+    store: Store,
+    r: RunRecord,
+    mat: Materialized,
+    call_ov: dict[str, Any],
+    given: dict[str, Any],
+    echo: Echo,
+) -> tuple[Entrypoint, str, dict[str, Any]]:
+    """The rerun's call (a pickled ``RerunCall``), where its function comes from, and the
+    values withheld from the store for its job: ``given`` (the original call's, given again:
+    ``Plan.secrets``) and the ``--set`` values the redaction rules flag (never pickled)."""
     ep = r.entrypoint
     assert ep is not None and ep.call_blob is not None  # checked by make_plan
     load, path, why = function_source(ep, mat)
@@ -287,13 +306,30 @@ def _function_entrypoint(
         inner = cloudpickle.loads(call)[0]
         if isinstance(inner, RerunCall):
             call, call_ov = inner.call, {**inner.overrides, **call_ov}
+    call_ov, set_values = withhold.withhold_mapping(withhold.SET_PREFIX, call_ov)
+    # the placeholders still in the call: the first call's, an earlier rerun's --set ones kept
+    keep = {
+        p
+        for p in ep.withheld
+        if not p.startswith(withhold.SET_PREFIX)
+        or isinstance(call_ov.get(p.removeprefix(withhold.SET_PREFIX)), withhold.Withheld)
+    }
+    secret = {p: given.get(p) for p in keep} | set_values
     blob = store.put_blob(
         cloudpickle.dumps(
             (RerunCall(call, ep.function or "", load, path, mat.cwd, call_ov), (), {})
         )
     )
-    new_ep = Entrypoint(kind="function", function=ep.function, cwd=mat.cwd, call_blob=blob)
-    return new_ep, load
+    secrets_dir = withhold.check_dir(settings.secrets_dir(mat.cwd), store.root) if secret else None
+    new_ep = Entrypoint(
+        kind="function",
+        function=ep.function,
+        cwd=mat.cwd,
+        call_blob=blob,
+        withheld=sorted(secret),
+        secrets_dir=secrets_dir,
+    )
+    return new_ep, load, secret
 
 
 def _command_entrypoint(
@@ -321,7 +357,10 @@ def _command_entrypoint(
         )
     shown = redact_argv(new_argv)
     cblob = store.put_blob(cloudpickle.dumps(new_argv)) if shown != new_argv else None
-    return Entrypoint(kind="command", argv=shown, cwd=mat.cwd, call_blob=cblob), diffs
+    new_ep = Entrypoint(
+        kind="command", argv=shown, cwd=mat.cwd, call_blob=cblob, capture_args=ep.capture_args
+    )
+    return new_ep, diffs
 
 
 def order_with_reruns(recs: list[RunRecord]) -> list[tuple[RunRecord, int]]:

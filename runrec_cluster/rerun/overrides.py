@@ -1,7 +1,8 @@
 """A rerun's config: ``--set key=value`` overrides checked against the recorded config and coerced
 to the recorded type (``check_overrides``, ``coerce``), applied to a function's arguments
-(``apply_overrides``, in the job) or a command line (``rewrite_argv``), and the generated values
-a rerun pins (``rerun_config``)."""
+(``apply_overrides``, in the job) or a command line (``rewrite_argv``), the generated values
+a rerun pins (``rerun_config``), and the values a function run's call withheld from the store,
+given again (``withheld_values``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from runrec_cluster.capture import withhold
 from runrec_cluster.capture.config import plain
 from runrec_cluster.errors import RerunError
 from runrec_cluster.record import ConfigEntry, Difference, RunRecord
@@ -116,8 +118,8 @@ def rerun_config(
     for k, e in rec.config.items():
         if k in typed:
             v = plain(k, typed[k])
-            src = "given" if e.source == "default" else e.source
-            config[k] = ConfigEntry(value=v, source=src)  # type: ignore[arg-type]
+            src = e.source if e.source == "generated" else "given"  # an override is given
+            config[k] = ConfigEntry(value=v, source=src)
             diffs.append(Difference(what=f"config.{k}", before=e.value, after=v))
             if e.source != "generated":
                 call_ov[k] = typed[k]
@@ -138,7 +140,8 @@ def _argv_text(v: Any) -> str:
 
 def rewrite_argv(argv: list[str], overrides: Mapping[str, Any]) -> list[str]:
     """A command line with ``--key value`` / ``--key=value`` / ``--flag`` set to the overrides
-    (as ``capture.config.command_config`` reads them)."""
+    (as ``capture.config.command_config`` reads them); a key not on the command line (an
+    argparse default the job recorded, job/argparse_capture.py) is added at its end."""
     out = list(argv)
     for key, val in overrides.items():
         i = 0
@@ -157,4 +160,43 @@ def rewrite_argv(argv: list[str], overrides: Mapping[str, Any]) -> list[str]:
                 out[i] = f"--{key}={_argv_text(val)}"
                 break
             i += 1
+        else:  # not on the command line
+            if val is True:
+                out.append(f"--{key}")
+            elif val is not False:
+                out += [f"--{key}", _argv_text(val)]
     return out
+
+
+def withheld_values(
+    rec: RunRecord, overrides: Mapping[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, Any], list[str]]:
+    """The values a rerun of ``rec`` gives back for what its call withheld from the store
+    (``Entrypoint.withheld``): a ``--set`` of the path's config key replaces the whole argument
+    (the placeholder then stands for nothing: None), else ``$RUNREC_SECRET_<PATH>``. Returns
+    (path -> value, one note per path saying where it came from); RerunError naming every
+    missing one and both ways to give it. Never reruns with a placeholder."""
+    ep = rec.entrypoint
+    if ep is None or not ep.withheld:
+        return {}, []
+    values: dict[str, Any] = {}
+    notes: list[str] = []
+    missing: list[str] = []
+    for path in ep.withheld:
+        key, var = withhold.top_key(path), withhold.env_var(path)
+        if key in overrides:
+            values[path] = None
+            notes.append(f"{path} from --set {key}")
+        elif var in environ:
+            values[path] = environ[var]
+            notes.append(f"{path} from ${var}")
+        else:
+            whole = "" if key == path.removeprefix(withhold.SET_PREFIX) else " (the whole value)"
+            missing.append(f"{path}: --set {key}=VALUE{whole} or ${var}")
+    if missing:
+        raise RerunError(
+            f"cannot rerun {rec.run_id}: its call held values that were kept out of the store "
+            f"(secrets) and are gone with its run; give each again: {'; '.join(missing)}. "
+            "Nothing was submitted."
+        )
+    return values, notes

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runrec_cluster.backends import get_backend
@@ -16,7 +16,7 @@ from runrec_cluster.capture.inputs import Artifact, hash_input
 from runrec_cluster.errors import ConfigError, DatasetError, LineageError, RerunError
 from runrec_cluster.record import Difference, InputRef, RunRecord
 from runrec_cluster.rerun.materialize import Echo, Materialized
-from runrec_cluster.rerun.overrides import check_overrides
+from runrec_cluster.rerun.overrides import check_overrides, withheld_values
 from runrec_cluster.store import Store
 
 
@@ -33,6 +33,8 @@ class Plan:
     dropped: dict[str, Any]  # the old backend's options the new one does not take
     old_hw: str | None
     hw_name: str | None  # the hardware class the rerun asks for (None: none)
+    # run id -> the values its call withheld from the store, given again (``withheld_values``)
+    secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def setup_differences(self) -> list[Difference]:
         """The intended differences every run of the rerun shares: backend, options, hardware."""
@@ -62,6 +64,8 @@ def make_plan(
     its options and the hardware class name."""
     typed: dict[str, dict[str, Any]] = {}
     inputs: dict[str, tuple[list[InputRef], list[Difference]]] = {}
+    secrets: dict[str, dict[str, Any]] = {}
+    said: set[str] = set()
     for r in recs:
         if r.entrypoint is None or r.execution is None:
             raise RerunError(
@@ -71,6 +75,11 @@ def make_plan(
         if r.entrypoint.kind == "function" and not r.entrypoint.call_blob:
             raise RerunError(f"cannot rerun {r.run_id}: it recorded no call to repeat.")
         typed[r.run_id] = check_overrides(r, overrides or {})
+        secrets[r.run_id], notes = withheld_values(r, typed[r.run_id], os.environ)
+        note = f"note: the recorded call had values kept out of the store (secrets); given again: {', '.join(notes)}"
+        if notes and note not in said:  # once per distinct set, not once per run of a sweep
+            said.add(note)
+            echo(note)
         inputs[r.run_id] = recheck_inputs(store, r, allow_changed_inputs)
     execution = recs[0].execution
     assert execution is not None  # checked above
@@ -95,6 +104,7 @@ def make_plan(
         dropped=dropped,
         old_hw=execution.hardware,
         hw_name=hardware or execution.hardware,
+        secrets=secrets,
     )
 
 

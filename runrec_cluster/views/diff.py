@@ -4,7 +4,10 @@ A difference is *intended* when a rerun declared it (``RunRecord.rerun.intended`
 run: a new hardware class, an override, an input allowed to change), else *incidental* (a driver
 update, a package drift between the login and the compute node, another node). Keys are dotted
 (``config.lr``, ``node.nvidia_driver``, ``launch.packages.numpy``); a declared key also covers
-the keys under it (``hardware`` covers ``hardware.expect``).
+the keys under it (``hardware`` covers ``hardware.expect``). What the node check found
+(``hardware.match``, ``hardware.mismatches``, ``hardware.placement``) is an outcome, never a
+declaration: a rerun on another class intends the class, not a lost match, so these keys are
+always *incidental* (a match lost, true -> false, says so in its note).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from typing import Any
 
 from runrec_cluster.record import NodeInfo, RunRecord
 from runrec_cluster.store import Store
+
+# outcomes of the node check: never covered by a declared ``hardware`` difference
+HARDWARE_OUTCOMES = ("hardware.match", "hardware.mismatches", "hardware.placement")
 
 SECTIONS = (
     "code",
@@ -133,7 +139,11 @@ def _hardware_facts(r: RunRecord) -> dict[str, Any]:
     return {
         "hardware": x.hardware,
         "hardware.expect": dict(x.hardware_expect) or None,
+        "hardware.on_mismatch": x.hardware_on_mismatch if x.hardware else None,
+        "hardware.request": dict(x.hardware_request) or None,
         "hardware.match": x.hardware_match,
+        "hardware.mismatches": list(x.hardware_mismatches) or None,
+        "hardware.placement": x.hardware_placement,
     }
 
 
@@ -203,6 +213,8 @@ def declared(a: RunRecord, b: RunRecord) -> dict[str, str]:
 
 
 def _is_declared(key: str, decl: dict[str, str]) -> str | None:
+    if key in HARDWARE_OUTCOMES:
+        return None  # what the node check found is never intended
     for k, note in decl.items():
         if key == k or key.startswith(k + "."):
             return note
@@ -218,7 +230,9 @@ def diff(store: Store, a: RunRecord, b: RunRecord) -> list[Change]:
             continue
         note = _is_declared(key, decl)
         label = "intended" if note is not None else "incidental"
-        if key == "metrics" or key.startswith("metrics."):
+        if key == "hardware.match" and va is True and vb is False:
+            note = "the node no longer meets the class: results from other hardware"
+        elif key == "metrics" or key.startswith("metrics."):
             if isinstance(va, (int, float)) and isinstance(vb, (int, float)):
                 if not isinstance(va, bool) and not isinstance(vb, bool):
                     note = (note + "; " if note else "") + f"delta {vb - va:+.6g}"

@@ -249,6 +249,8 @@ def _hardware_facet(rec: RunRecord) -> dict[str, Any]:
         hardware_expect=to_json_builtins(ex.hardware_expect) if ex and ex.hardware_expect else None,
         hardware_match=ex.hardware_match if ex else None,
         hardware_mismatches=list(ex.hardware_mismatches) if ex and ex.hardware_mismatches else None,
+        hardware_on_mismatch=ex.hardware_on_mismatch if ex else None,
+        hardware_placement=ex.hardware_placement if ex else None,
         scheduler=to_json_builtins(ex.scheduler) if ex else None,
         nodes=nodes,
     )

@@ -6,8 +6,10 @@ No script, no CDN, no external file: inline CSS and SVG plots drawn here. The pa
 - one plot per (metric, varied config key): each run a point (its tooltip names the run);
   runs without the metric (failed, cancelled) are drawn as crosses under the axis, so failures
   stay visible; numeric keys on a linear or log axis, other keys as categories;
-- the runs table: state and cause, verdict, trust flags, varied config, metrics, and links
-  between a run and its reruns (``rerun_of``), also for reruns made outside the sweep;
+- the runs table: state and cause, verdict, the hardware class and its verdict (a run on a node
+  that did not meet its class is flagged ``HARDWARE MISMATCH``, and the summary counts and lists
+  such runs), trust flags, varied config, metrics, and links between a run and its reruns
+  (``rerun_of``), also for reruns made outside the sweep;
 - failures and negative results listed with their cause, the failure message as recorded
   (already redacted by the job; cut to ``MESSAGE_CAP`` characters) and the latest annotation
   (verdict and note).
@@ -50,6 +52,7 @@ h1{font-size:20px} h2{font-size:16px;margin-top:28px}
 table{border-collapse:collapse;font-size:13px} th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;white-space:nowrap}
 th{background:#f4f4f4;position:sticky;top:0} td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.failed td{background:#fdecea} tr.negative td{background:#fff4e5} tr.suspect td,tr.retired td{background:#fff8d6}
+tr.hwmismatch td{background:#fde7f3} .hwmismatch{color:#ad1457;font-weight:600}
 .state-succeeded{color:#2e7d32}.state-failed{color:#c62828;font-weight:600}.state-cancelled{color:#ef6c00}
 .plots{display:flex;flex-wrap:wrap;gap:12px} figure{margin:0;border:1px solid #e4e4e4;padding:4px}
 figcaption{font-size:12px;color:#555} .muted{color:#777} code{font-size:12px}
@@ -318,7 +321,40 @@ def _summary(page: _Page) -> list[str]:
         f"<h1>Sweep <code>{_e(sweep_id)}</code></h1>",
         f"<p id='summary'>{len(page.rows)} runs: {by_state}. Varied: {varied}. Metrics: {metrics}."
         + generated,
+        *_hardware_summary(page),
     ]
+
+
+def _hardware_summary(page: _Page) -> list[str]:
+    """The runs whose node did not meet their hardware class, each with what did not match."""
+    bad = [r for r in page.all_rows if r.get("hardware.match") is False]
+    if not bad:
+        return []
+    items = "".join(
+        f"<li>{page.link(r['run_id'])} [{_e(_fmt(r.get('sweep_index')))}] "
+        f"{_e(r['state'])}, class <code>{_e(r.get('hardware.class'))}</code>: "
+        f"{_e(r.get('hardware.mismatches') or 'no detail recorded')}</li>"
+        for r in bad
+    )
+    n = len(bad)
+    return [
+        f"<p id='hardware' class='hwmismatch'>HARDWARE MISMATCH: {n} run{'s' * (n != 1)} ran "
+        "on a node that did not meet its hardware class; their results come from other "
+        f"hardware.</p><ul class='hwmismatch'>{items}</ul>"
+    ]
+
+
+def _hardware_cell(r: dict[str, Any]) -> str:
+    """The hardware class and its verdict, short: ``a100: matched``, ``a100: MISMATCH``."""
+    cls = r.get("hardware.class")
+    if not cls:
+        return ""
+    match = r.get("hardware.match")
+    if match is True:
+        return f"{cls}: matched"
+    if match is False:
+        return f"{cls}: MISMATCH"
+    return f"{cls}: placed by the scheduler" if r.get("hardware.placement") else f"{cls}"
 
 
 def _plots(page: _Page) -> tuple[list[str], int]:
@@ -355,7 +391,10 @@ def _runs_table(page: _Page) -> list[str]:
     for r in page.all_rows:
         if r.get("rerun_of"):
             reruns.setdefault(r["rerun_of"], []).append(r["run_id"])
+    hw = any(r.get("hardware.class") for r in page.all_rows)
     cols = ["sweep_index", "state", "cause", "verdict", *page.varied, *page.metrics]
+    if hw:
+        cols.insert(4, "hardware")
     out = ["<h2>Runs</h2><table id='runs'><thead><tr><th>run</th>"]
     out += [f"<th>{_e(c)}</th>" for c in cols]
     out.append("<th>flags</th><th>reruns</th></tr></thead><tbody>")
@@ -365,18 +404,22 @@ def _runs_table(page: _Page) -> list[str]:
             cls.append("failed")
         if r.get("negative"):
             cls.append("negative")
+        if r.get("hardware.match") is False:
+            cls.append("hwmismatch")
         cls += [f for f in ("retired", "suspect") if r.get(f)]
         out.append(
             f"<tr id='run-{_e(r['run_id'])}' class='{' '.join(cls)}'>"
             f"<td><code>{_e(r['run_id'][:12])}</code></td>"
         )
         for c in cols:
-            v = r.get(c)
+            v = _hardware_cell(r) if c == "hardware" else r.get(c)
             klass = (
                 " class='num'" if _isnum(v) else (f" class='state-{_e(v)}'" if c == "state" else "")
             )
             out.append(f"<td{klass}>{_e(_fmt(v))}</td>")
         flags = [f.upper() for f in ("retired", "suspect") if r.get(f)]
+        if r.get("hardware.match") is False:
+            flags.append("HARDWARE MISMATCH")
         if r.get("negative"):
             flags.append("negative")
         if r["run_id"] not in page.ids:

@@ -6,7 +6,15 @@ from typing import Any
 
 from rich.markup import escape as _markup_escape
 
-from runrec_cluster.record import NodeInfo, RunRecord
+from runrec_cluster.capture.hardware import flagged, verdict_text
+from runrec_cluster.record import (
+    EnvInfo,
+    FailureCause,
+    Interpreter,
+    LibSampling,
+    NodeInfo,
+    RunRecord,
+)
 from runrec_cluster.store import Store
 
 # control characters a record may hold (written before names were checked, or in free text)
@@ -53,7 +61,7 @@ def render(
     _launch_env(c, rec)
     _execution(c, rec)
     for n in rec.nodes:
-        _node(c, n, len(rec.nodes) > 1)
+        _node(c, n, len(rec.nodes) > 1, rec.launch_env)
     _lifecycle(c, rec)
     _outcome(c, rec, promoted)
     _annotations(c, rec)
@@ -69,6 +77,8 @@ def _header(c: Any, rec: RunRecord, flags: list[Any] | None) -> None:
     if flags:
         marker = "RETIRED" if any(f.kind == "retired" for f in flags) else "SUSPECT"
         marker = f"  [bold red]{marker}[/bold red]"
+    if flagged(rec) and not (rec.failure and rec.failure.cause == FailureCause.HARDWARE_MISMATCH):
+        marker += "  [bold red]HARDWARE MISMATCH[/bold red]"
     c.print(
         f"[bold]run {rec.run_id}[/bold]  {escape(rec.name)}  [bold]{escape(state)}[/bold]{marker}"
     )
@@ -144,6 +154,8 @@ def _code(c: Any, rec: RunRecord) -> None:
     if ep is not None:
         _kv(c, "entrypoint", ep.function if ep.kind == "function" else " ".join(ep.argv))
         _kv(c, "cwd", ep.cwd)
+        if ep.withheld:  # docs/security.md: the values never entered the store
+            _kv(c, "withheld", f"{', '.join(ep.withheld)} (secrets kept out of the store)")
 
 
 def _config(c: Any, rec: RunRecord) -> None:
@@ -151,7 +163,7 @@ def _config(c: Any, rec: RunRecord) -> None:
     if not rec.config:
         c.print("  (none)")
     for k, e in rec.config.items():
-        c.print(f"  [bold]{escape(k)}[/bold] = {escape(repr(e.value))}  [dim]({e.source})[/dim]")
+        c.print(f"  [bold]{escape(k)}[/bold] = {escape(repr(e.value))}  [dim]({escape(e.source)})[/dim]")
 
 
 def _inputs(c: Any, rec: RunRecord) -> None:
@@ -173,7 +185,14 @@ def _launch_env(c: Any, rec: RunRecord) -> None:
     _section(c, "Launch environment")
     le = rec.launch_env
     if le:
-        _kv(c, "python", f"{le.python_version} ({le.python_executable})")
+        command = le.interpreter is not None and le.interpreter.via != "function"
+        _kv(
+            c,
+            "runrec's python" if command else "python",
+            f"{le.python_version} ({le.python_executable})",
+        )
+        if le.interpreter is not None:
+            _kv(c, "interpreter", interpreter_line(le.interpreter))
         _kv(c, "platform", le.platform)
         _kv(c, "packages", f"{le.package_count} distributions")
         for k, v in le.env_vars.items():
@@ -199,12 +218,7 @@ def _execution(c: Any, rec: RunRecord) -> None:
         _kv(c, "resources", ", ".join(f"{k}={v}" for k, v in res.items()))
         _kv(c, "options", ", ".join(f"{k}={v}" for k, v in ex.options.items()))
         if ex.hardware:
-            match = {True: "matched", False: "DID NOT MATCH", None: "not checked yet"}[
-                ex.hardware_match
-            ]
-            _kv(c, "hardware class", f"{ex.hardware} ({match})")
-            for m in ex.hardware_mismatches:
-                _kv(c, "mismatch", m)
+            _hardware(c, rec)
         for k, v in ex.scheduler.items():
             if k != "supervisor":
                 _kv(c, k, v)
@@ -212,7 +226,24 @@ def _execution(c: Any, rec: RunRecord) -> None:
     _kv(c, "attempt", rec.attempt if rec.attempt > 1 else None)
 
 
-def _node(c: Any, n: NodeInfo, ranked: bool) -> None:
+def _hardware(c: Any, rec: RunRecord) -> None:
+    """The hardware class and its verdict: matched, DID NOT MATCH (in red, with each
+    mismatch), where the scheduler placed a class without ``expect``, or why it is unchecked."""
+    ex = rec.execution
+    assert ex is not None
+    text = f"{ex.hardware} ({verdict_text(rec)})"
+    if ex.hardware_match is False:
+        c.print(f"  [bold]hardware class[/bold]: [bold red]{escape(text)}[/bold red]")
+    else:
+        _kv(c, "hardware class", text)
+    for m in ex.hardware_mismatches:
+        _kv(c, "mismatch", m)
+    if ex.hardware_expect:
+        _kv(c, "expected", ", ".join(f"{k}={v}" for k, v in ex.hardware_expect.items()))
+        _kv(c, "on mismatch", ex.hardware_on_mismatch or "flag")
+
+
+def _node(c: Any, n: NodeInfo, ranked: bool, launch: EnvInfo | None = None) -> None:
     _section(c, f"Node (rank {n.rank})" if ranked else "Node")
     _kv(c, "hostname", n.hostname)
     _kv(c, "os", f"{n.os}, {n.kernel}")
@@ -237,14 +268,65 @@ def _node(c: Any, n: NodeInfo, ranked: bool) -> None:
         _kv(c, "cudnn", n.runtime.cudnn)
         _kv(c, "nccl", n.runtime.nccl)
         _kv(c, "frameworks", ", ".join(f"{k} {v}" for k, v in n.runtime.frameworks.items()))
+        for lib in n.runtime.loaded_libraries:
+            _kv(c, "loaded", lib)
+        _kv(c, "libraries sampled", sampling_line(n.runtime.sampling))
     _kv(c, "features", ", ".join(n.features))
-    _kv(c, "python", f"{n.python_version} ({n.python_executable})")
-    if n.package_drift:
+    if n.interpreter is not None:
+        _kv(c, "interpreter", interpreter_line(n.interpreter))
+    if n.python_executable or n.python_version:
+        _kv(c, "python", f"{n.python_version} ({n.python_executable})")
+    if n.job_python and (n.interpreter is None or n.job_python != n.interpreter.path):
+        _kv(c, "runrec job python", n.job_python)
+    why_not = _drift_not_compared(n, launch)
+    if why_not:
+        _kv(c, "package drift", f"not compared: {why_not}")
+    elif n.package_drift:
         c.print("  [bold yellow]package drift (launch → node)[/bold yellow]:")
         for name, (a, b) in n.package_drift.items():
             c.print(f"    {escape(name)}: {a or '(absent)'} → {b or '(absent)'}")
     else:
         _kv(c, "package drift", "none (node packages match the launch environment)")
+
+
+def interpreter_line(i: Interpreter) -> str:
+    """``python3 -> /venv/bin/python3 (PATH): Python 3.12.1, 84 distributions``, or the reason
+    a fact is missing."""
+    named = f"{i.argv0} -> " if i.argv0 and i.argv0 != i.path else ""
+    where = f"{named}{i.path or '(not found)'} ({i.via})" if i.via else f"{named}{i.path}"
+    if i.python_version:
+        where += f": Python {i.python_version}, {i.package_count} distributions"
+        if i.python_executable and i.python_executable != i.path:
+            where += f", sys.executable {i.python_executable}"
+    if i.unknown:
+        where += f"; {i.unknown}"
+    return where
+
+
+def sampling_line(s: LibSampling | None) -> str | None:
+    """How the loaded libraries were seen: samples, pids, method (or why none)."""
+    if s is None:
+        return None
+    if s.unknown and not s.pids:
+        return f"none ({s.unknown})"
+    span = ""
+    if len(s.times) > 1:
+        span = f" over {(s.times[-1] - s.times[0]).total_seconds():.1f} s"
+    return f"{len(s.times)} samples{span} of {len(s.pids)} processes, {s.method}"
+
+
+def _drift_not_compared(n: NodeInfo, launch: EnvInfo | None) -> str:
+    """Why the node's package set was not compared with the launch's ("" when it was)."""
+    if n.interpreter is None or n.interpreter.via == "function":
+        return ""
+    li = launch.interpreter if launch is not None else None
+    if li is None:
+        return "the launch record has no interpreter of the command (recorded by an older runrec)"
+    if not n.interpreter.packages_blob:
+        return f"on the node, {n.interpreter.unknown or 'no package set'}"
+    if not li.packages_blob:
+        return f"at launch, {li.unknown or 'no package set'}"
+    return ""
 
 
 def _lifecycle(c: Any, rec: RunRecord) -> None:

@@ -13,10 +13,12 @@ written in this file, so secret scanners on the repository stay quiet). Places:
 - the git remote URL of a real repository (a token in ``https://x-access-token:TOKEN@...``);
 - the message of an exception raised in a job (a database URL with a password).
 
-The pickled call of a run (``entrypoint.call_blob``: the function's arguments, or a command's
-real argv) is, by design, what the job executes, so it holds the arguments as given; it is
-counted apart (``call_blobs_holding_secrets``) and every other file must be clean. Secrets
-that travel only through the environment or the git remote must be in no file at all.
+A function run's pickled call (``entrypoint.call_blob``) holds placeholders where the
+redaction rules flag an argument: the values wait in an owner-only file outside the store
+(``RUNREC_SECRETS_DIR``) until the job reads and removes it, so those blobs must be clean too. A
+command's real argv is still pickled as given, by design (the job executes it): that one blob is
+counted apart (``call_blobs_holding_secrets``) and every other file must be clean. Secrets that
+travel only through the environment or the git remote must be in no file at all.
 """
 
 from __future__ import annotations
@@ -474,6 +476,7 @@ def test_no_secret_reaches_the_store(tmp_path, repo, monkeypatch):
         "RUNREC_TEST_API_TOKEN": c.used("generated_token", "run.log_config in the job"),
         "CUDA_VISIBLE_DEVICES": "0",
         "HF_HOME": "/scratch/hf-cache",
+        "RUNREC_SECRETS_DIR": str(tmp_path / "private-secrets"),
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -646,8 +649,11 @@ def test_no_secret_reaches_the_store(tmp_path, repo, monkeypatch):
     # what travels only in the environment or the git remote is in no file at all
     everywhere = {label for labels in found.values() for label in labels}
     assert not (everywhere & env_only), everywhere & env_only
-    # the pickled calls hold the arguments as given (documented in docs/security.md)
-    assert len(in_calls) == 3 and set(in_calls) == call_blobs
+    # only the command's pickled argv holds secrets (documented in docs/security.md); the
+    # function calls hold placeholders, their values were in files outside the store, now gone
+    assert set(in_calls) == {layout.blob_path(store.root, rec_cmd.entrypoint.call_blob)}
+    assert rec_fn.entrypoint.withheld and rec_fail.entrypoint.withheld == ["db"]
+    assert os.listdir(tmp_path / "private-secrets") == []
 
     # false positives: ordinary values survive, in the record and in the views
     fp_checked = 0

@@ -18,7 +18,7 @@ from typing import Any
 import ray
 
 from runrec_cluster.capture import proc
-from runrec_cluster.capture.hardware import HardwareClass
+from runrec_cluster.capture.hardware import check_expect
 from runrec_cluster.job.execute import execute
 from runrec_cluster.record import (
     Failure,
@@ -93,8 +93,7 @@ def _hardware_check(
         return None
 
     def check(rec: RunRecord, node: NodeInfo) -> dict[str, Any]:
-        hw_name = rec.execution.hardware if rec.execution else ""
-        ok, bad = HardwareClass(name=hw_name or "", expect=expect).check(node)
+        ok, bad = check_expect(expect, node)
         return {"hardware_match": ok, "hardware_mismatches": bad}
 
     return check

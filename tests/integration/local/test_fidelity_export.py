@@ -212,3 +212,18 @@ def test_export_carries_trust(world, tmp_path):
     t0 = strict_loads(r.stdout)["trust"]
     assert t0["run"] == [] and t0["inputs"] == {} and t0["promotions"] == []
     assert t0["annotations"] == []
+
+
+def test_negative_results_json_is_strict(world, tmp_path):
+    """`ls --negative --json` of a run whose metrics hold NaN / Infinity (annotated negative)."""
+    _, store0, rid, _ = world
+    store = str(tmp_path / "store")
+    shutil.copytree(store0, store)
+    r = cli(store, "annotate", rid, "--verdict", "negative", "--note", "diverged")
+    assert r.returncode == 0, r.stderr
+    r = cli(store, "ls", "--negative", "--json")
+    assert r.returncode == 0, r.stderr
+    (row,) = [x for x in strict_loads(r.stdout) if x["run_id"] == rid]
+    assert row["verdict"]["verdict"] == "negative"
+    assert row["annotations"][0]["note"] == "diverged"
+    assert "nonfinite" in row and set(row["nonfinite"].values()) <= set(EXPECTED.values())

@@ -1,0 +1,55 @@
+"""Shared setup of the fidelity matrix (docs/fidelity.md): the fake CUDA libraries, the user
+code pickled by value, and the check that a cluster answers (a cell whose cluster is down is
+skipped here, and a failure where clusters are required: see tests/conftest.py)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+
+import cloudpickle
+import pytest
+
+# every Ray process of the tests, subprocesses included (see CLUSTERS-HERE.md)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+sys.path.insert(0, os.path.dirname(__file__))
+import fidelity_checks  # noqa: E402
+import fidelity_user  # noqa: E402
+
+# the function cells' code travels by value: job processes need not import the tests
+cloudpickle.register_pickle_by_value(fidelity_user)
+
+
+def _slurm_down() -> str | None:
+    if not shutil.which("sinfo"):
+        return "sinfo not found (run slurm/up)"
+    try:
+        out = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out"
+    return f"sinfo failed: {out.stderr.strip()}" if out.returncode else None
+
+
+def _ray_down() -> str | None:
+    url = os.environ.get("RAY_DASHBOARD_URL", "http://127.0.0.1:8265").rstrip("/")
+    try:
+        with urllib.request.urlopen(url + "/api/version", timeout=5) as f:
+            json.loads(f.read())
+    except Exception as exc:
+        return f"the Ray dashboard at {url} does not answer ({exc}); run ray/up"
+    return None
+
+
+CLUSTER_DOWN = {"local": lambda: None, "slurm": _slurm_down, "ray": _ray_down}
+
+
+@pytest.fixture(scope="session")
+def fake_libs(tmp_path_factory):
+    """The fake libcudart.so.12.4.127, libcudnn.so.9 and libnccl.so.2, built with cc."""
+    if not shutil.which("cc"):
+        pytest.fail("the fidelity matrix needs a C compiler (cc) to build its fake CUDA libraries")
+    return fidelity_checks.build_fake_libs(tmp_path_factory.mktemp("fake-cuda-libs"))
