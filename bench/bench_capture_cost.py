@@ -5,14 +5,17 @@ without them, in the same run.
 1. ``submit``: the launch environment of a command run (``capture.env.capture_env``) without
    the command's interpreter (before: what a submit captured until now) against with it, the
    probe cold (empty cache: the first submit on a host) and cached (every later one).
-2. ``start``: a command job's start on the node (``job.execute.node_facts`` + starting the
-   sampler thread) with the probe and the sampler off (before: the job's own packages listed in
-   a fresh process) against on, probe cold and cached.
+2. ``start``: a command job's start on the node (``job.execute.node_facts``, the at-exit
+   hook's directory, starting the sampler thread) with the probe and the sampler off (before:
+   the job's own packages listed in a fresh process) against on, probe cold and cached.
 3. ``sampling``: the sampler's CPU while it samples a real process tree (a shell, a Python that
    loads a library built with ``cc``, and ``--children`` sleeping children) for ``--seconds``:
    the sampler thread's own CPU time (``time.thread_time`` around each sample) over the wall
    time, with the production schedule (``SAMPLE_AT`` then every ``PERIOD_S``); and one sample's
    cost, which a sampler taking one every second would pay every second (the worst case).
+4. ``hook``: a Python command (loading a library named like the CUDA runtime) with the at-exit
+   maps hook's ``sitecustomize.py`` first on its PYTHONPATH (``job/maps_site.py``) against
+   without: the whole process's wall time, start-up and its maps written at exit included.
 
 Figures are medians of ``--reps`` repetitions, alternatives interleaved. Prints Markdown tables
 and writes ``capture_cost.json`` (raw samples included) to ``--out``.
@@ -40,7 +43,7 @@ from runrec_cluster.capture import env as envcap
 from runrec_cluster.capture import interpreter, maps
 from runrec_cluster.job.execute import node_facts
 from runrec_cluster.job.libs import RunLibs
-from runrec_cluster.record import Entrypoint, RunRecord
+from runrec_cluster.record import Entrypoint, NodeInfo, RunRecord
 from runrec_cluster.store import Store
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -98,6 +101,7 @@ def bench_start(store: Store, cache: str, reps: int) -> dict[str, Any]:
 
     def started(r: RunRecord) -> None:
         libs = RunLibs(node_facts(store, r))
+        libs.prepare_command(dict(os.environ))  # the at-exit maps hook's directory
         libs.start_command(sleeper.pid)  # what run_command adds once the command started
         libs.stop()
 
@@ -120,15 +124,44 @@ def bench_start(store: Store, cache: str, reps: int) -> dict[str, Any]:
     return out | {"raw_s": raw}
 
 
-def _tree(tmp: str, children: int) -> subprocess.Popen[bytes]:
-    lib = ""
+def bench_hook(tmp: str, reps: int) -> dict[str, Any]:
+    """A Python command's start-up and exit with the at-exit maps hook (``job/maps_site.py``)
+    first on its PYTHONPATH, against without (wall time of the whole process, interleaved);
+    the command loads a library named like the CUDA runtime (its maps are then written)."""
+    lib = _fake_lib(tmp)
+    code = f"import ctypes; ctypes.CDLL({lib!r})" if lib else "pass"
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    raw: dict[str, list[float]] = {"without": [], "with": []}
+    for _ in range(reps):
+        for name in ("without", "with"):
+            env = dict(base)
+            libs = RunLibs(NodeInfo(hostname="bench"))
+            if name == "with":
+                libs.prepare_command(env)
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], env=env, check=True)
+            raw[name].append(time.perf_counter() - t)
+            libs.stop()
+    out = {k: med_ms(v) for k, v in raw.items()}
+    out["added"] = round(out["with"] - out["without"], 2)
+    return out | {"raw_s": raw}
+
+
+def _fake_lib(tmp: str) -> str:
     cc = shutil.which("cc") or shutil.which("gcc")
-    if cc:
+    lib = os.path.join(tmp, "libcudart.so.12.4.127")
+    if not cc:
+        return ""
+    if not os.path.exists(lib):
         src = os.path.join(tmp, "f.c")
         with open(src, "w") as f:
             f.write("int f(void) { return 1; }\n")
-        lib = os.path.join(tmp, "libcudart.so.12.4.127")
         subprocess.run([cc, "-shared", "-fPIC", "-o", lib, src], check=True)
+    return lib
+
+
+def _tree(tmp: str, children: int) -> subprocess.Popen[bytes]:
+    lib = _fake_lib(tmp)
     code = (
         "import ctypes, subprocess, time\n"
         + (f"ctypes.CDLL({lib!r})\n" if lib else "")
@@ -181,7 +214,9 @@ def bench_sampling(tmp: str, seconds: float, children: int, reps: int) -> dict[s
     }
 
 
-def report(sub: dict[str, Any], start: dict[str, Any], samp: dict[str, Any]) -> str:
+def report(
+    sub: dict[str, Any], start: dict[str, Any], samp: dict[str, Any], hook: dict[str, Any]
+) -> str:
     return "\n".join(
         [
             "| capture (median ms) | before (no probe, no sampler) | after, probe cold | "
@@ -207,6 +242,12 @@ def report(sub: dict[str, Any], start: dict[str, Any], samp: dict[str, Any]) -> 
             f"| CPU if sampling every second (worst case) | {samp['cpu_percent_at_1_per_s']} % |",
             f"| CPU in the steady state (every {maps.PERIOD_S:g} s) | "
             f"{samp['cpu_percent_steady']} % |",
+            "",
+            "| a Python command that loads a library (median ms, whole process) | value |",
+            "|---|---:|",
+            f"| without the at-exit maps hook | {hook['without']} |",
+            f"| with it (start-up + its maps written at exit) | {hook['with']} |",
+            f"| added | {hook['added']} |",
         ]
     )
 
@@ -233,10 +274,11 @@ def main() -> int:
         sub = bench_submit(store, cache, a.reps)
         start = bench_start(store, cache, a.reps)
         samp = bench_sampling(tmp, a.seconds, a.children, a.reps)
+        hook = bench_hook(tmp, max(a.reps, 5) * 3)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     py = interpreter.resolve(COMMAND, os.environ.get("PATH", ""), "/").path
-    text = report(sub, start, samp)
+    text = report(sub, start, samp, hook)
     print(f"command {' '.join(COMMAND)}: python3 is {py}\n\n{text}\n", flush=True)
     name = "capture_cost-quick.json" if a.quick else "capture_cost.json"
     with open(os.path.join(a.out, name), "w") as f:
@@ -249,6 +291,7 @@ def main() -> int:
                 "submit": sub,
                 "start": start,
                 "sampling": samp,
+                "hook": hook,
             },
             f,
             indent=1,

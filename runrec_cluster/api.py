@@ -27,7 +27,7 @@ from runrec_cluster.capture.git import capture_code
 from runrec_cluster.capture.hardware import HardwareClass, load_hardware_class
 from runrec_cluster.capture.inputs import hash_input
 from runrec_cluster.capture.proc import current_user
-from runrec_cluster.capture.redact import check_printable, redact_argv, redact_value
+from runrec_cluster.capture.redact import check_printable, redact_value
 from runrec_cluster.errors import (
     BackendError,
     ConfigError,
@@ -224,19 +224,27 @@ class Executor:
             )
         run_cwd = os.path.abspath(os.fspath(cwd)) if cwd is not None else self.cwd
         sources = config_sources.resolve(config_from, self.store, self.hash_progress)
+        # the record keeps the redacted argv; the items redaction changed (secrets) never reach
+        # the store: they wait for the job in an owner-only file outside it (capture/withhold)
+        shown, secret = withhold.withhold_argv(list(argv))
+        secrets_dir = (
+            withhold.check_dir(settings.secrets_dir(self.cwd), self.store.root) if secret else None
+        )
         ctx = self._context(inputs, command=list(argv), cwd=run_cwd)
         ctx["inputs"] = ctx["inputs"] + sources.inputs
         config = sources.command_config(cfg.command_config(list(argv)))
-        ep = Entrypoint(kind="command", argv=redact_argv(list(argv)), cwd=run_cwd)
-        # the real argv (secrets included) is needed to run it: it travels in a blob that
-        # only the job reads, never in the record
-        real = ep if ep.argv == list(argv) else None
-        if real is None:
-            blob = self.store.put_blob(cloudpickle.dumps(list(argv)))
-            ep = Entrypoint(kind="command", argv=ep.argv, cwd=run_cwd, call_blob=blob)
+        ep = Entrypoint(
+            kind="command",
+            argv=shown,
+            cwd=run_cwd,
+            withheld=list(secret),  # in argv order
+            secrets_dir=secrets_dir,
+        )
         if not argparse_capture.enabled(capture_args):
             ep = msgspec.structs.replace(ep, capture_args=False)
         run_id = layout.new_id()
+        if secret and secrets_dir:  # before the launch record: the job may start at once
+            withhold.write_secrets(secrets_dir, run_id, secret)
         self.write_launch(
             run_id,
             ctx,
@@ -371,7 +379,26 @@ class Executor:
         """Write run ``run_id``'s launch record (version "launch"), before anything runs.
         ``ctx``: the captured context (code, env, inputs, user, host; see ``_context``);
         ``name``: the run's name as recorded (``run_name`` resolves a call's);
-        ``extra``: more launch fields (a rerun's rerun_of / rerun_root / rerun)."""
+        ``extra``: more launch fields (a rerun's rerun_of / rerun_root / rerun). When it fails
+        (a bad name or tag, the store), nothing is launched: the run's secrets file goes too."""
+        try:
+            self._write_launch(run_id, ctx, ep, config, tags, name, sweep_id, sweep_index, extra)
+        except BaseException:
+            withhold.discard(run_id, ep.secrets_dir)
+            raise
+
+    def _write_launch(
+        self,
+        run_id: str,
+        ctx: dict[str, Any],
+        ep: Entrypoint,
+        config: Any,
+        tags: Mapping[str, Any] | None,
+        name: str,
+        sweep_id: str | None,
+        sweep_index: int | None,
+        extra: dict[str, Any] | None,
+    ) -> None:
         check_printable("run name", name)
         clean_tags = {}
         for k, v in (tags or {}).items():
@@ -482,6 +509,10 @@ class Executor:
                 end_patch(f, source="backend"),
                 role="submitter",
             )
+            try:  # no job will read its secrets file
+                _discard_secrets(self.store.load(s.run_id, problems=[]))
+            except RunrecError:
+                pass
 
 
 def backend_for(store: Store, rec: RunRecord) -> Backend | None:

@@ -130,7 +130,8 @@ class Entrypoint(Base, frozen=True, kw_only=True):
     cwd: str = ""
     call_blob: str | None = None  # pickled (fn, args, kwargs); only the job and rerun unpickle it
     # argument paths ("dsn", "conn.password") whose values the redaction rules flag: the call
-    # blob holds placeholders there, the values wait in an owner-only file in secrets_dir
+    # blob holds placeholders there (a command: the items "argv[i]" that argv shows redacted,
+    # withheld whole, in argv order), the values wait in an owner-only file in secrets_dir
     # (outside the store) until the job reads and removes it (capture/withhold.py)
     withheld: list[str] = []
     secrets_dir: str | None = None
@@ -248,6 +249,9 @@ class LibSampling(Base, frozen=True, kw_only=True):
     times: list[datetime] = []  # when each sample was taken (UTC)
     pids: list[int] = []  # every pid whose maps were read
     unknown: str | None = None  # why nothing could be sampled
+    # why the set may be incomplete although samples were read: the command ended after its
+    # last sample, or this is a snapshot taken while the run went on (None: nothing missed)
+    gap: str | None = None
 
 
 class RuntimeLibs(Base, frozen=True, kw_only=True):

@@ -105,19 +105,29 @@ def string_list(items: Any, where: str, what: str) -> list[str]:
 def store_location(cwd: str | None = None) -> str | None:
     """``$RUNREC_STORE``, else ``store`` of the config files of ``cwd`` (relative to the file
     that sets it), as an absolute path; None when neither is set."""
-    env = os.environ.get(STORE_VAR)
+    return _directory_setting(
+        STORE_VAR, "store", "the store location", "path/to/store", "relative to that file", cwd
+    )
+
+
+def _directory_setting(
+    var: str, key: str, what: str, example: str, hint: str, cwd: str | None
+) -> str | None:
+    """``$var``, else ``key`` of the config files of ``cwd`` (runrec.toml first: it wins),
+    relative to the file that sets it; an absolute path, or None when neither is set."""
+    env = os.environ.get(var)
     if env:
         return os.path.abspath(os.path.expanduser(env))
-    for path in find_config_files(cwd or os.getcwd()):  # runrec.toml first: it wins
-        store = config_section(path, "store", "the store location")
-        if store is None:
+    for path in find_config_files(cwd or os.getcwd()):
+        value = config_section(path, key, what)
+        if value is None:
             continue
-        if not isinstance(store, str) or not store:
+        if not isinstance(value, str) or not value:
             raise ConfigError(
-                f"store = {store!r} in {path} is not a directory path. Write "
-                '`store = "path/to/store"` (relative to that file), or remove it.'
+                f"{key} = {value!r} in {path} is not a directory path. Write "
+                f'`{key} = "{example}"` ({hint}), or remove it.'
             )
-        return os.path.abspath(os.path.join(os.path.dirname(path), os.path.expanduser(store)))
+        return os.path.abspath(os.path.join(os.path.dirname(path), os.path.expanduser(value)))
     return None
 
 
@@ -130,20 +140,16 @@ def secrets_dir(cwd: str | None = None) -> str:
     """Where a submit puts the argument values it withholds from the store (docs/security.md):
     ``$RUNREC_SECRETS_DIR``, else ``secrets_dir`` of the config files of ``cwd`` (relative to
     the file), else ``$XDG_CACHE_HOME/runrec/secrets`` or ``~/.cache/runrec/secrets``; absolute."""
-    env = os.environ.get(SECRETS_DIR_VAR)
-    if env:
-        return os.path.abspath(os.path.expanduser(env))
-    for path in find_config_files(cwd or os.getcwd()):
-        d = config_section(path, "secrets_dir", "the secrets directory")
-        if d is None:
-            continue
-        if not isinstance(d, str) or not d:
-            raise ConfigError(
-                f"secrets_dir = {d!r} in {path} is not a directory path. Write "
-                '`secrets_dir = "~/.cache/runrec/secrets"` (a directory the nodes share), or '
-                "remove it."
-            )
-        return os.path.abspath(os.path.join(os.path.dirname(path), os.path.expanduser(d)))
+    found = _directory_setting(
+        SECRETS_DIR_VAR,
+        "secrets_dir",
+        "the secrets directory",
+        "~/.cache/runrec/secrets",
+        "a directory the nodes share",
+        cwd,
+    )
+    if found:
+        return found
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.abspath(os.path.join(cache, "runrec", "secrets"))
 

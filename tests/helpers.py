@@ -3,6 +3,19 @@
 import os
 import subprocess
 import sys
+import time
+
+
+def wait_for(what: str, fn, timeout: float = 60, every: float = 0.2):
+    """``fn()``'s first truthy value, polled every ``every`` s; AssertionError naming ``what``
+    after ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = fn()
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def git(cwd, *args: str) -> str:

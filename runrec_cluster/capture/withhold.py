@@ -18,6 +18,11 @@ comes back as its value, and a rerun's call (which unpickles the original call i
 gets them the same way. Outside ``provided`` a placeholder unpickles as itself, so reading a
 call never needs the secrets. The job removes the file when the run ends (``discard``); so
 does whoever records the end of a run whose job never got there (a cancel, a reconcile).
+
+A command run (``submit_command``) keeps no pickled command line at all: ``withhold_argv``
+records ``redact_argv(argv)`` as ``Entrypoint.argv`` and puts every item that redaction
+changed, whole, in the same file under ``argv[i]``; the job puts them back (``provide_argv``)
+before it starts the command, and removes the file the same way.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ from typing import Any
 import cloudpickle
 import msgspec
 
-from runrec_cluster.capture.redact import Rules, active_rules, flags
+from runrec_cluster.capture.redact import Rules, active_rules, flags, redact_argv
 from runrec_cluster.errors import ConfigError, SecretsUnavailable
 from runrec_cluster.record import Entrypoint
 
 SUFFIX = ".msgpack"
 ENV_PREFIX = "RUNREC_SECRET_"
 SET_PREFIX = "--set "  # the path of a withheld ``--set`` value of a rerun: "--set dsn"
+_ARGV_PATH = re.compile(r"argv\[(\d+)\]\Z")  # a command line item: "argv[3]"
 _MAX_NODES = 200_000  # values looked at per call; beyond, the rest is pickled as it is
 _MAX_DEPTH = 32
 _NOT_WALKED = (
@@ -147,6 +153,33 @@ def withhold_mapping(
     w = _Walk(rules or active_rules())
     out = {k: w.value(k, prefix + k, v, 0) for k, v in values.items()}
     return out, w.values
+
+
+def withhold_argv(argv: list[str], rules: Rules | None = None) -> tuple[list[str], dict[str, str]]:
+    """A command line as the store keeps it, and what it keeps out: ``(shown, values)``, where
+    ``shown`` is ``redact_argv(argv)`` (the record's argv, item for item) and ``values`` holds
+    every item that redaction changed, whole, under the path ``argv[i]`` (``--password X``:
+    the ``X``; ``--db=postgresql://u:p@h/x`` and ``PASSWORD=x``: the whole item)."""
+    shown = redact_argv(argv, rules or active_rules())
+    values = {f"argv[{i}]": a for i, (a, s) in enumerate(zip(argv, shown, strict=True)) if a != s}
+    return shown, values
+
+
+def argv_index(path: str) -> int | None:
+    """``argv[3]`` -> 3; None for a path that is not a command line item."""
+    m = _ARGV_PATH.match(path)
+    return int(m.group(1)) if m else None
+
+
+def provide_argv(shown: list[str], values: Mapping[str, Any]) -> list[str]:
+    """The command line to run: ``shown`` (the recorded argv) with each ``argv[i]`` of
+    ``values`` put back (others, and None values, are left as recorded)."""
+    out = list(shown)
+    for path, v in values.items():
+        i = argv_index(path)
+        if i is not None and i < len(out) and v is not None:
+            out[i] = str(v)
+    return out
 
 
 class _Walk:
@@ -349,7 +382,7 @@ def read_secrets(run_id: str, directory: str, withheld: list[str]) -> dict[str, 
             data = msgspec.msgpack.decode(f.read(), type=_File)
     except FileNotFoundError:
         raise SecretsUnavailable(
-            f"run {run_id}: its call holds values withheld from the store "
+            f"run {run_id}: its call or command line holds values withheld from the store "
             f"({', '.join(withheld)}), and their file {path} is not on this node "
             f"({os.uname().nodename}): the submit host wrote it there, or the run already "
             "ended and it was removed. Set RUNREC_SECRETS_DIR (or secrets_dir in "

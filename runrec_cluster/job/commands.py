@@ -13,17 +13,18 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cloudpickle
 import msgspec.structs
 
+from runrec_cluster.capture import withhold
 from runrec_cluster.capture.redact import redact_text
-from runrec_cluster.errors import RunrecError
+from runrec_cluster.errors import RunrecError, SecretsUnavailable
 from runrec_cluster.job import argparse_capture
 from runrec_cluster.job.libs import RunLibs
-from runrec_cluster.job.outcome import now, write_end
+from runrec_cluster.job.outcome import now, record_failure, write_end
 from runrec_cluster.job.run import Run
 from runrec_cluster.record import (
     Failure,
@@ -109,15 +110,48 @@ def run_command(
 ) -> int:
     """Run the command of ``rec`` and return its exit code (negative: killed by that signal).
     Its process joins ``children`` (for the watchdog); ``on_start(pid)`` is told its pid;
-    ``libs`` samples its process tree's loaded libraries, carried by the end version."""
+    ``libs`` samples its process tree's loaded libraries, carried by the end version. The
+    command line items withheld from the store come from their owner-only file (a missing one
+    fails the run, cause ``infrastructure``, before the command starts); rank 0 removes the
+    file when the run ends, whatever the outcome (capture/withhold.py)."""
+    ep = rec.entrypoint
+    assert ep is not None
+    try:
+        try:
+            values = withhold.job_values(rec.run_id, ep)
+        except SecretsUnavailable as exc:
+            extra: dict[str, Any] = {}
+            if libs is not None:
+                libs.not_sampled = "the command was not started: its withheld values are missing"
+                extra = libs.end_fields()
+            log_dir = rec.execution.log_dir if rec.execution else None
+            record_failure(store, rec.run_id, run.rank, exc, log_dir, extra=extra)
+            raise
+        argv = command_argv(store, rec, values)
+        return _run(store, run, rec, argv, children, on_start, libs)
+    finally:
+        if run.rank == 0:
+            withhold.discard(rec.run_id, ep.secrets_dir)
+
+
+def _run(
+    store: Store,
+    run: Run,
+    rec: RunRecord,
+    argv: list[str],
+    children: list[subprocess.Popen[bytes]],
+    on_start: Callable[[int], Any] | None,
+    libs: RunLibs | None,
+) -> int:
     ep = rec.entrypoint
     assert ep is not None
     env = dict(os.environ)
     env["RUNREC_STORE"] = store.root
     env["RUNREC_RUN_ID"] = rec.run_id
     env["RUNREC_RANK"] = str(run.rank)
+    if libs is not None:  # its maps at exit (first: argparse's sitecustomize chains to it)
+        libs.prepare_command(env)
     argv_capture = argparse_capture.prepare(env, rec, store)  # its argparse options
-    argv = command_argv(store, rec)
     err = StderrTail()
     try:
         p = subprocess.Popen(
@@ -167,14 +201,18 @@ def run_command(
     return rc
 
 
-def command_argv(store: Store, rec: RunRecord) -> list[str]:
-    """The command line as it runs: the unredacted one from its blob when secrets were
-    redacted in the record (``Entrypoint.call_blob``), else the recorded argv."""
+def command_argv(
+    store: Store, rec: RunRecord, values: Mapping[str, Any] | None = None
+) -> list[str]:
+    """The command line as it runs: the recorded argv with the items withheld from the store
+    put back from ``values`` (``withhold.job_values``; without them, those items stay as
+    recorded: redacted). A record from before withholding pickled its real argv in
+    ``Entrypoint.call_blob``: that one is used as it is."""
     ep = rec.entrypoint
     assert ep is not None
-    if ep.call_blob:  # the unredacted command line, kept out of the record
+    if ep.call_blob:  # an older record: the unredacted command line, pickled in the store
         return list(cloudpickle.loads(store.get_blob(ep.call_blob)))
-    return list(ep.argv)
+    return withhold.provide_argv(list(ep.argv), values or {})
 
 
 def recorded_cancel(store: Store, run_id: str, wait_s: float = CANCEL_WAIT_S) -> Failure | None:

@@ -4,8 +4,8 @@
 in a fresh interpreter, Slurm through submitit, Ray inside a task). It captures the node, marks
 the run running, runs the function or command (``job.commands``), and records the outcome:
 result, or failure with its traceback as text (``job.outcome``, which also saves the end of the
-run in a rescue directory when the store refuses it). Only this module, ``job.commands`` (a
-command's unredacted argv) and an explicit rerun unpickle the call.
+run in a rescue directory when the store refuses it). Only this module, ``job.commands`` (the
+pickled argv of a command recorded before withholding) and an explicit rerun unpickle the call.
 
 Run as ``python -m runrec_cluster.job.execute STORE RUN_ID`` for the local backend.
 """
@@ -30,7 +30,7 @@ from runrec_cluster.capture.hardware import mismatch_failure, node_verdict
 from runrec_cluster.capture.redact import redact_text
 from runrec_cluster.errors import CorruptRecord, JobFailed, SecretsUnavailable, StoreError
 from runrec_cluster.job.commands import command_argv, run_command
-from runrec_cluster.job.libs import RunLibs, record_on_sigterm
+from runrec_cluster.job.libs import RunLibs, not_yet, record_on_sigterm
 from runrec_cluster.job.outcome import (
     encode_result,
     now,
@@ -172,6 +172,8 @@ def execute(
     store = Store(store_root)
     rec = store.load(run_id)
     node = node_facts(store, rec, rank=rank, features=features, node_name=node_name)
+    # until the libraries are recorded, the record says why they are not there
+    node = msgspec.structs.replace(node, runtime=not_yet())
     patch = start_patch(
         store,
         rec,
@@ -199,7 +201,7 @@ def execute(
         if (enforce_timeout and timeout_min)
         else None
     )
-    libs = RunLibs(node, lambda n: node_patch(store, n))
+    libs = RunLibs(node, lambda n: node_patch(store, n), early=(store, run_id))
     if dog:
         dog.end_fields = libs.end_fields
         dog.start()

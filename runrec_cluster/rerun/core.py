@@ -247,12 +247,15 @@ def _write_rerun(
         )
     function_from = None
     secret: dict[str, Any] = {}
+    real_argv: list[str] = []
     if ep.kind == "function":
         new_ep, function_from, secret = _function_entrypoint(
             store, r, mat, call_ov, plan.secrets.get(r.run_id, {}), echo
         )
     else:
-        new_ep, argv_diffs = _command_entrypoint(store, r, mat, call_ov)
+        new_ep, argv_diffs, secret, real_argv = _command_entrypoint(
+            store, r, mat, call_ov, plan.secrets.get(r.run_id, {})
+        )
         intended += argv_diffs
     info = RerunInfo(
         reason=reason,
@@ -272,10 +275,7 @@ def _write_rerun(
     index = r.sweep_index if sweep_id is not None else None
     launch_ctx = {**ctx, "inputs": refs}
     if new_ep.kind == "command":  # the command's interpreter here, as a submit records it
-        real = cloudpickle.loads(store.get_blob(new_ep.call_blob)) if new_ep.call_blob else None
-        launch_ctx["env"] = with_command_interpreter(
-            ctx["env"], real or new_ep.argv, mat.cwd, store.put_obj
-        )
+        launch_ctx["env"] = with_command_interpreter(ctx["env"], real_argv, mat.cwd, store.put_obj)
     ex.write_launch(
         new_id, launch_ctx, new_ep, config, r.tags, r.name, sweep_id, index, extra=extra
     )
@@ -333,15 +333,22 @@ def _function_entrypoint(
 
 
 def _command_entrypoint(
-    store: Store, r: RunRecord, mat: Materialized, call_ov: dict[str, Any]
-) -> tuple[Entrypoint, list[Difference]]:
-    """The rerun's command line (overrides applied, paths into the recorded code mapped into
-    the materialized code) and its difference from the original's."""
+    store: Store,
+    r: RunRecord,
+    mat: Materialized,
+    call_ov: dict[str, Any],
+    given: dict[str, Any],
+) -> tuple[Entrypoint, list[Difference], dict[str, str], list[str]]:
+    """The rerun's command line (the withheld items ``given`` again or rewritten by their
+    ``--set``, overrides applied, paths into the recorded code mapped into the materialized
+    code) as recorded, its difference from the original's, the items withheld from the store
+    again (``argv[i]`` -> value) and the command line as it will run."""
     ep = r.entrypoint
     assert ep is not None
     argv = list(ep.argv)
-    if ep.call_blob:  # the unredacted command line
+    if ep.call_blob:  # an older record: the unredacted command line, pickled
         argv = list(cloudpickle.loads(store.get_blob(ep.call_blob)))
+    argv = withhold.provide_argv(argv, given)  # a None: the item's --set rewrites it below
     new_argv = rewrite_argv(argv, call_ov)
     if mat.code_dir is not None and mat.root and r.code and r.code.root:
         root = r.code.root.rstrip(os.sep) + os.sep
@@ -355,12 +362,17 @@ def _command_entrypoint(
                 what="entrypoint.argv", before=redact_argv(argv), after=redact_argv(new_argv)
             )
         )
-    shown = redact_argv(new_argv)
-    cblob = store.put_blob(cloudpickle.dumps(new_argv)) if shown != new_argv else None
+    shown, secret = withhold.withhold_argv(new_argv)
+    secrets_dir = withhold.check_dir(settings.secrets_dir(mat.cwd), store.root) if secret else None
     new_ep = Entrypoint(
-        kind="command", argv=shown, cwd=mat.cwd, call_blob=cblob, capture_args=ep.capture_args
+        kind="command",
+        argv=shown,
+        cwd=mat.cwd,
+        withheld=list(secret),  # in argv order
+        secrets_dir=secrets_dir,
+        capture_args=ep.capture_args,
     )
-    return new_ep, diffs
+    return new_ep, diffs, secret, new_argv
 
 
 def order_with_reruns(recs: list[RunRecord]) -> list[tuple[RunRecord, int]]:

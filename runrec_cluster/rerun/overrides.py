@@ -1,8 +1,8 @@
 """A rerun's config: ``--set key=value`` overrides checked against the recorded config and coerced
 to the recorded type (``check_overrides``, ``coerce``), applied to a function's arguments
 (``apply_overrides``, in the job) or a command line (``rewrite_argv``), the generated values
-a rerun pins (``rerun_config``), and the values a function run's call withheld from the store,
-given again (``withheld_values``)."""
+a rerun pins (``rerun_config``), and the values a run's call or command line withheld from the
+store, given again (``withheld_values``)."""
 
 from __future__ import annotations
 
@@ -168,34 +168,72 @@ def rewrite_argv(argv: list[str], overrides: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def argv_keys(argv: list[str]) -> dict[int, str]:
+    """Which command line items a ``--set KEY`` rewrites (``rewrite_argv``): index -> KEY, for
+    the value of the first ``--KEY VALUE`` and the first ``--KEY=VALUE`` item of each key, read
+    as ``capture.config.command_config`` reads them."""
+    out: dict[int, str] = {}
+    seen: set[str] = set()
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--") and len(a) > 2:
+            key, eq, _ = a[2:].partition("=")
+            first = key not in seen
+            seen.add(key)
+            if eq:
+                if first:
+                    out[i] = key
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                if first:
+                    out[i + 1] = key
+                i += 1
+        i += 1
+    return out
+
+
 def withheld_values(
     rec: RunRecord, overrides: Mapping[str, Any], environ: Mapping[str, str]
 ) -> tuple[dict[str, Any], list[str]]:
-    """The values a rerun of ``rec`` gives back for what its call withheld from the store
-    (``Entrypoint.withheld``): a ``--set`` of the path's config key replaces the whole argument
-    (the placeholder then stands for nothing: None), else ``$RUNREC_SECRET_<PATH>``. Returns
-    (path -> value, one note per path saying where it came from); RerunError naming every
-    missing one and both ways to give it. Never reruns with a placeholder."""
+    """The values a rerun of ``rec`` gives back for what its call or command line withheld from
+    the store (``Entrypoint.withheld``): a ``--set`` of the path's config key replaces the whole
+    argument (the placeholder then stands for nothing: None), else ``$RUNREC_SECRET_<PATH>``
+    (for a command line item ``argv[i]``: ``$RUNREC_SECRET_ARGV_<i>``, the whole item; the
+    ``--set`` of the option it belongs to, when it is the first of that option). Returns (path
+    -> value, one note per path saying where it came from); RerunError naming every missing one
+    and the ways to give it. Never reruns with a placeholder."""
     ep = rec.entrypoint
     if ep is None or not ep.withheld:
         return {}, []
+    command = ep.kind == "command"
+    keys = argv_keys(list(ep.argv)) if command else {}
     values: dict[str, Any] = {}
     notes: list[str] = []
     missing: list[str] = []
     for path in ep.withheld:
-        key, var = withhold.top_key(path), withhold.env_var(path)
-        if key in overrides:
+        var = withhold.env_var(path)
+        i: int | None = None
+        key: str | None = withhold.top_key(path)
+        if command:  # a command line item: the option it is the first value of, if any
+            i = withhold.argv_index(path)
+            key = keys.get(i) if i is not None else None
+        if key is not None and key in overrides:
             values[path] = None
             notes.append(f"{path} from --set {key}")
         elif var in environ:
             values[path] = environ[var]
             notes.append(f"{path} from ${var}")
+        elif command:
+            shown = ep.argv[i] if i is not None and i < len(ep.argv) else "?"
+            by_set = f"--set {key}=VALUE or " if key is not None else ""
+            missing.append(f"{path} ({shown}): {by_set}${var} (the whole argument)")
         else:
             whole = "" if key == path.removeprefix(withhold.SET_PREFIX) else " (the whole value)"
             missing.append(f"{path}: --set {key}=VALUE{whole} or ${var}")
     if missing:
+        what = "command line" if command else "call"
         raise RerunError(
-            f"cannot rerun {rec.run_id}: its call held values that were kept out of the store "
+            f"cannot rerun {rec.run_id}: its {what} held values that were kept out of the store "
             f"(secrets) and are gone with its run; give each again: {'; '.join(missing)}. "
             "Nothing was submitted."
         )

@@ -163,7 +163,9 @@ def _config(c: Any, rec: RunRecord) -> None:
     if not rec.config:
         c.print("  (none)")
     for k, e in rec.config.items():
-        c.print(f"  [bold]{escape(k)}[/bold] = {escape(repr(e.value))}  [dim]({escape(e.source)})[/dim]")
+        c.print(
+            f"  [bold]{escape(k)}[/bold] = {escape(repr(e.value))}  [dim]({escape(e.source)})[/dim]"
+        )
 
 
 def _inputs(c: Any, rec: RunRecord) -> None:
@@ -312,7 +314,8 @@ def sampling_line(s: LibSampling | None) -> str | None:
     span = ""
     if len(s.times) > 1:
         span = f" over {(s.times[-1] - s.times[0]).total_seconds():.1f} s"
-    return f"{len(s.times)} samples{span} of {len(s.pids)} processes, {s.method}"
+    line = f"{len(s.times)} samples{span} of {len(s.pids)} processes, {s.method}"
+    return f"{line}; may be incomplete: {s.gap}" if s.gap else line
 
 
 def _drift_not_compared(n: NodeInfo, launch: EnvInfo | None) -> str:

@@ -135,7 +135,9 @@ def test_a_real_store_is_clean_and_every_blob_reference_is_followed(copy):
         "entrypoint.call_blob",
         "inputs[0].manifest_blob",
         "launch_env.packages_blob",
+        "launch_env.interpreter.packages_blob",  # the user code's interpreter (issue 13)
         "nodes[0].packages_blob",
+        "nodes[0].interpreter.packages_blob",
         "result.blob",
     }
     assert c.blobs == len({*refs.values(), *refs_of(store, real.add).values()})

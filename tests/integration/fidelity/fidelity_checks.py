@@ -35,6 +35,7 @@ LR = 0.25  # given; epochs keeps its default (3)
 WAIT_S = 300  # per wait on a cluster job; generous: the machine is shared
 KILL_TIMEOUT_MIN = {"local": 0.5, "ray": 0.5, "slurm": 1}  # Slurm's shortest limit is 1 minute
 RUN_TIMEOUT_MIN = 10
+CANCEL_AFTER_S = 1.0  # a cancelled cell is cancelled this long after its user code wrote its facts
 
 # what runrec's probe and the user script both ask an interpreter, run directly by the test
 _PROBE = (
@@ -258,6 +259,11 @@ def drive(m: Matrix) -> None:
             f"the user code of {c.key} to write its facts", lambda c=c: _read_facts(c)
         )
         if c.outcome == "cancelled":
+            # a cancel comes a while after the code started, as a person's would: within tens
+            # of ms of its facts, ray.cancel(force=True) kills the job before its recorders'
+            # next tick (argparse options every 0.2 s, library samples), and the record can
+            # only say "not recorded yet"
+            time.sleep(CANCEL_AFTER_S)
             c.handle.cancel()
     for c in m.cells.values():
         rec = c.handle.wait(timeout=WAIT_S)

@@ -9,6 +9,7 @@ import json
 import os
 import time
 
+import helpers
 import jobfns
 import pytest
 from helpers import run_cli
@@ -18,13 +19,7 @@ from runrec_cluster.capture import proc
 
 
 def wait_for(what, fn, timeout=30, every=0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return helpers.wait_for(what, fn, timeout, every)
 
 
 def _alive(pid: int) -> bool:

@@ -5,22 +5,12 @@ exits non-zero. The command's process is checked gone by the test itself."""
 import time
 
 import pytest
-from helpers import run_cli
+from helpers import run_cli, wait_for
 
 import runrec_cluster as rr
 from runrec_cluster.capture import proc
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-
-def wait_for(what, fn, timeout=60, every=0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.mark.parametrize("trap", [False, True], ids=["sleep", "traps-and-exits-143"])

@@ -13,7 +13,7 @@ import time
 import jobfns
 import pytest
 import rayfns
-from helpers import run_cli
+from helpers import run_cli, wait_for
 
 import runrec_cluster as rr
 from runrec_cluster.capture import proc
@@ -31,16 +31,6 @@ GENERAL = {"runrec-general": 1}
 def ray_ex(store, cwd, **kw):
     kw.setdefault("ray_resources", GENERAL)
     return rr.Executor(backend="ray", store=store, cwd=cwd, **kw)
-
-
-def wait_for(what, fn, timeout=60, every=0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def ray_task(rec):

@@ -5,6 +5,7 @@ The command's process is checked gone by the test itself."""
 import subprocess
 import time
 
+import helpers
 import pytest
 from helpers import run_cli
 
@@ -15,13 +16,7 @@ pytestmark = pytest.mark.usefixtures("slurm")
 
 
 def wait_for(what, fn, timeout=90, every=0.3):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return helpers.wait_for(what, fn, timeout, every)
 
 
 @pytest.mark.parametrize("trap", [False, True], ids=["dies-of-sigterm", "traps-and-exits-143"])

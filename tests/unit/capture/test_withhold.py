@@ -151,3 +151,37 @@ def test_the_secrets_directory_setting(tmp_path, monkeypatch):
     monkeypatch.delenv("RUNREC_SECRETS_DIR")
     with pytest.raises(ConfigError, match="secrets_dir"):
         settings.secrets_dir(str(tmp_path))
+
+
+def test_a_command_lines_flagged_items_are_withheld_whole_and_put_back():
+    argv = [
+        "python",
+        "t.py",
+        "--password",
+        "pw-Secret1",
+        f"--db={DSN}",
+        "PASSWORD=x9",
+        "--lr",
+        "0.1",
+    ]
+    shown, values = withhold.withhold_argv(argv)
+    assert shown == [
+        "python",
+        "t.py",
+        "--password",
+        "[redacted]",
+        "--db=postgresql://[redacted]@db/x",
+        "PASSWORD=[redacted]",
+        "--lr",
+        "0.1",
+    ]
+    assert values == {"argv[3]": "pw-Secret1", "argv[4]": f"--db={DSN}", "argv[5]": "PASSWORD=x9"}
+    assert withhold.provide_argv(shown, values) == argv
+    # a value given by a rerun's --set is None here: the item stays for rewrite_argv
+    assert withhold.provide_argv(shown, {"argv[3]": None}) == shown
+    assert withhold.withhold_argv(["python", "t.py", "--lr", "0.1"]) == (
+        ["python", "t.py", "--lr", "0.1"],
+        {},
+    )
+    assert withhold.argv_index("argv[12]") == 12 and withhold.argv_index("conn.password") is None
+    assert withhold.env_var("argv[3]") == "RUNREC_SECRET_ARGV_3"
