@@ -1,6 +1,7 @@
 """Helpers shared by the tests (import as `from helpers import ...`)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +17,18 @@ def wait_for(what: str, fn, timeout: float = 60, every: float = 0.2):
             return v
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def build_fake_libs(d, names) -> None:
+    """Real shared objects named ``names`` (``libcudart.so.12.4.127``...) in directory ``d``,
+    one trivial function each, built with ``cc`` (scripts/test-all installs gcc)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "cc is needed to build the fake CUDA libraries: apt-get install gcc"
+    src = os.path.join(d, "fake.c")
+    with open(src, "w") as f:
+        f.write("int runrec_fake(void) { return 13; }\n")
+    for n in names:
+        subprocess.run([cc, "-shared", "-fPIC", "-o", os.path.join(d, n), src], check=True)
 
 
 def git(cwd, *args: str) -> str:

@@ -286,6 +286,8 @@ def _check_store(store: rr.Store) -> dict:
         p = os.path.join(root, name)
         if name == layout.META_FILE:
             codec.decode(fs.read_bytes(p), path=p)
+        elif name == layout.GITIGNORE:  # the store keeps itself out of git (issue 13)
+            assert fs.read_bytes(p) == layout.GITIGNORE_TEXT, p
         elif name.startswith(layout.TMP_PREFIX):
             counts["leftover_temp_files"] += 1
         elif name not in DERIVED | {"runs", "blobs"}:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
-from helpers import run_cli
+from helpers import build_fake_libs, run_cli
 
 import runrec_cluster as rr
 from runrec_cluster.capture import proc
@@ -36,12 +35,8 @@ TRUTH_SCRIPT = (
 @pytest.fixture(scope="module")
 def libdir(tmp_path_factory):
     """The three fake CUDA libraries, compiled here (cc is installed by scripts/test-all)."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    assert cc, "cc is needed to build the fake CUDA libraries: apt-get install gcc"
     d = tmp_path_factory.mktemp("fakecuda")
-    (d / "fake.c").write_text("int runrec_fake(void) { return 13; }\n")
-    for name in LIBS:
-        subprocess.run([cc, "-shared", "-fPIC", "-o", str(d / name), str(d / "fake.c")], check=True)
+    build_fake_libs(d, LIBS)
     return d
 
 

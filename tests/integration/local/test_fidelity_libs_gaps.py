@@ -24,7 +24,7 @@ import sys
 import time
 
 import pytest
-from helpers import run_cli
+from helpers import build_fake_libs, run_cli
 
 import runrec_cluster as rr
 from runrec_cluster.capture import proc
@@ -36,12 +36,9 @@ GAP_RE = r"the command's process \(\d+\) (was last sampled|had ended by its firs
 
 @pytest.fixture(scope="module")
 def libdir(tmp_path_factory):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    assert cc, "cc is needed to build the fake CUDA libraries: apt-get install gcc"
     d = tmp_path_factory.mktemp("fakecuda")
-    (d / "fake.c").write_text("int runrec_fake(void) { return 13; }\n")
-    for name in LIBS:
-        subprocess.run([cc, "-shared", "-fPIC", "-o", str(d / name), str(d / "fake.c")], check=True)
+    build_fake_libs(d, LIBS)
+    cc = shutil.which("cc") or shutil.which("gcc")
     (d / "load.c").write_text(
         "#include <dlfcn.h>\n#include <stdio.h>\n"
         "int main(int argc, char **argv) {\n"

@@ -7,13 +7,11 @@ it can while the fact is recordable; the ground truth is the user process's own
 /proc/self/maps, the record is read after the kill."""
 
 import json
-import shutil
-import subprocess
 import sys
 import time
 
 import pytest
-from helpers import wait_for
+from helpers import build_fake_libs, wait_for
 
 import runrec_cluster as rr
 
@@ -24,12 +22,8 @@ LIBS = ("libcudart.so.12.4.127", "libcudnn.so.9", "libnccl.so.2")
 
 @pytest.fixture(scope="module")
 def libdir(tmp_path_factory):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    assert cc, "cc is needed to build the fake CUDA libraries: apt-get install gcc"
     d = tmp_path_factory.mktemp("fakecuda")
-    (d / "f.c").write_text("int f(void) { return 1; }\n")
-    for n in LIBS:
-        subprocess.run([cc, "-shared", "-fPIC", "-o", str(d / n), str(d / "f.c")], check=True)
+    build_fake_libs(d, LIBS)
     return d
 
 

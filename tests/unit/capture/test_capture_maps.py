@@ -4,12 +4,12 @@ of a command, and the sampler on real processes that load a library built here w
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
+from helpers import build_fake_libs
 
 from runrec_cluster.capture import maps
 from runrec_cluster.capture.node import runtime_libs
@@ -66,13 +66,9 @@ def test_runtime_libs_of_a_maps_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def fakelib(tmp_path_factory):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    assert cc, "cc is needed to build the fake library: apt-get install gcc"
     d = tmp_path_factory.mktemp("lib")
-    (d / "f.c").write_text("int f(void) { return 1; }\n")
-    out = d / "libcudart.so.12.4.127"
-    subprocess.run([cc, "-shared", "-fPIC", "-o", str(out), str(d / "f.c")], check=True)
-    return out
+    build_fake_libs(d, ["libcudart.so.12.4.127"])
+    return d / "libcudart.so.12.4.127"
 
 
 def _tree(fakelib, tmp_path):

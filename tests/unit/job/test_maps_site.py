@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from helpers import build_fake_libs
 
 from runrec_cluster.capture import maps
 from runrec_cluster.job import argparse_site, libs, maps_site
@@ -23,12 +24,8 @@ NAMES = ("libcudart.so.12.4.127", "libnccl.so.2")
 
 @pytest.fixture(scope="module")
 def fakelibs(tmp_path_factory):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    assert cc, "cc is needed to build the fake libraries: apt-get install gcc"
     d = tmp_path_factory.mktemp("libs")
-    (d / "f.c").write_text("int f(void) { return 1; }\n")
-    for n in NAMES:
-        subprocess.run([cc, "-shared", "-fPIC", "-o", str(d / n), str(d / "f.c")], check=True)
+    build_fake_libs(d, NAMES)
     return d
 
 
