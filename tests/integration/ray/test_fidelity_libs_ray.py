@@ -68,7 +68,10 @@ def test_force_cancel_right_after_the_libraries_loaded(store, tmp_path, libdir, 
     h.wait(timeout=60)
     time.sleep(2)  # anything still written is in by now
     rec = store.load(h.run_id)
-    assert "end" not in [v.event for v in store.versions(h.run_id)]  # killed: no end
+    # Usually the job dies with the worker and writes no end. Ray also kills the worker's
+    # children: a command job may see its command die first and write its end in between;
+    # either way the record must be cancelled and hold the libraries.
+    ended = "end" in [v.event for v in store.versions(h.run_id)]
     assert rec.state == rr.RunState.CANCELLED, rec.failure
     facts = json.loads(truth.read_text())
     assert len(facts["libs"]) == len(LIBS), facts
@@ -77,4 +80,5 @@ def test_force_cancel_right_after_the_libraries_loaded(store, tmp_path, libdir, 
     assert set(facts["libs"]) <= set(rt.loaded_libraries), (facts, rt)
     assert (rt.cuda_runtime, rt.cudnn, rt.nccl) == ("12.4.127", "9", "2"), rt
     assert facts["pid"] in rt.sampling.pids and rt.sampling.unknown is None
-    assert "recorded while the run went on" in rt.sampling.gap  # a snapshot, and it says so
+    if not ended:  # only the snapshot is there, and it says so
+        assert "recorded while the run went on" in rt.sampling.gap
