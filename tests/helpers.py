@@ -1,10 +1,12 @@
 """Helpers shared by the tests (import as `from helpers import ...`)."""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 
 
 def wait_for(what: str, fn, timeout: float = 60, every: float = 0.2):
@@ -29,6 +31,32 @@ def build_fake_libs(d, names) -> None:
         f.write("int runrec_fake(void) { return 13; }\n")
     for n in names:
         subprocess.run([cc, "-shared", "-fPIC", "-o", os.path.join(d, n), src], check=True)
+
+
+def slurm_down() -> str | None:
+    """Why the Slurm cluster does not answer (``sinfo``), or None when it does."""
+    if not shutil.which("sinfo"):
+        return "sinfo not found (run slurm/up)"
+    try:
+        out = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out"
+    return f"sinfo failed: {out.stderr.strip()}" if out.returncode else None
+
+
+def ray_down() -> str | None:
+    """Why the Ray cluster's dashboard ($RAY_DASHBOARD_URL, else 127.0.0.1:8265) does not
+    answer, or None when it does."""
+    url = os.environ.get("RAY_DASHBOARD_URL", "http://127.0.0.1:8265").rstrip("/")
+    try:
+        with urllib.request.urlopen(url + "/api/version", timeout=5) as f:
+            json.loads(f.read())
+    except Exception as exc:
+        return f"the Ray dashboard at {url} does not answer ({exc}); run ray/up"
+    return None
+
+
+CLUSTER_DOWN = {"local": lambda: None, "slurm": slurm_down, "ray": ray_down}
 
 
 def git(cwd, *args: str) -> str:

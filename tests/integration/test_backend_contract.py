@@ -8,17 +8,13 @@ the tests."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 import sys
 import time
-import urllib.request
 from typing import Any
 
 import jobfns
 import pytest
-from helpers import git
+from helpers import CLUSTER_DOWN, git
 
 import runrec_cluster as rr
 from runrec_cluster.backends import get_backend
@@ -73,29 +69,6 @@ WAIT_S = 180
 # -- the clusters ------------------------------------------------------------------------------
 
 
-def _slurm_down() -> str | None:
-    if not shutil.which("sinfo"):
-        return "sinfo not found (run slurm/up)"
-    try:
-        out = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        return "sinfo timed out"
-    return f"sinfo failed: {out.stderr.strip()}" if out.returncode else None
-
-
-def _ray_down() -> str | None:
-    url = "http://127.0.0.1:8265/api/version"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as f:
-            json.loads(f.read())
-    except Exception as exc:
-        return f"the Ray dashboard does not answer ({exc}); run ray/up"
-    return None
-
-
-DOWN = {"local": lambda: None, "slurm": _slurm_down, "ray": _ray_down}
-
-
 def _wait_for(what: str, fn: Any, timeout: float = WAIT_S) -> Any:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -117,7 +90,7 @@ def _wait_for(what: str, fn: Any, timeout: float = WAIT_S) -> Any:
 def runs(request, tmp_path_factory):
     """Every run of the contract on one backend, submitted together: {what: handle(s)}."""
     name = request.param
-    why = DOWN[name]()
+    why = CLUSTER_DOWN[name]()
     if why:
         pytest.skip(f"no {name} cluster: {why}")
     base = tmp_path_factory.mktemp(f"contract-{name}")

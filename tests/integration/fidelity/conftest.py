@@ -2,12 +2,9 @@
 code pickled by value, and the check that a cluster answers (a cell whose cluster is down is
 skipped here, and a failure where clusters are required: see tests/conftest.py)."""
 
-import json
 import os
 import shutil
-import subprocess
 import sys
-import urllib.request
 
 import cloudpickle
 import pytest
@@ -22,29 +19,6 @@ import fidelity_user  # noqa: E402
 
 # the function cells' code travels by value: job processes need not import the tests
 cloudpickle.register_pickle_by_value(fidelity_user)
-
-
-def _slurm_down() -> str | None:
-    if not shutil.which("sinfo"):
-        return "sinfo not found (run slurm/up)"
-    try:
-        out = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        return "sinfo timed out"
-    return f"sinfo failed: {out.stderr.strip()}" if out.returncode else None
-
-
-def _ray_down() -> str | None:
-    url = os.environ.get("RAY_DASHBOARD_URL", "http://127.0.0.1:8265").rstrip("/")
-    try:
-        with urllib.request.urlopen(url + "/api/version", timeout=5) as f:
-            json.loads(f.read())
-    except Exception as exc:
-        return f"the Ray dashboard at {url} does not answer ({exc}); run ray/up"
-    return None
-
-
-CLUSTER_DOWN = {"local": lambda: None, "slurm": _slurm_down, "ray": _ray_down}
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ import os
 
 import fidelity_checks as fc
 import pytest
-from conftest import CLUSTER_DOWN
+from helpers import CLUSTER_DOWN
 
 # Facts a cell cannot hold, with the reason its record must give ({fact: regex}); every other
 # fact of every cell is checked against the ground truth.
