@@ -50,13 +50,16 @@ def raw_verdict(store: str, run_id: str) -> dict | None:
     vs = raw_versions(store, run_id)
     if not vs:
         return None
-    attempt = max(int(v["patch"].get("attempt", 1)) for v in vs if "state" in v["patch"]) if any(
-        "state" in v["patch"] for v in vs
-    ) else 1
+    attempt = (
+        max(int(v["patch"].get("attempt", 1)) for v in vs if "state" in v["patch"])
+        if any("state" in v["patch"] for v in vs)
+        else 1
+    )
     ends = [
         v
         for v in vs
-        if v["patch"].get("state") in TERMINAL and int(v["patch"].get("attempt", attempt)) == attempt
+        if v["patch"].get("state") in TERMINAL
+        and int(v["patch"].get("attempt", attempt)) == attempt
     ]
     if not ends:
         return None
