@@ -17,12 +17,14 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
 from runrec_cluster.backends.base import Backend, JobSpec
-from runrec_cluster.backends.slurm_states import verdict
+from runrec_cluster.backends.slurm_end import batch_lines, run_slurm
+from runrec_cluster.backends.slurm_states import parse_sacct, sacct_command, verdict
 from runrec_cluster.errors import BackendError, ConfigError
 from runrec_cluster.job.execute import execute
 from runrec_cluster.record import RunRecord, needs_verdict
@@ -44,6 +46,7 @@ SLURM_OPTIONS = {
     "slurm_exclusive": "exclusive",
     "slurm_requeue": None,  # handled here: --requeue / --no-requeue
     "slurm_extra": None,  # extra sbatch flags: {"flag": value} or ["--flag=value", ...]
+    "slurm_python": None,  # handled here: the Python submitit starts on the node (default: this one)
 }
 
 HARDWARE_KEYS = ("partition", "constraint", "gres", "account", "qos", "exclude", "nodelist")
@@ -60,24 +63,6 @@ def submitit_module() -> ModuleType:
             f"({exc}). Install it: pip install submitit"
         ) from exc
     return submitit
-
-
-def _run(cmd: list[str], timeout: float = 60) -> str:
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError as exc:
-        raise BackendError(
-            f"{cmd[0]} not found: is this a Slurm login node? Install the Slurm client or use backend='local'."
-        ) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise BackendError(
-            f"{' '.join(cmd)} did not answer in {timeout:g} s; is slurmctld/slurmdbd up?"
-        ) from exc
-    if p.returncode != 0:
-        raise BackendError(
-            f"{' '.join(cmd)} exited {p.returncode}\nstdout: {p.stdout.strip()}\nstderr: {p.stderr.strip()}"
-        )
-    return p.stdout
 
 
 class SlurmEntry:
@@ -196,15 +181,21 @@ class SlurmBackend(Backend):
             p["additional_parameters"] = {**p.get("additional_parameters", {}), **extra}
         return p
 
-    def _executor(self, folder: str, name: str) -> Any:
+    def _executor(self, folder: str, name: str, run_ids: list[str]) -> Any:
         submitit = submitit_module()
         if not shutil.which("sbatch"):
             raise BackendError(
                 "sbatch not found on PATH: run on a Slurm login node (or bring the local cluster up with slurm/up)."
             )
-        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
+        python = self.options.get("slurm_python")  # a rerun's recreated environment
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=3, python=python or None)
         params = self._params()
         params.setdefault("job_name", name)
+        # ours first: the job records its own end when Slurm ends it (slurm_end)
+        user_setup = params.get("setup") or []
+        if isinstance(user_setup, str):
+            user_setup = [user_setup]
+        params["setup"] = [*batch_lines(sys.executable, self.store.root, run_ids), *user_setup]
         try:
             ex.update_parameters(**params)
         except (ValueError, TypeError) as exc:
@@ -215,7 +206,7 @@ class SlurmBackend(Backend):
         if not jobs:
             return []
         folder = os.path.join(self.store.root, "slurm", jobs[0].run_id, "%j")
-        ex = self._executor(folder, f"runrec-{jobs[0].run_id[:10]}")
+        ex = self._executor(folder, f"runrec-{jobs[0].run_id[:10]}", [j.run_id for j in jobs])
         entries = [SlurmEntry(self.store.root, j.run_id) for j in jobs]
         try:
             if len(jobs) == 1 and jobs[0].sweep_index is None:
@@ -253,39 +244,7 @@ class SlurmBackend(Backend):
         """sacct rows (job and steps) grouped by the job id we recorded."""
         if not job_ids:
             return {}
-        fields = [
-            "JobID",
-            "JobIDRaw",
-            "State",
-            "ExitCode",
-            "DerivedExitCode",
-            "Reason",
-            "NodeList",
-            "Start",
-            "End",
-            "Partition",
-        ]
-        out = _run(
-            [
-                "sacct",
-                "-n",
-                "-P",
-                "--delimiter=\x1f",
-                "-D",
-                "-j",
-                ",".join(sorted(set(job_ids))),
-                f"--format={','.join(fields)}",
-            ]
-        )
-        rows: dict[str, list[dict[str, str]]] = {}
-        for line in out.splitlines():
-            vals = line.split("\x1f")
-            if len(vals) != len(fields):
-                continue
-            row = dict(zip(fields, vals, strict=True))
-            base = row["JobID"].split(".")[0]
-            rows.setdefault(base, []).append(row)
-        return rows
+        return parse_sacct(run_slurm(sacct_command(job_ids)))
 
     def wants_verdict(self, rec: RunRecord) -> bool:
         jid = rec.execution.scheduler.get("job_id") if rec.execution else None
@@ -314,7 +273,7 @@ class SlurmBackend(Backend):
         jid = rec.execution.scheduler.get("job_id") if rec.execution else None
         if not jid:
             raise BackendError(f"run {rec.run_id} has no Slurm job id yet; try again in a moment.")
-        _run(["scancel", str(jid)])
+        run_slurm(["scancel", str(jid)])
         self.record_cancel(rec, f"scancel {jid}")
 
     def describe_pending(self, rec: RunRecord) -> str:
@@ -322,7 +281,7 @@ class SlurmBackend(Backend):
         if not jid:
             return "it has no Slurm job id yet"
         try:
-            out = _run(["squeue", "-h", "-j", str(jid), "-o", "%T %r"], timeout=15).strip()
+            out = run_slurm(["squeue", "-h", "-j", str(jid), "-o", "%T %r"], timeout=15).strip()
         except BackendError:
             return f"Slurm job {jid}"
         return f"Slurm job {jid} is {out or 'no longer in the queue'}"

@@ -66,13 +66,68 @@ REFINES_KILLED = frozenset(
 )
 
 
+# The sacct fields runrec reads (``sacct -n -P --delimiter=US --format=...``): ``parse_sacct``.
+SACCT_FIELDS = (
+    "JobID",
+    "JobIDRaw",
+    "State",
+    "ExitCode",
+    "DerivedExitCode",
+    "Reason",
+    "NodeList",
+    "Start",
+    "End",
+    "Partition",
+)
+SACCT_DELIMITER = "\x1f"  # constraints such as "a|b" break --parsable2's "|"
+
+
+def sacct_command(job_ids: list[str]) -> list[str]:
+    """The sacct call for these jobs and their steps (``parse_sacct`` reads its output)."""
+    return [
+        "sacct",
+        "-n",
+        "-P",
+        f"--delimiter={SACCT_DELIMITER}",
+        "-D",
+        "-j",
+        ",".join(sorted(set(job_ids))),
+        f"--format={','.join(SACCT_FIELDS)}",
+    ]
+
+
+def parse_sacct(out: str) -> dict[str, list[dict[str, str]]]:
+    """sacct rows (job and steps) grouped by job id ("123", "123_4")."""
+    rows: dict[str, list[dict[str, str]]] = {}
+    for line in out.splitlines():
+        vals = line.split(SACCT_DELIMITER)
+        if len(vals) != len(SACCT_FIELDS):
+            continue
+        row = dict(zip(SACCT_FIELDS, vals, strict=True))
+        rows.setdefault(row["JobID"].split(".")[0], []).append(row)
+    return rows
+
+
+def parse_scontrol(out: str) -> dict[str, str]:
+    """``scontrol -o show job`` (one line of KEY=VALUE) as a dict; values with spaces (the
+    command, the working directory) come out cut, which the keys runrec reads never are."""
+    fields: dict[str, str] = {}
+    for tok in out.split():
+        key, eq, val = tok.partition("=")
+        if eq and key not in fields:
+            fields[key] = val
+    return fields
+
+
 def state_word(state: str) -> str:
     """The state of a sacct State field: "CANCELLED by 0" -> CANCELLED, "RUNNING+" -> RUNNING."""
     words = state.split()
     return words[0].rstrip("+") if words else ""
 
 
-def verdict(rec: RunRecord, rows: list[dict[str, str]]) -> dict[str, Any] | None:
+def verdict(
+    rec: RunRecord, rows: list[dict[str, str]], *, final: bool = False
+) -> dict[str, Any] | None:
     """A patch for a run whose Slurm job ended without the job finishing its record.
 
     ``rows``: the job line and its steps (JobID, State, ExitCode, NodeList, End). One rule: the
@@ -80,6 +135,8 @@ def verdict(rec: RunRecord, rows: list[dict[str, str]]) -> dict[str, Any] | None
     makes it OUT_OF_MEMORY (under submitit the function runs in step .0, and an out-of-memory
     kill shows only there: the job line says FAILED). None while Slurm is not done (or still
     settling), and for a run already ended when Slurm knows no more specific cause.
+    ``final``: the caller knows the job is ending (the batch script's own end, ``slurm_end``):
+    steps still running and a missing end time do not make it wait.
     """
     main = next((r for r in rows if "." not in r["JobID"]), None)
     if main is None:
@@ -89,7 +146,7 @@ def verdict(rec: RunRecord, rows: list[dict[str, str]]) -> dict[str, Any] | None
         return unknown_state(rec, main["State"])
     steps = [r for r in rows if "." in r["JobID"]]
     mapped = SACCT_STATES[state]
-    if mapped is None or _settling(main, steps):
+    if mapped is None or (not final and _settling(main, steps)):
         return None
     oom_step = next((s for s in steps if s["State"].startswith("OUT_OF_MEMORY")), None)
     our_state, cause = (SACCT_STATES["OUT_OF_MEMORY"] if oom_step is not None else None) or mapped
@@ -112,6 +169,51 @@ def verdict(rec: RunRecord, rows: list[dict[str, str]]) -> dict[str, Any] | None
         ended_at=parse_time(main["End"]) or datetime.now(UTC),
     )
     patch["execution"] = {"scheduler": {"sacct_state": main["State"], "nodelist": main["NodeList"]}}
+    return patch
+
+
+def end_verdict(
+    rec: RunRecord,
+    rows: list[dict[str, str]],
+    *,
+    job_id: str,
+    reason: str = "",
+    srun_status: int | None = None,
+    nodelist: str = "",
+    now: datetime | None = None,
+) -> dict[str, Any] | None:
+    """The verdict seen from inside the job, at its end (``backends.slurm_end``): None while
+    nothing is known yet (poll again), else the patch ``verdict`` gives.
+
+    What the scheduler says there (measured on Slurm 22.05, docs/slurm.md): during the kill
+    grace period of a cancel or a preemption sacct's job line is CANCELLED / PREEMPTED already;
+    at a time limit sacct may still say RUNNING for a moment while ``scontrol`` gives
+    ``Reason=TimeLimit`` (``reason``); after an out-of-memory kill of the srun step the job is
+    still RUNNING (its batch script is ending) and only the step says OUT_OF_MEMORY.
+    ``srun_status``: the exit status of the job's srun when it ended by itself (not signalled):
+    the job line is then what sacct will say once the script exits (FAILED for a non-zero
+    status, COMPLETED for 0), written now, with the steps as they are.
+    """
+    at = (now or datetime.now(UTC)).astimezone().replace(tzinfo=None).isoformat()
+    main = next((r for r in rows if "." not in r["JobID"]), None)
+    steps = [r for r in rows if "." in r["JobID"]]
+    if main is not None and SACCT_STATES.get(state_word(main["State"]), None) is not None:
+        return verdict(rec, rows, final=True)
+    synthetic: dict[str, str] | None = None
+    if reason in ("TimeLimit", "DeadLine"):
+        state = "TIMEOUT" if reason == "TimeLimit" else "DEADLINE"
+        synthetic = {"State": state, "ExitCode": "0:0"}
+    elif srun_status is not None:
+        synthetic = {
+            "State": "FAILED" if srun_status else "COMPLETED",
+            "ExitCode": f"{srun_status}:0",
+        }
+    if synthetic is None:
+        return None
+    row = {"JobID": job_id, "NodeList": nodelist, "End": at, "Reason": reason, **synthetic}
+    patch = verdict(rec, [row, *steps], final=True)
+    if patch is not None:  # not sacct's word: what the job's end script concluded
+        patch["execution"]["scheduler"].pop("sacct_state", None)
     return patch
 
 

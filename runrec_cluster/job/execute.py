@@ -37,7 +37,7 @@ from runrec_cluster.job.outcome import (
     record_failure,
     write_end,
 )
-from runrec_cluster.job.run import Run, set_current
+from runrec_cluster.job.run import Run, current_run, install_stop_handler, set_current
 from runrec_cluster.job.watchdog import Watchdog
 from runrec_cluster.record import (
     CONTEXT_KEY,
@@ -99,7 +99,7 @@ def node_facts(
 
 # what a node's record keeps per run; the rest (hardware, OS, drivers, packages) is the same
 # for every run on that node and goes into a shared context blob (record schema v2)
-_NODE_OWN = ("captured_at", "env_vars", "runtime")
+_NODE_OWN = ("captured_at", "env_vars", "runtime", "determinism")
 
 
 def node_patch(store: Store, node: NodeInfo) -> dict[str, Any]:
@@ -152,6 +152,21 @@ def start_patch(
     return patch
 
 
+def use_rerun_env(rec: RunRecord) -> None:
+    """A rerun in a recreated environment (``runrec rerun --env recorded``): its ``bin`` first
+    on PATH and ``VIRTUAL_ENV`` set, as an activated virtual environment, so that a command's
+    ``python`` and every program the job starts are that environment's. (The job's own Python
+    is that environment's already: the backend started it with it.)"""
+    env = rec.rerun.env if rec.rerun is not None else None
+    if env is None or env.mode != "recorded" or not env.dir:
+        return
+    bin_dir = os.path.join(env.dir, "bin")
+    path = os.environ.get("PATH", os.defpath)
+    if path.split(os.pathsep)[0] != bin_dir:  # a reused worker (Ray) has it already
+        os.environ["PATH"] = bin_dir + os.pathsep + path
+    os.environ["VIRTUAL_ENV"] = env.dir
+
+
 def execute(
     store_root: str,
     run_id: str,
@@ -171,6 +186,7 @@ def execute(
     worker dies)."""
     store = Store(store_root)
     rec = store.load(run_id)
+    use_rerun_env(rec)
     node = node_facts(store, rec, rank=rank, features=features, node_name=node_name)
     # until the libraries are recorded, the record says why they are not there
     node = msgspec.structs.replace(node, runtime=not_yet())
@@ -190,10 +206,18 @@ def execute(
         ended = end_patch(stop, source="job")
         write_end(store, run_id, log_dir, lambda _s: ended)
         raise JobFailed(stop.message, run_id=run_id, failure=stop)
-    run = Run(store, run_id, rank=rank, pinned=rec.rerun.pinned if rec.rerun else {})
+    run_attempt = int(patch.get("attempt") or attempt or rec.attempt)
+    run = Run(
+        store,
+        run_id,
+        rank=rank,
+        pinned=rec.rerun.pinned if rec.rerun else {},
+        attempt=run_attempt,
+    )
     set_current(run)
     os.environ["RUNREC_STORE"] = store.root
     os.environ["RUNREC_RUN_ID"] = run_id
+    os.environ["RUNREC_ATTEMPT"] = str(run_attempt)  # a command's current_run().attempt
     children: list[subprocess.Popen[bytes]] = []
     timeout_min = rec.execution.resources.timeout_min if rec.execution else None
     dog = (
@@ -243,6 +267,8 @@ def _call_function(
         raise
     libs.start_function()
     restore = record_on_sigterm(store, rec.run_id, libs)
+    run = current_run()  # its on_stop functions run first on a stop signal (checkpoints)
+    restore_stop = install_stop_handler(run) if run is not None else (lambda: None)
     lib_fields: dict[str, Any] = {}
     try:
         try:
@@ -251,6 +277,7 @@ def _call_function(
         finally:
             if dog:
                 dog.cancel()
+            restore_stop()
             restore()
             if rank == 0:  # the run ended: its secrets file goes, whatever the outcome
                 withhold.discard(rec.run_id, ep.secrets_dir)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from datetime import UTC, datetime
+import signal
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from runrec_cluster.capture import config as cfg
@@ -12,6 +13,7 @@ from runrec_cluster.capture.data import Dataset, hash_path
 from runrec_cluster.capture.inputs import Artifact, hash_input
 from runrec_cluster.capture.redact import check_printable
 from runrec_cluster.errors import ConfigError, DatasetError
+from runrec_cluster.job.artifacts import artifact_ref
 from runrec_cluster.record import ArtifactRef, InputRef, RunRecord, to_patch
 from runrec_cluster.store import Store, layout
 
@@ -29,15 +31,62 @@ class Run:
         *,
         rank: int = 0,
         pinned: Mapping[str, Any] | None = None,
+        attempt: int | None = None,
     ) -> None:
         self.store = store
         self.run_id = run_id
         self.rank = rank
+        self._attempt = attempt
+        # on_stop callbacks; whether a stop handler is installed; whether they ran already
+        self._stop_fns: list[Callable[[int], Any]] = []
+        self._stop_installed = False
+        self._stopped = False
         # a rerun's generated config values, given back by log_config (None: read when needed)
         self._pinned = dict(pinned) if pinned is not None else None
 
     def __repr__(self) -> str:
         return f"Run({self.run_id!r}, store={self.store.root!r})"
+
+    @property
+    def attempt(self) -> int:
+        """Which attempt of the run this is: 1, then 2, 3... after a requeue (a Slurm
+        preemption or node failure with requeue, submitit's checkpoint requeue). The run id
+        stays; a requeued function starts again from the top, so look for your checkpoint
+        when ``attempt > 1`` (``on_stop``)."""
+        if self._attempt is None:
+            env = os.environ.get("RUNREC_ATTEMPT", "")
+            self._attempt = int(env) if env.isdigit() else self.record.attempt
+        return self._attempt
+
+    def on_stop(self, fn: Callable[[int], Any]) -> Callable[[int], Any]:
+        """Call ``fn(signum)`` when the scheduler asks the job to stop: SIGTERM (a preemption,
+        a cancel, a time limit, ``runrec cancel``) or SIGUSR2 (submitit's warning before the
+        time limit when ``slurm_signal_delay_s`` > 0). Save a checkpoint there; a requeued run
+        finds it (``attempt`` > 1). ``fn`` runs once, in the main thread, before runrec records
+        the kill, and has the scheduler's grace period to finish (Slurm: KillWait, 30 s by
+        default); the job then ends as it would have. Returns ``fn`` (a decorator too)."""
+        if not callable(fn):
+            raise ConfigError(f"on_stop needs a function of one argument (the signal), got {fn!r}.")
+        self._stop_fns.append(fn)
+        if not self._stop_installed:  # a command's own Python: nobody installed it
+            if threading.current_thread() is not threading.main_thread():
+                raise ConfigError(
+                    "on_stop: call it from the main thread (signal handlers are set there)."
+                )
+            install_stop_handler(self)
+        return fn
+
+    def stopping(self, signum: int) -> None:
+        """Run the ``on_stop`` functions (once; a second signal does nothing). An exception in
+        one is printed and the next one still runs."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for fn in list(self._stop_fns):
+            try:
+                fn(signum)
+            except Exception as exc:  # the kill goes on whatever a checkpoint does
+                print(f"runrec: on_stop function {fn!r} raised {exc!r}", flush=True)
 
     @property
     def record(self) -> RunRecord:
@@ -92,7 +141,9 @@ class Run:
         self.store.write_version(self.run_id, "metrics", {"metrics": clean}, role="job")
 
     def log_artifact(self, path: str | os.PathLike[str], name: str | None = None) -> ArtifactRef:
-        """Record an output file or directory: its size and content hash."""
+        """Record an output file or directory: its size and content hash, and keep a copy in
+        the store up to ``keep_artifacts_max_mb`` (``ArtifactRef.kept``; else ``not_kept``
+        says why), which promote and ``rr.Artifact`` use when the file changes later."""
         p = os.fspath(path)
         art_name = name or os.path.basename(os.path.normpath(p))
         if not art_name:
@@ -102,15 +153,7 @@ class Run:
             res, _ = hash_path(p)
         except DatasetError as exc:
             raise DatasetError(f"artifact {art_name!r}: {exc}") from None
-        ref = ArtifactRef(
-            name=art_name,
-            path=res.path,
-            digest=res.digest,
-            size=res.size,
-            file_count=res.file_count,
-            is_dir=res.is_dir,
-            logged_at=datetime.now(UTC),
-        )
+        ref = artifact_ref(self.store, art_name, res)  # with its kept copy (job/artifacts.py)
         self.store.write_version(self.run_id, "artifact", to_patch(artifacts=[ref]), role="job")
         return ref
 
@@ -137,6 +180,41 @@ def current_run() -> Run | None:
         _current = Run(Store(root), run_id, rank=int(os.environ.get("RUNREC_RANK", "0") or 0))
         return _current
     return None
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+def install_stop_handler(run: Run) -> Callable[[], None]:
+    """Handle the stop signals (``STOP_SIGNALS``) in this process: ``run.stopping(signum)``
+    first, then what was there (a handler is called; the default action is taken again; an
+    ignored signal stays ignored). ``job.execute`` installs it around a function call, after
+    its own handlers, so a checkpoint is saved before the kill is recorded. Returns what puts
+    the previous handlers back. Main thread only (else it installs nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def on_stop(signum: int, frame: Any) -> None:
+        run.stopping(signum)
+        prev = previous.get(signum)
+        if callable(prev):
+            prev(signum, frame)
+        elif prev in (signal.SIG_DFL, None):
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_stop)
+    run._stop_installed = True
+
+    def restore() -> None:
+        for sig, prev in previous.items():
+            if signal.getsignal(sig) is on_stop and prev is not None:
+                signal.signal(sig, prev)
+        run._stop_installed = False
+
+    return restore
 
 
 def set_current(run: Run | None) -> None:

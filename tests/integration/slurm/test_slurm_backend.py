@@ -217,8 +217,10 @@ def test_as_a_non_root_user(tmp_path_factory, project):
         pytest.fail("slurm/up should have created runrec-user")
     d = tmp_path_factory.mktemp("shared")
     os.chmod(d, 0o1777)
-    os.chmod(os.path.dirname(d), 0o755)
-    os.chmod(os.path.dirname(os.path.dirname(d)), 0o755)
+    for parent in (os.path.dirname(d), os.path.dirname(os.path.dirname(d))):
+        # add read and search for others; never take bits away (a one-level --basetemp makes
+        # the grandparent /tmp itself, whose 1777 MariaDB and every other user need)
+        os.chmod(parent, os.stat(parent).st_mode & 0o7777 | 0o755)
     store = os.path.join(d, "store")
     code = (
         "import runrec_cluster as rr, getpass\n"
