@@ -162,15 +162,16 @@ class Backend(abc.ABC):
             due.append(r)
         return due
 
-    def record_cancel(self, rec: RunRecord, how: str = "") -> None:
-        """Record the run as cancelled by this user, now (a "cancel" version written by the
-        backend). The same fields on every backend; a later verdict refines it only where the
-        fold rules allow (the job's own end wins; see ``record.fold_patches``)."""
+    def record_cancel(self, rec: RunRecord, how: str = "", by: str | None = None) -> None:
+        """Record the run as cancelled by this user (or ``by``, who asked), now (a "cancel"
+        version written by the backend). The same fields on every backend; a later verdict
+        refines it only where the fold rules allow (the job's own end wins; see
+        ``record.fold_patches``)."""
         failure = Failure(
             cause=FailureCause.CANCELLED,
             type="Cancelled",
             message="cancelled by request" + (f" ({how})" if how else ""),
-            by=current_user(),
+            by=by or current_user(),
             source="backend",
         )
         self.store.write_version(

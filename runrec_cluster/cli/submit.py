@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from runrec_cluster.api import Executor
+from runrec_cluster.api import Executor, RunHandle
 from runrec_cluster.capture.config import parse_scalar
 from runrec_cluster.capture.config_sources import ConfigEnv, ConfigFile
 from runrec_cluster.capture.data import Dataset
@@ -25,6 +25,7 @@ from runrec_cluster.cli._common import (
 )
 from runrec_cluster.cli._table import print_runs
 from runrec_cluster.demo import run_demo
+from runrec_cluster.errors import JobTimeout
 
 
 class HashProgress:
@@ -209,19 +210,47 @@ def submit_cmd(
         )
     c = console()
     c.print(f"submitted run [bold]{h.run_id}[/bold] ({backend})")
-    if backend == "ray" and not wait:
-        # Ray ends a driver's tasks when the driver exits: this process must stay
+    sch = h.record().execution.scheduler if backend == "ray" else {}
+    if backend == "ray" and not wait and not sch.get("detached"):
+        # attached (ray_detached=false): Ray ends a driver's tasks when the driver exits
         c.print(
-            "  (ray: waiting for the run, since Ray stops a run when its submitting process exits;"
-            " for long runs submit from a script run with `ray job submit`)"
+            "  (ray, attached: waiting for the run, since Ray stops a run when its submitting "
+            "process exits; leave out ray_detached=false to submit and return)"
         )
         wait = True
-    c.print(f"  runrec show {h.run_id[:12]}    runrec logs {h.run_id[:12]}    runrec ls")
+    short = h.run_id[:12]
+    c.print(
+        f"  runrec wait {short}    runrec show {short}    runrec logs {short}    "
+        f"runrec cancel {short}    runrec ls",
+        soft_wrap=True,
+    )
+    if sch.get("driver_logs"):
+        c.print(f"  {sch['driver_logs']}    (the runrec driver on the cluster)", soft_wrap=True)
     if wait:
         rec = h.wait()
         print_ended(c, rec)
         if rec.state.value != "succeeded":
             sys.exit(1)
+
+
+@cli.command("wait")
+@store_option
+@click.argument("run")
+@click.option(
+    "--timeout", type=float, default=None, help="Give up after this many seconds (exit 1)."
+)
+def wait_cmd(store_path, run, timeout):  # type: ignore[no-untyped-def]
+    """Wait for a run to end (from any process that reaches the store); exit 1 unless it
+    succeeded."""
+    store = open_store(store_path)
+    h = RunHandle(store, store.resolve(run))
+    try:
+        rec = h.wait(timeout=timeout)
+    except JobTimeout as exc:
+        raise click.ClickException(str(exc)) from None
+    print_ended(console(), rec)
+    if rec.state.value != "succeeded":
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,16 +8,24 @@ hardware class's ``ray`` table supplies ``accelerator_type`` and ``resources`` u
 explicitly. Commands (``submit_command``) are Ray tasks too: ``execute`` runs them as a
 subprocess, the same code path as a function.
 
-The submitting process is the tasks' owner (Ray's ownership model): it keeps the ObjectRefs and
-reads a dead task's exception from them (source "backend"). Any other process (``runrec ls``,
-``runrec reconcile``) asks the Ray state API instead (source "scheduler"). Both translate what
-Ray says through one table, ``RAY_OUTCOMES``; a word it does not know gives state UNKNOWN.
-A Ray driver's tasks end when the driver exits: runs still open when the submitting process
-exits are recorded as killed, with that reason. See docs/ray.md.
+Detached (the default, ``ray_detached=True``): the submitting process hands the runs to a
+runrec driver that Ray Jobs runs on the cluster (``jobs``, ``jobdriver``) and returns; that
+driver owns the tasks, so the runs outlive the submitter. Attached (``ray_detached=False``):
+the submitting process is the tasks' owner and the runs end with it (recorded as killed).
+
+The owner keeps the ObjectRefs and reads a dead task's exception from them (source "backend").
+Any other process (``runrec ls``, ``runrec reconcile``) asks the Ray state API instead (source
+"scheduler"), and leaves a detached run to its driver while that driver is alive. Both
+translate what Ray says through one table, ``RAY_OUTCOMES``; a word it does not know gives
+state UNKNOWN. See docs/ray.md.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -26,11 +34,21 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from runrec_cluster.backends.base import Backend, JobSpec
 from runrec_cluster.backends.ray import driver, state_api
+from runrec_cluster.backends.ray import jobs as ray_jobs
 from runrec_cluster.backends.ray.driver import connect
-from runrec_cluster.backends.ray.states import lost_session_verdict, task_verdict, verdict
+from runrec_cluster.backends.ray.states import (
+    JOB_ALIVE,
+    driver_job_verdict,
+    job_status,
+    lost_session_verdict,
+    task_verdict,
+    verdict,
+)
 from runrec_cluster.backends.ray.task import entry, kill_process
+from runrec_cluster.capture.proc import current_user
 from runrec_cluster.errors import BackendError, ConfigError
 from runrec_cluster.record import RunRecord
+from runrec_cluster.store import Store
 
 RAY_OPTIONS = frozenset(
     {
@@ -41,8 +59,25 @@ RAY_OPTIONS = frozenset(
         "ray_resources",  # {"name": amount}, merged over the hardware class's resources
         "ray_accelerator_type",  # e.g. "A100"; overrides the hardware class's
         "ray_namespace",  # namespace of the connection (first connection only)
+        "ray_detached",  # True (default): a runrec driver on the cluster (Ray Jobs) owns the runs
     }
 )
+CANCEL_WAIT_S = 30.0  # how long a cancel waits for a live runrec driver to carry it out
+
+
+def cancel_request(rec: RunRecord) -> dict[str, Any] | None:
+    """The cancel request some process wrote for a detached run (``request_cancel``), or None."""
+    sch = rec.execution.scheduler if rec.execution else {}
+    req = sch.get("cancel_requested")
+    return req if isinstance(req, dict) else None
+
+
+def is_detached(rec: RunRecord) -> bool:
+    """Whether a runrec driver job (Ray Jobs) owns the run's task."""
+    sch = rec.execution.scheduler if rec.execution else {}
+    return bool(sch.get("submission_id"))
+
+
 HARDWARE_KEYS = ("accelerator_type", "resources")
 
 
@@ -52,6 +87,7 @@ class RayBackend(Backend):
     known_options = RAY_OPTIONS
     enforces_timeout = False  # Ray has no time limit: the job's watchdog enforces timeout_min
     check_interval_s = 3.0  # at most one state-API call per run per 3 s (held refs: no limit)
+    owner_name = "the submitting process"  # who holds the refs, as verdict messages say
 
     # -- connection ------------------------------------------------------------------------
 
@@ -115,16 +151,23 @@ class RayBackend(Backend):
             o["scheduling_strategy"] = _strategy(strategy)
         return o
 
+    @property
+    def detached(self) -> bool:
+        """Whether runs are handed to a runrec driver on the cluster (``ray_detached``)."""
+        return bool(self.options.get("ray_detached", True))
+
     def launch(self, jobs: list[JobSpec]) -> list[dict[str, Any]]:
         if not jobs:
             return []
         base = self._task_options()
-        conn = self._connect()
         fn = driver.remote("entry", entry)
         try:
             fn.options(**base)  # Ray validates here: refuse before anything is submitted
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"invalid Ray task options {base}: {exc}") from exc
+        if self.detached:
+            return self._launch_detached(jobs)
+        conn = self._connect()
         expect = dict(self.hardware.expect) if self.hardware is not None else None
         out: list[dict[str, Any]] = []
         submitted: list[Any] = []
@@ -158,13 +201,59 @@ class RayBackend(Backend):
         driver.register_atexit()
         return out
 
+    def _dashboard(self) -> dict[str, Any]:
+        """The submitter's facts for a detached launch: addresses and session, with the
+        dashboard URL (the Jobs API). An http(s) ``ray_address`` is the dashboard itself (no
+        Ray connection at all); otherwise this process connects as an attached one would."""
+        where = self._address()
+        if where.startswith(("http://", "https://")):
+            facts = {"ray_address": where, "dashboard_url": where.rstrip("/")}
+            session = state_api.session_name(where)
+            if session:
+                facts["session_name"] = session
+            return facts
+        conn = self._connect()
+        keep = ("ray_address", "gcs_address", "dashboard_url", "session_name", "namespace")
+        facts = {k: conn[k] for k in keep if k in conn}
+        if not facts.get("dashboard_url"):
+            raise BackendError(
+                f"the Ray cluster at {where!r} runs no dashboard, and detached runs are submitted "
+                "through its Jobs API: start the head with the dashboard (`pip install "
+                "'ray[default]'`), or pass ray_detached=False (runs then end with this process)."
+            )
+        return facts
+
+    def _launch_detached(self, jobs: list[JobSpec]) -> list[dict[str, Any]]:
+        """Hand the runs to runrec drivers that Ray Jobs runs on the cluster (one per
+        ``MAX_RUNS_PER_DRIVER`` runs); return at once."""
+        facts = self._dashboard()
+        url = str(facts["dashboard_url"])
+        sub = ray_jobs.DriverSubmitter(url)
+        out: dict[str, dict[str, Any]] = {}
+        for chunk in ray_jobs.chunks([j.run_id for j in jobs]):
+            meta = {
+                "runrec_store": self.store.root,
+                "runrec_first_run": chunk[0],
+                "runrec_runs": str(len(chunk)),
+                "runrec_user": current_user(),
+            }
+            sid = sub.submit(self.store.root, chunk, self.options.get("ray_runtime_env"), meta)
+            for rid in chunk:
+                out[rid] = dict(
+                    facts,
+                    detached=True,
+                    submission_id=sid,
+                    driver_logs=ray_jobs.logs_command(sid, url),
+                )
+        return [out[j.run_id] for j in jobs]
+
     # -- verdicts --------------------------------------------------------------------------
 
     def wants_verdict(self, rec: RunRecord) -> bool:
         if not super().wants_verdict(rec):
             return False
         sch = rec.execution.scheduler if rec.execution else {}
-        return self.held(rec) or bool(sch.get("task_id"))
+        return self.held(rec) or bool(sch.get("task_id") or sch.get("submission_id"))
 
     def held(self, rec: RunRecord) -> bool:
         # the refs are only good while this process is connected (ray.shutdown() drops them)
@@ -182,7 +271,7 @@ class RayBackend(Backend):
             ref = refs[r.run_id]
             if ref.hex() not in ready_ids:
                 continue
-            word, message, tb = driver.outcome(ref)
+            word, message, tb = driver.outcome(ref, self.owner_name)
             driver.forget(r.run_id)
             fresh = self.store.load(r.run_id, problems=[])
             if fresh.state.is_terminal():
@@ -193,7 +282,32 @@ class RayBackend(Backend):
         return out
 
     def ask(self, recs: list[RunRecord]) -> dict[str, dict[str, Any]]:
-        """Another process owns these tasks: read them from the Ray state API."""
+        """Another process owns these tasks: read them from the Ray state API. A detached run
+        is left to its runrec driver while that driver job is alive."""
+        launched = [r for r in recs if _sch(r).get("task_id")]
+        out = self._ask_tasks(launched)
+        out.update(self._ask_drivers([r for r in recs if not _sch(r).get("task_id")]))
+        return out
+
+    def _ask_drivers(self, recs: list[RunRecord]) -> dict[str, dict[str, Any]]:
+        """Detached runs whose driver has not recorded their task: the driver job's status."""
+        groups: dict[tuple[str, str], list[RunRecord]] = {}
+        for r in recs:
+            groups.setdefault((self._api_address(r), str(_sch(r)["submission_id"])), []).append(r)
+        out = {}
+        for (url, sid), members in groups.items():
+            job = state_api.submitted_job(url, sid)
+            if job is None:
+                session = state_api.session_name(url) or ""
+                patches = {r.run_id: lost_session_verdict(r, _sch(r), session) for r in members}
+            else:
+                patches = {r.run_id: driver_job_verdict(r, job) for r in members}
+            for run_id, patch in patches.items():
+                if patch and not self.store.load(run_id, problems=[]).state.is_terminal():
+                    out[run_id] = patch
+        return out
+
+    def _ask_tasks(self, recs: list[RunRecord]) -> dict[str, dict[str, Any]]:
         groups: dict[tuple[str, str], list[tuple[RunRecord, str]]] = {}
         for r in recs:
             sch = r.execution.scheduler if r.execution else {}
@@ -201,8 +315,13 @@ class RayBackend(Backend):
             groups.setdefault(key, []).append((r, str(sch["task_id"])))
         out = {}
         for (url, job_id), members in groups.items():
-            tasks = state_api.latest_tasks(url, job_id, [tid for _, tid in members])
             owner = state_api.driver_job(url, job_id) if job_id else None
+            if owner is not None and job_status(owner) in JOB_ALIVE:
+                # a live runrec driver gives its runs' verdicts itself (as their owner)
+                members = [(r, tid) for r, tid in members if not is_detached(r)]
+            if not members:
+                continue
+            tasks = state_api.latest_tasks(url, job_id, [tid for _, tid in members])
             session = None
             for r, tid in members:
                 t = tasks.get(tid)
@@ -225,32 +344,63 @@ class RayBackend(Backend):
 
     # -- cancel ----------------------------------------------------------------------------
 
-    def cancel(self, rec: RunRecord) -> None:
+    def cancel(self, rec: RunRecord, by: str | None = None) -> None:
+        """Cancel as the owner (``ray.cancel``), through the run's live runrec driver (a
+        request in the store), or else without the owner (its worker killed, or recorded
+        before it starts). ``by``: who asked (default: this user)."""
         if self.store.load(rec.run_id, problems=[]).state.is_terminal():
             return  # it ended first; its own record stands
         ref = driver.held_ref(rec.run_id)
-        how = "ray.cancel(force=True)"
+        note = ""
+        if ref is None and is_detached(rec):
+            note = self._cancel_through_driver(rec)
+            if not note:
+                return  # the driver recorded it
+            rec = self.store.load(rec.run_id, problems=[])
         if ref is not None:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception as exc:
-                raise BackendError(
-                    f"ray.cancel of run {rec.run_id} failed: {type(exc).__name__}: {exc}"
-                ) from exc
-            # write after the worker is gone: a command killed on the way is then recorded
-            # first as a bare "killed", which this "cancelled" refines (record.fold)
-            ready, _ = ray.wait([ref], timeout=10, fetch_local=False)
-            if ready:
-                driver.outcome(ref)  # consume it: Ray reports unread task errors at exit
-                driver.forget(rec.run_id)
+            how = self._cancel_owned(rec, ref)
         elif rec.process is None:
             how = (
                 "recorded before it started; its Ray task does nothing if it starts later (only "
-                "the submitting process can remove it from Ray's queue)"
+                "the task's owner can remove it from Ray's queue)"
             )
         else:
             how = self._kill_worker(rec)
-        self.record_cancel(rec, how)
+        self.record_cancel(rec, f"{how}; {note}" if note else how, by=by)
+
+    def _cancel_owned(self, rec: RunRecord, ref: Any) -> str:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception as exc:
+            raise BackendError(
+                f"ray.cancel of run {rec.run_id} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        # write after the worker is gone: a command killed on the way is then recorded
+        # first as a bare "killed", which this "cancelled" refines (record.fold)
+        ready, _ = ray.wait([ref], timeout=10, fetch_local=False)
+        if ready:
+            driver.outcome(ref)  # consume it: Ray reports unread task errors at exit
+            driver.forget(rec.run_id)
+        return "ray.cancel(force=True)"
+
+    def _cancel_through_driver(self, rec: RunRecord) -> str:
+        """Ask the run's runrec driver to cancel it (only the owner can ``ray.cancel``): a
+        request in the store, then wait for its record. "": done; else why not (the caller
+        then cancels without the owner, and says so)."""
+        sid = str(_sch(rec)["submission_id"])
+        try:
+            job = state_api.submitted_job(self._api_address(rec), sid)
+        except BackendError as exc:
+            return f"its runrec driver {sid} could not be asked ({exc})"
+        if job is None or job_status(job) not in JOB_ALIVE:
+            return f"its runrec driver {sid} is {job_status(job) if job else 'unknown to Ray'}"
+        request_cancel(self.store, rec.run_id)
+        end = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < end:
+            if self.store.load(rec.run_id, problems=[]).state.is_terminal():
+                return ""
+            time.sleep(0.2)
+        return f"its runrec driver {sid} did not carry it out within {CANCEL_WAIT_S:g} s"
 
     def _kill_worker(self, rec: RunRecord) -> str:
         """Ray lets only the owner cancel a task; from another process, kill the run's worker
@@ -283,9 +433,34 @@ class RayBackend(Backend):
     def describe_pending(self, rec: RunRecord) -> str:
         sch = rec.execution.scheduler if rec.execution else {}
         tid = sch.get("task_id")
+        if not tid and sch.get("submission_id"):
+            sid = sch["submission_id"]
+            try:
+                job = state_api.submitted_job(self._api_address(rec), str(sid))
+            except BackendError as exc:
+                return f"its runrec driver (Ray job {sid}) could not be asked: {exc}"
+            status = job_status(job) if job is not None else "not known to Ray Jobs yet"
+            return f"its runrec driver (Ray job {sid}, {status}) has not launched its task yet"
         if not tid:
             return "it has no Ray task id yet"
         return state_api.describe_pending_task(self._api_address(rec), str(tid))
+
+
+def _sch(rec: RunRecord) -> dict[str, Any]:
+    return rec.execution.scheduler if rec.execution else {}
+
+
+def request_cancel(store: Store, run_id: str) -> None:
+    """Ask the run's runrec driver to cancel it: a version under execution.scheduler, which
+    the driver notices within a second (``jobdriver.carry_out_cancel``)."""
+    req = {
+        "by": current_user(),
+        "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    patch = {"execution": {"scheduler": {"cancel_requested": req}}}
+    store.write_version(run_id, "cancel-request", patch, role="backend")
 
 
 def _strategy(value: Any) -> Any:
@@ -303,17 +478,6 @@ def _strategy(value: Any) -> Any:
         f"ray_scheduling_strategy={value!r}: use 'DEFAULT', 'SPREAD' or {{'node_id': ID, 'soft': False}} "
         "(plain values, so the record can keep them)."
     )
-
-
-def _resource_dict(value: Any, what: str) -> dict[str, float]:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-        for k, v in value.items()
-    ):
-        raise ConfigError(
-            f"{what} must map resource names to amounts, e.g. {{'hwclass-a100': 1}}; got {value!r}."
-        )
-    return {k: float(v) for k, v in value.items()}
 
 
 def _resource_dict(value: Any, what: str) -> dict[str, float]:

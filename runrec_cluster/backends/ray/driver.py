@@ -130,8 +130,8 @@ def forget(run_id: str) -> None:
     _REF_STORE.pop(run_id, None)
 
 
-def outcome(ref: Any) -> tuple[str, str, str]:
-    """(word, message, traceback) for a finished ObjectRef this process owns."""
+def outcome(ref: Any, owner: str = "the submitting process") -> tuple[str, str, str]:
+    """(word, message, traceback) for a finished ObjectRef this process (``owner``) owns."""
     try:
         ray.get(ref, timeout=0)
     except Exception as exc:
@@ -142,7 +142,7 @@ def outcome(ref: Any) -> tuple[str, str, str]:
             # the task raised before the job recorded anything: the traceback is Ray's text
             msg = f"the Ray task raised before the job recorded its end: {lines[-1].strip()}"
             return word, msg, text
-        return word, f"Ray raised {type(exc).__name__} in the submitting process: {clip(text)}", ""
+        return word, f"Ray raised {type(exc).__name__} in {owner}: {clip(text)}", ""
     return "FINISHED", "the Ray task returned", ""
 
 

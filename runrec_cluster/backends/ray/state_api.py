@@ -75,6 +75,19 @@ def driver_job(url: str, job_id: str) -> Any:
     return jobs[0] if jobs else None
 
 
+def submitted_job(url: str, submission_id: str) -> Any:
+    """The Ray Jobs job with this submission id (a runrec driver: status, end, message), or
+    None when the cluster does not know it (yet). Raises BackendError when it cannot ask."""
+    jobs = api(
+        "list_jobs",
+        url,
+        filters=[("submission_id", "=", submission_id)],
+        detail=True,
+        raise_on_missing_output=False,
+    )
+    return jobs[0] if jobs else None
+
+
 def session_name(url: str) -> str | None:
     """The session the cluster at dashboard ``url`` runs now (a restart starts a new one)."""
     if "://" not in url or not url.startswith("http"):

@@ -206,3 +206,44 @@ def plain(text: str) -> str:
 def clip(text: str, n: int = 2000) -> str:
     """At most ``n`` characters, "..." marking a cut."""
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+# Ray Jobs statuses (JobStatus) of a runrec driver job: alive, or over
+JOB_ALIVE = frozenset({"PENDING", "RUNNING"})
+JOB_OVER = frozenset({"STOPPED", "SUCCEEDED", "FAILED"})
+
+
+def job_status(job: Any) -> str:
+    """A Ray Jobs status (a JobStatus enum or its text) as its plain word, e.g. "RUNNING"."""
+    status = getattr(job, "status", job)
+    return str(getattr(status, "value", status) or "").rsplit(".", 1)[-1]
+
+
+def driver_job_verdict(rec: RunRecord, job: Any) -> dict[str, Any] | None:
+    """A patch for a detached run whose runrec driver job (Ray Jobs: ``job``, a JobDetails)
+    ended before it launched the run's task; None while the driver is alive (it will launch
+    the task and give the verdict itself)."""
+    status = job_status(job)
+    if status in JOB_ALIVE:
+        return None
+    if status not in JOB_OVER:
+        return unknown_state_patch(
+            rec,
+            "scheduler",
+            f"the runrec driver (Ray job {getattr(job, 'submission_id', '?')}) has status "
+            f"{status!r}, which runrec does not know; left as unknown",
+        )
+    sid = getattr(job, "submission_id", "") or "?"
+    said = plain(str(getattr(job, "message", "") or "")).strip()
+    cause = FailureCause.KILLED if status == "STOPPED" else FailureCause.INFRASTRUCTURE
+    message = (
+        f"the runrec driver (Ray job {sid}) ended {status} before it launched this run's Ray "
+        f"task" + (f": {clip(said, 500)}" if said else "") + f". Its log: `ray job logs {sid}`"
+    )
+    failure = Failure(
+        cause=cause, type=f"Driver{status.title()}", message=message, source="scheduler"
+    )
+    ended = ms_time(getattr(job, "end_time", None))
+    patch = end_patch(failure, source="scheduler", ended_at=ended)
+    patch["execution"] = {"scheduler": {"ray_outcome": f"JOB_{status}"}}
+    return patch

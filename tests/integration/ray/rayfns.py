@@ -32,3 +32,15 @@ def hog_memory():
 
 def cwd():
     return os.getcwd()
+
+
+def case(kind):
+    """One unattended-test case by name: "ok" returns, "raise" raises, "crash" kills the
+    worker, anything else sleeps (until cancelled)."""
+    if kind == "ok":
+        return 5
+    if kind == "raise":
+        raise ValueError("bad value, on purpose")
+    if kind == "crash":
+        os._exit(1)
+    time.sleep(300)

@@ -57,9 +57,11 @@ _DRIVER = textwrap.dedent(
     """
     import os, signal, sys, time
     import runrec_cluster as rr
-    ex = rr.Executor(backend="ray", store=sys.argv[1], cwd=sys.argv[2], ray_resources={"runrec-general": 1})
+    ex = rr.Executor(backend="ray", store=sys.argv[1], cwd=sys.argv[2], ray_resources={"runrec-general": 1},
+                     ray_detached=False)
     h = ex.submit(time.sleep, 300)
-    never = rr.Executor(backend="ray", store=sys.argv[1], cwd=sys.argv[2], ray_accelerator_type="H100").submit(time.sleep, 1)
+    never = rr.Executor(backend="ray", store=sys.argv[1], cwd=sys.argv[2], ray_accelerator_type="H100",
+                        ray_detached=False).submit(time.sleep, 1)
     print(h.run_id, never.run_id, flush=True)
     while h.state != rr.RunState.RUNNING:
         time.sleep(0.1)
@@ -101,7 +103,10 @@ def early(tmp_path_factory, ray_cluster):
         "oom": ray_ex(store, d, ray_resources={"oom-test": 1}).submit(rayfns.hog_memory),
         "timeout": ray_ex(store, d, timeout_min=0.05).submit(jobfns.sleep_then, 300),
         # only another process checks this one (in a store of its own, so that it sees no other)
-        "crash_elsewhere": ray_ex(rr.Store(d / "store2"), d).submit(rayfns.crash, 1),
+        # (attached: a detached run's driver would give the verdict at once)
+        "crash_elsewhere": ray_ex(rr.Store(d / "store2"), d, ray_detached=False).submit(
+            rayfns.crash, 1
+        ),
         # submitting processes that exit, and that are killed (-9), with runs open
         "drivers_store": rr.Store(d / "store3"),
         "client_store": rr.Store(d / "store4"),
@@ -127,9 +132,10 @@ def early(tmp_path_factory, ray_cluster):
 
 
 def test_task_records_ray_ids_and_node_facts(store, tmp_path, ray_cluster, early):
+    """Attached (the submitter is the driver); the detached ids: test_unattended_ray.py."""
     import ray
 
-    h = ray_ex(store, tmp_path).submit(jobfns.add, 2, b=3)
+    h = ray_ex(store, tmp_path, ray_detached=False).submit(jobfns.add, 2, b=3)
     assert h.result(timeout=60) == 5
     rec = h.record()
     sch = rec.execution.scheduler
@@ -234,6 +240,11 @@ def test_hardware_mismatch_is_recorded(store, project, ray_cluster):
 
 def test_class_no_node_has_stays_pending_and_says_why(store, project):
     h = ray_ex(store, project, hardware="h100").submit(jobfns.add, 1)
+    wait_for(
+        "the runrec driver to launch the task",
+        lambda: h.record().execution.scheduler.get("task_id"),
+        timeout=60,
+    )
     with pytest.raises(rr.JobTimeout) as info:
         h.wait(timeout=5)
     msg = str(info.value)
@@ -312,10 +323,11 @@ def test_cancel_a_running_command_ends_the_command(store, tmp_path):
 
 
 def test_cancel_from_another_process_kills_the_worker_and_its_command(store, tmp_path):
-    """`runrec cancel` cannot ray.cancel a task it does not own: it kills the run's worker with
-    a task pinned to the node; the command the worker ran goes with it."""
+    """Attached: `runrec cancel` cannot ray.cancel a task it does not own: it kills the run's
+    worker with a task pinned to the node; the command the worker ran goes with it. (A
+    detached run's driver cancels it: test_unattended_ray.py.)"""
     pidfile = tmp_path / "pid"
-    h = ray_ex(store, tmp_path).submit_command(
+    h = ray_ex(store, tmp_path, ray_detached=False).submit_command(
         ["bash", "-c", f"echo $$ > {pidfile}; exec sleep 300"]
     )
     wait_for("the command to start", lambda: pidfile.exists() and pidfile.read_text().strip())
