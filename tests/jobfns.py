@@ -80,3 +80,34 @@ def rank_info():
     rank = int(os.environ.get("SLURM_PROCID", "0"))
     rr.current_run().log_metrics({"rank0_only": 1.0} if rank == 0 else {"from_rank": float(rank)})
     return {"rank": rank, "node": os.environ.get("SLURMD_NODENAME")}
+
+
+def write_dir_artifact(d):
+    """A directory artifact of three files in two folders (test_artifacts_kept.py)."""
+    import runrec_cluster as rr
+
+    os.makedirs(os.path.join(d, "sub"), exist_ok=True)
+    for rel, text in (("a.txt", "alpha"), ("b.txt", "beta"), (os.path.join("sub", "c.txt"), "c")):
+        with open(os.path.join(d, rel), "w") as f:
+            f.write(text * 100)
+    rr.current_run().log_artifact(d, name="ckpt")
+    return 1
+
+
+def determinism_job(import_torch):
+    """What this job process sees (the test's ground truth), after importing the fake torch of
+    test_determinism.py when asked: returns the values the record must hold."""
+    import sys
+
+    out = {
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED"),
+        "hash_randomization": bool(sys.flags.hash_randomization),
+    }
+    if import_torch:
+        import torch
+
+        torch.backends.cudnn.deterministic = True
+        out["cudnn.deterministic"] = torch.backends.cudnn.deterministic
+        out["num_threads"] = torch.get_num_threads()
+    return out

@@ -12,17 +12,19 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from runrec_cluster.capture.data import Dataset, DatasetCache, algo_of, hash_path
+from runrec_cluster.capture.data import Dataset, DatasetCache, HashResult, algo_of, hash_path
 from runrec_cluster.capture.redact import check_printable
 from runrec_cluster.errors import (
     AmbiguousRunId,
     ConfigError,
+    DatasetError,
     LineageError,
     PromotionError,
     RecordNotFound,
+    StoreError,
 )
-from runrec_cluster.record import InputRef
-from runrec_cluster.store import Store, codec, fs, layout
+from runrec_cluster.record import ArtifactRef, InputRef
+from runrec_cluster.store import Store, codec, fs, kept, layout
 from runrec_cluster.store.promoted import copy_path, find_promotion
 
 
@@ -128,10 +130,13 @@ def resolve_artifact_input(
     store: Store, ref: str, *, added_by: str = "submit", progress: Any = None
 ) -> InputRef:
     """The input an ``rr.Artifact`` stands for: the producing run's recorded digest, checked
-    against the file as it is now (refused if the run, the artifact or the file is gone, or the
-    file changed since)."""
+    against the file as it is now; when that file is gone or changed since, a run's artifact
+    resolves to its kept copy in the store (``kept_copy``: ``.path`` is then that copy). Refused
+    if the run or the artifact is unknown, or neither the file nor a kept copy holds the
+    recorded content."""
     p = parse_artifact_ref(ref)
     label = f"rr.Artifact({ref!r})"
+    art: ArtifactRef | None = None  # a run's artifact (not a promoted version)
     if p.promoted is not None:
         try:
             entry = find_promotion(store, p.promoted, p.version)
@@ -167,18 +172,31 @@ def resolve_artifact_input(
         promoted = None
         where = f"artifact {art.name!r} of run {rec.run_id}"
         fix = f"Rerun {rec.run_id[:12]}, or pass the file as rr.Dataset({path!r}) to record it as a plain dataset."
+    problem = ""
     if not os.path.exists(path):
-        raise LineageError(
-            f"{label}: {where} was recorded at {path}, which no longer exists. {fix}"
+        problem = f"{where} was recorded at {path}, which no longer exists"
+    else:
+        now = hash_input(
+            store,
+            Dataset(path),
+            added_by=added_by,
+            progress=progress,
+            algo=algo_of(recorded_digest),
         )
-    now = hash_input(
-        store, Dataset(path), added_by=added_by, progress=progress, algo=algo_of(recorded_digest)
-    )
-    if now.digest != recorded_digest:
-        raise LineageError(
-            f"{label}: {where} changed since it was recorded: {path} hashes to {now.digest}, "
-            f"the record says {recorded_digest}. {fix}"
-        )
+        if now.digest != recorded_digest:
+            problem = (
+                f"{where} changed since it was recorded: {path} hashes to {now.digest}, the "
+                f"record says {recorded_digest}"
+            )
+    if problem and art is not None:  # a run's artifact: its kept copy, when intact
+        found, why = kept_copy(store, art)
+        if found is None:
+            problem += f"; {why}"
+        else:
+            problem = ""
+            now = hash_input(store, Dataset(found[0]), added_by=added_by, algo=algo_of(art.digest))
+    if problem:
+        raise LineageError(f"{label}: {problem}. {fix}")
     return InputRef(
         kind="artifact",
         path=now.path,
@@ -192,6 +210,27 @@ def resolve_artifact_input(
         artifact=art_name,
         promoted=promoted,
     )
+
+
+def kept_copy(store: Store, art: ArtifactRef) -> tuple[tuple[str, HashResult] | None, str]:
+    """The kept copy of a run's artifact (``log_artifact``; found by the recorded digest: the
+    store keeps one copy per content, whichever run kept it) and its hash, when it is there and
+    intact; else (None, why not). Promote and ``rr.Artifact`` use it when the file the run wrote
+    changed or vanished."""
+    try:
+        path = kept.kept_file(store.root, art.digest)
+        if path is None:
+            why = art.not_kept or "the run kept no copy (its record has none)"
+            return None, f"no kept copy ({why})"
+        layout.inside(store.root, path, StoreError)
+        res, _ = hash_path(path, algo=algo_of(art.digest))
+    except (DatasetError, StoreError) as exc:
+        return None, f"its kept copy cannot be read ({exc})"
+    if res.digest != art.digest:
+        return None, (
+            f"its kept copy {path} is damaged (hashes to {res.digest}); run `runrec fsck`"
+        )
+    return (path, res), "intact"
 
 
 class Artifact:

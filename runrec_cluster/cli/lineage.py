@@ -208,6 +208,11 @@ def promote_cmd(store_path, run, artifact, to, criteria, approved_by):  # type: 
     copy = os.path.join(store.root, "promoted", p.name, f"v{p.version}", p.files)
     c.print(f"promoted artifact {esc(p.artifact)} of run {p.run_id} as [bold]{p.ref}[/bold]")
     c.print(f"  copy: {esc(copy)} (read-only)")
+    if p.from_kept:
+        c.print(
+            f"  from: the run's kept copy {esc(os.path.join(store.root, p.from_kept))} "
+            f"({esc(p.source_path)} changed or is gone since the run)"
+        )
     c.print(f"  digest: {p.digest}")
     if p.criteria:
         vals = ", ".join(f"{k} = {v}" for k, v in p.values.items())

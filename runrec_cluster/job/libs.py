@@ -37,10 +37,11 @@ from typing import Any
 
 import msgspec.structs
 
+from runrec_cluster.capture import determinism
 from runrec_cluster.capture import node as nodecap
 from runrec_cluster.capture.maps import ExitMaps, MapsSampler, read_exit_maps, read_maps
 from runrec_cluster.job import maps_site
-from runrec_cluster.record import LibSampling, NodeInfo, RuntimeLibs, to_patch
+from runrec_cluster.record import Determinism, LibSampling, NodeInfo, RuntimeLibs, to_patch
 from runrec_cluster.store import Store
 
 COMMAND_METHOD = "/proc/PID/maps of the command's process tree (its descendants and session)"
@@ -88,6 +89,7 @@ class RunLibs:
         self.function = False
         self.not_sampled = "the user's code did not start"
         self.exit_dir: str | None = None  # where a Python command writes its maps at exit
+        self.command_env: Mapping[str, str] | None = None  # the environment a command got
         self.baseline: frozenset[str] = frozenset()  # mapped before the user's code started
         # early versions: a Store of their own (its journal is not shared with other threads)
         self._early = (Store(early[0].root, fsync=early[0].fsync), early[1]) if early else None
@@ -102,6 +104,7 @@ class RunLibs:
         its ``PYTHONPATH`` in ``env``, unless off (``RUNREC_MAPS_HOOK=0``) or impossible (no
         writable temporary directory: the run goes on without it). Call it before any other
         ``sitecustomize`` is put first (argparse capture's chains to this one)."""
+        self.command_env = env  # its determinism variables, read at the end
         if not hook_enabled(env):
             return
         try:
@@ -183,7 +186,21 @@ class RunLibs:
         finally:
             if got:
                 self._writing.release()
-        return self.node_patch(msgspec.structs.replace(self.node, runtime=runtime))
+        return self.node_patch(
+            msgspec.structs.replace(self.node, runtime=runtime, determinism=self.determinism())
+        )
+
+    def determinism(self) -> Determinism | None:
+        """The determinism facts of the user's code (``capture.determinism``): this process's
+        for a function, the command's environment for a command; None when it never started."""
+        try:
+            if self.function:
+                return determinism.capture(os.environ, command=False)
+            if self.command_env is not None:
+                return determinism.capture(self.command_env, command=True)
+        except Exception as exc:  # never lose the outcome for these facts
+            return Determinism(unknown={"all": f"capture failed: {type(exc).__name__}: {exc}"})
+        return None
 
     def _grew(self, libs: set[str]) -> None:
         """In the sampler's thread: the sampled set grew; beyond what the job process had

@@ -6,6 +6,9 @@
 2. the criteria (``criteria.py``: the ``--where`` expression language) are evaluated against
    the run's recorded metrics;
 3. the artifact is re-hashed where the run wrote it and must still match its recorded digest;
+   when that file changed or vanished (a rerun wrote the same path), the run's kept copy
+   (``store/kept.py``, found by the recorded digest) is re-hashed instead and, intact, is what
+   gets copied: the promotion record says so (``Promotion.from_kept``);
 4. a version number is taken without any lock: ``os.mkdir(promoted/NAME/vN)`` fails when
    another promoter took N first, and the next number is tried (atomic on local disks and NFS);
 5. the artifact is copied to ``promoted/NAME/vN/files/``, the copy is hashed again, and made
@@ -27,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from runrec_cluster.capture.data import HashResult, algo_of, hash_path
+from runrec_cluster.capture.inputs import kept_copy
 from runrec_cluster.capture.proc import current_user
 from runrec_cluster.errors import DatasetError, PromotionError, StoreError
 from runrec_cluster.lineage import criteria as crit
@@ -54,14 +58,32 @@ class Check:
 
 
 def verify(store: Store, name: str, version: int | None = None) -> list[Check]:
-    """Re-hash promoted copies: every version of ``name``, or one."""
+    """Re-hash promoted copies: every version of ``name``, or one. A copy that is not intact
+    says where an intact copy of the same content is kept, when the store has one."""
     entries = [e for e in list_promotions(store, name) if version in (None, e.version)]
     if not entries:
         raise PromotionError(
             f"no promoted version {name}{f'@v{version}' if version else ''} in {store.root}. "
             "List them with `runrec promoted`."
         )
-    return [_check(store, e) for e in entries]
+    out = []
+    for e in entries:
+        c = _check(store, e)
+        if not c.intact and e.promotion is not None:
+            c.message += _kept_hint(store, e.promotion)
+        out.append(c)
+    return out
+
+
+def _kept_hint(store: Store, p: Promotion) -> str:
+    ref = ArtifactRef(name=p.artifact, path=p.source_path, digest=p.digest, size=p.size)
+    found, _why = kept_copy(store, ref)
+    if found is None:
+        return ""
+    return (
+        f"; the run's kept copy of the same content is intact at {found[0]}: promote "
+        f"{p.run_id[:12]} {p.artifact} again to make a new version from it"
+    )
 
 
 def _check(store: Store, e: VersionEntry) -> Check:
@@ -123,11 +145,11 @@ def promote(
                 + "; ".join(outcome.failed)
                 + ". Nothing was promoted."
             )
-    now = _rehash(rec.run_id, art)
+    src, now, from_kept = _source(store, rec.run_id, art)
     version, vdir = _claim_version(store, to)
     try:
         rel = os.path.join(ll.FILES_DIR, ll.copy_name(art.path))
-        ro = _copy_read_only(store, rec.run_id, art, now.manifest, os.path.join(vdir, rel))
+        ro = _copy_read_only(store, rec.run_id, art, src, now.manifest, os.path.join(vdir, rel))
         promotion = Promotion(
             name=to,
             version=version,
@@ -140,6 +162,7 @@ def promote(
             is_dir=art.is_dir,
             source_path=art.path,
             files=rel,
+            from_kept=from_kept,
             criteria=criteria,
             values=outcome.values if outcome else {},
             approved_by=approved_by or current_user(),
@@ -188,43 +211,54 @@ def _promotable_artifact(store: Store, rec: RunRecord, artifact: str) -> Artifac
     return arts[-1]
 
 
-def _rehash(rid: str, art: ArtifactRef) -> HashResult:
-    """The artifact hashed again where the run wrote it; it must match the recorded digest."""
+def _source(store: Store, rid: str, art: ArtifactRef) -> tuple[str, HashResult, str | None]:
+    """Where the artifact is copied from, hashed: the path the run wrote when it still holds
+    the recorded digest, else the run's kept copy (third item: its place in the store) when that
+    one is intact; ``PromotionError`` saying both when neither is."""
     src = art.path
+    algo = algo_of(art.digest)
     if not os.path.exists(src):
-        raise PromotionError(
-            f"artifact {art.name!r} of run {rid} is gone: {src} does not exist. Nothing was "
-            "promoted; rerun the run to produce it again."
+        problem = f"is gone: {src} does not exist"
+    else:
+        try:
+            now, _ = hash_path(src, algo=algo)
+        except DatasetError as exc:
+            raise PromotionError(
+                f"cannot re-hash artifact {art.name!r} of run {rid}: {exc}"
+            ) from None
+        if now.digest == art.digest:
+            return src, now, None
+        problem = (
+            f"changed since the run recorded it: {src} hashes to {now.digest}, the run recorded "
+            f"{art.digest}"
         )
-    try:
-        now, _ = hash_path(src, algo=algo_of(art.digest))
-    except DatasetError as exc:
-        raise PromotionError(f"cannot re-hash artifact {art.name!r} of run {rid}: {exc}") from None
-    if now.digest != art.digest:
-        raise PromotionError(
-            f"artifact {art.name!r} of run {rid} changed since the run recorded it: {src} hashes "
-            f"to {now.digest}, the run recorded {art.digest}. Nothing was promoted; rerun to "
-            "produce a recorded artifact."
-        )
-    return now
+    found, why = kept_copy(store, art)
+    if found is not None:
+        return found[0], found[1], ll.kept_rel(art.digest)
+    raise PromotionError(
+        f"artifact {art.name!r} of run {rid} {problem}; {why}. Nothing was promoted; rerun to "
+        "produce a recorded artifact."
+    )
 
 
 def _copy_read_only(
     store: Store,
     rid: str,
     art: ArtifactRef,
+    src: str,
     manifest: list[tuple[str, int, str]] | None,
     dest: str,
 ) -> perms.Policy:
-    """Copy the artifact to ``dest`` (under the claimed version's ``files/``), check the copy's
-    hash, and make ``files/`` read-only; returns the store's permission policy."""
+    """Copy the artifact from ``src`` (where the run wrote it, or its kept copy) to ``dest``
+    (under the claimed version's ``files/``), check the copy's hash, and make ``files/``
+    read-only; returns the store's permission policy."""
     files = os.path.dirname(dest)
     fs.mkdir(files)  # the store's group and mode, as every mkdir
-    _copy(store, art.path, dest, manifest)
+    _copy(store, src, dest, manifest)
     copied, _ = hash_path(dest, algo=algo_of(art.digest))
     if copied.digest != art.digest:
         raise PromotionError(
-            f"artifact {art.name!r} of run {rid} changed while it was copied ({art.path} now "
+            f"artifact {art.name!r} of run {rid} changed while it was copied ({src} now "
             f"hashes to {copied.digest}, the run recorded {art.digest}). Nothing was promoted."
         )
     ro = perms.policy_for(store.root)  # read-only, readable by whom the store's settings say

@@ -122,6 +122,19 @@ def _rerun(c: Any, rec: RunRecord, rerun_of: str) -> None:
         for d in rr_info.intended:
             _kv(c, "intended", f"{d.what}: {d.before!r} -> {d.after!r}")
         _kv(c, "pinned", ", ".join(f"{k}={v!r}" for k, v in rr_info.pinned.items()))
+        env = rr_info.env
+        if env is not None and env.mode == "recorded":
+            how = "built" if env.built else "reused from the cache"
+            _kv(c, "environment", f"recorded, {how} ({env.build_s}s): {env.dir}")
+            missing = ", ".join(f"{n}=={v}" for n, v in env.missing.items())
+            _kv(c, "left out", missing or None)
+        elif env is not None:
+            _kv(c, "environment", "current (declared)")
+    rep = rec.reproduction
+    if rep is not None:
+        ok = "reproduced" if rep.verdict in ("bit-identical", "within-rtol") else "NOT reproduced"
+        ok = "NOT reproduced" if rep.artifacts == "different" else ok
+        _kv(c, "verdict", f"{ok}: metrics {rep.verdict}, artifacts {rep.artifacts}")
     c.print(f"  compare: runrec diff {rerun_of[:12]} {rec.run_id[:12]}")
 
 
@@ -274,6 +287,12 @@ def _node(c: Any, n: NodeInfo, ranked: bool, launch: EnvInfo | None = None) -> N
             _kv(c, "loaded", lib)
         _kv(c, "libraries sampled", sampling_line(n.runtime.sampling))
     _kv(c, "features", ", ".join(n.features))
+    d = n.determinism
+    if d is not None:
+        env = ", ".join(f"{k}={v}" for k, v in d.env.items() if v is not None)
+        _kv(c, "determinism env", env or f"none of the {len(d.env)} watched variables set")
+        _kv(c, "determinism", ", ".join(f"{k}={v}" for k, v in d.settings.items()))
+        _kv(c, "determinism unknown", "; ".join(f"{k}: {v}" for k, v in d.unknown.items()))
     if n.interpreter is not None:
         _kv(c, "interpreter", interpreter_line(n.interpreter))
     if n.python_executable or n.python_version:
@@ -361,6 +380,10 @@ def _outcome(c: Any, rec: RunRecord, promoted: list[Any] | None) -> None:
             c.print(
                 f"  [bold]{escape(a.name)}[/bold]: {escape(a.path)}  {a.digest}  ({a.size} bytes)"
             )
+            if a.kept:
+                c.print(f"    kept: {escape(a.kept)} ({escape(a.kept_how)}; read-only)")
+            elif a.not_kept:
+                c.print(f"    not kept: {escape(a.not_kept)}")
     if promoted:
         _section(c, "Promoted")
         for p in promoted:

@@ -354,6 +354,7 @@ def test_promotion_refused_on_failed_run_and_missing_artifact(copy):
 def test_promotion_refused_on_changed_artifact(copy, tmp_path, monkeypatch):
     s = copy.store
     monkeypatch.chdir(copy.work)
+    monkeypatch.setenv("RUNREC_KEEP_ARTIFACTS_MAX_MB", "0")  # no kept copy to fall back on
     out = tmp_path / "m.json"
     h = rr.Executor(backend="local", store=s).submit(
         lineage_jobs.train, copy.data, str(out), 0.99, 0.1
@@ -362,7 +363,7 @@ def test_promotion_refused_on_changed_artifact(copy, tmp_path, monkeypatch):
     out.write_text('{"weights": "edited by hand"}')
     r = cli(s, "promote", h.run_id, "model", "--to", "edited")
     assert r.returncode == 1 and "changed since the run recorded it" in r.stderr
-    assert "Nothing was promoted" in r.stderr
+    assert "Nothing was promoted" in r.stderr and "no kept copy (keeping copies is off" in r.stderr
     # the same check guards artifacts used as inputs
     with pytest.raises(rr.LineageError, match="changed since it was recorded"):
         rr.Executor(backend="local", store=s).submit(
