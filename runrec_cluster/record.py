@@ -176,6 +176,13 @@ class ArtifactRef(Base, frozen=True, kw_only=True):
     file_count: int = 1
     is_dir: bool = False
     logged_at: datetime | None = None
+    # the kept copy (written by ``log_artifact``, job/artifacts.py; docs/store-layout.md): its
+    # place relative to the store, ``artifacts/objects/<algo>/<aa>/<hex>`` (a file) or
+    # ``artifacts/trees/<algo>-tree/<aa>/<hex>`` (a directory); None: not kept (``not_kept``)
+    kept: str | None = None
+    kept_how: str = ""  # "reflink" | "copy" | "existing" (kept already); a directory: "+"-joined
+    manifest_blob: str | None = None  # a kept directory: msgpack [(relpath, size, digest)]
+    not_kept: str | None = None  # why no copy was kept (over keep_artifacts_max_mb, disabled, ...)
 
 
 class Interpreter(Base, frozen=True, kw_only=True):
@@ -266,6 +273,18 @@ class RuntimeLibs(Base, frozen=True, kw_only=True):
     sampling: LibSampling | None = None  # how and when the libraries above were seen
 
 
+class Determinism(Base, frozen=True, kw_only=True):
+    """What decides whether the user's code repeats bit for bit, as the job saw it when the
+    user's code ended (capture/determinism.py). Nothing is guessed: what cannot be known is in
+    ``unknown`` with the reason, and no library is ever imported to ask it."""
+
+    env: dict[str, str | None] = {}  # every watched variable: its value; None: unset
+    env_source: str = ""  # whose environment ("the job process", "the command's environment")
+    settings: dict[str, Any] = {}  # "torch.backends.cudnn.deterministic": true, ...
+    unknown: dict[str, str] = {}  # a library or a setting -> why it is not known
+    captured_at: datetime | None = None
+
+
 class NodeInfo(Base, frozen=True, kw_only=True):
     hostname: str
     rank: int = 0
@@ -293,6 +312,9 @@ class NodeInfo(Base, frozen=True, kw_only=True):
     # python_version, packages_blob and package_drift above describe it, not runrec's job).
     interpreter: Interpreter | None = None
     job_python: str = ""  # the runrec job process's own sys.executable, always
+    # determinism settings at the end of the user's code (the end version writes it; None in
+    # records from before it existed, and while the run goes on)
+    determinism: Determinism | None = None
 
 
 class Failure(Base, frozen=True, kw_only=True):
@@ -330,6 +352,55 @@ class Difference(Base, frozen=True, kw_only=True):
     note: str = ""
 
 
+class RerunEnv(Base, frozen=True, kw_only=True):
+    """The environment a rerun's job ran in (``runrec rerun --env``), written by the rerun.
+
+    ``mode`` "recorded": a virtual environment with the original's distributions and Python
+    version, built with uv (or reused from the cache: ``built`` False) under ``dir``; the job's
+    interpreter is ``python`` and its ``bin`` is first on the job's PATH. "current": the rerun
+    runs in today's environment, declared with ``--env current``."""
+
+    mode: Literal["recorded", "current"] = "current"
+    key: str | None = None  # sha256 hex of the package set: Python version + name==version lines
+    dir: str | None = None  # the recreated environment (mode "recorded")
+    python: str | None = None  # its interpreter: the job's, and a command's `python`
+    python_version: str | None = None
+    packages_blob: str | None = None  # msgpack {name: version} as the environment's Python lists it
+    source: str = ""  # which recorded package list was recreated ("node rank 0", "launch")
+    missing: dict[str, str] = {}  # recorded name -> version not installed (--allow-missing)
+    provided: dict[str, str] = {}  # recorded name -> what provides it instead
+    changed: dict[str, str] = {}  # --with name -> version (declared in ``intended`` too)
+    index: str | None = None  # the package index (None: uv's default, PyPI)
+    built: bool = False  # True: built for this rerun; False: reused from the cache
+    build_s: float | None = None  # seconds to build (or to find) it
+
+
+class MetricCheck(Base, frozen=True, kw_only=True):
+    """One metric of a reproduction check: the original's value ``a``, the rerun's ``b``."""
+
+    name: str
+    a: Any = None
+    b: Any = None
+    verdict: Literal["bit-identical", "within-rtol", "different", "missing"] = "different"
+    rel_diff: float | None = None  # |b - a| / |a| for numbers (None: not numbers, or a == 0)
+
+
+class Reproduction(Base, frozen=True, kw_only=True):
+    """The verdict of ``runrec rerun --check``: does this rerun reproduce ``of``? Written on the
+    rerun by the checking process once the rerun ended (a later check replaces it)."""
+
+    of: str  # the original run
+    verdict: Literal["bit-identical", "within-rtol", "different", "failed"] = "different"
+    rtol: float = 0.0
+    metrics: list[MetricCheck] = []
+    artifacts: Literal["identical", "different", "none"] = "none"
+    artifact_changes: list[str] = []  # "name: digest a -> digest b" (or missing on one side)
+    incidental: list[str] = []  # the incidental differences that could explain a difference
+    intended: list[str] = []  # the rerun's declared changes ("what: before -> after"), env aside
+    checked_at: datetime | None = None
+    by: str = ""
+
+
 class RerunInfo(Base, frozen=True, kw_only=True):
     """How a rerun was made (``runrec rerun``); the original is ``RunRecord.rerun_of``."""
 
@@ -340,6 +411,7 @@ class RerunInfo(Base, frozen=True, kw_only=True):
     code_dir: str | None = None  # where the code was materialized (worktree / directory)
     function_from: Literal["name", "pickle"] | None = None  # function runs: how fn was loaded
     by: str = ""
+    env: RerunEnv | None = None  # --env recorded / --env current (None: not asked, today's)
 
 
 class ResultRef(Base, frozen=True, kw_only=True):
@@ -395,6 +467,7 @@ class RunRecord(Base, frozen=True, kw_only=True):
     rerun_of: str | None = None  # the run this one reran (runrec rerun)
     rerun_root: str | None = None  # the first run of a chain of reruns
     rerun: RerunInfo | None = None
+    reproduction: Reproduction | None = None  # runrec rerun --check: the verdict on this rerun
 
     @property
     def node(self) -> NodeInfo | None:
@@ -659,6 +732,9 @@ class Promotion(Base, frozen=True, kw_only=True):
     is_dir: bool = False
     source_path: str  # where the run wrote it
     files: str  # the copy, relative to the version directory ("files/model.pt")
+    # the run's kept copy the promoted copy was made from (relative to the store), when the
+    # file at source_path had changed or vanished; None: copied from source_path
+    from_kept: str | None = None
     criteria: str | None = None
     values: dict[str, Any] = {}  # every metric the criteria named, as the run recorded it
     approved_by: str  # a person or a process; defaults to the promoting user

@@ -1,6 +1,6 @@
 """The one reader of runrec's settings: ``[tool.runrec]`` in ``pyproject.toml``, ``runrec.toml``
-and the ``RUNREC_*`` variables, for the store location, hardware classes, redaction rules and
-the directory of withheld secrets.
+and the ``RUNREC_*`` variables, for the store location, hardware classes, redaction rules, the
+directory of withheld secrets and the size limit of kept artifact copies.
 
 The rules, the same for every setting:
 
@@ -200,3 +200,80 @@ def _env_list(environ: Mapping[str, str], var: str, commas: bool) -> list[str]:
     if commas:
         return [s.strip() for s in raw.split(",") if s.strip()]
     return [raw]
+
+
+# -- kept copies of artifacts ---------------------------------------------------------------------
+
+KEEP_MAX_VAR = "RUNREC_KEEP_ARTIFACTS_MAX_MB"
+KEEP_MAX_KEY = "keep_artifacts_max_mb"
+KEEP_MAX_DEFAULT_MB = 100.0  # MiB; an artifact (a directory: all its files) up to this is kept
+
+
+def keep_artifacts_max_mb(cwd: str | None = None) -> float:
+    """Up to how many MiB (2**20 bytes) ``log_artifact`` keeps a copy of an artifact in the
+    store: ``$RUNREC_KEEP_ARTIFACTS_MAX_MB``, else ``keep_artifacts_max_mb`` of the config files
+    of ``cwd``, else ``KEEP_MAX_DEFAULT_MB``; 0 keeps none. ConfigError when it is not a number
+    >= 0, naming where it was set."""
+    raw = os.environ.get(KEEP_MAX_VAR, "").strip()
+    if raw:
+        try:
+            value: Any = float(raw)
+        except ValueError:
+            value = raw
+        return _check_mb(value, f"${KEEP_MAX_VAR}")
+    for path in find_config_files(cwd or os.getcwd()):
+        value = config_section(path, KEEP_MAX_KEY, "the artifact copy limit")
+        if value is not None:
+            return _check_mb(value, path)
+    return KEEP_MAX_DEFAULT_MB
+
+
+def _check_mb(value: Any, where: str) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not value >= 0 or value == float("inf"):
+        raise ConfigError(
+            f"{KEEP_MAX_KEY} = {value!r} in {where} is not a size in MiB. Write a number >= 0 "
+            f"(e.g. `{KEEP_MAX_KEY} = 100`; 0 keeps no copies), or remove it."
+        )
+    return float(value)
+
+
+# -- recreated environments (runrec rerun --env recorded) -------------------------------------------
+
+ENVS_DIR_VAR = "RUNREC_ENVS_DIR"
+PACKAGE_INDEX_VAR = "RUNREC_PACKAGE_INDEX"
+
+
+def envs_dir(store_root: str, cwd: str | None = None) -> str:
+    """Where recreated environments are cached, one directory per package-set hash:
+    ``$RUNREC_ENVS_DIR``, else ``envs_dir`` of the config files of ``cwd`` (relative to the
+    file), else ``STORE/envs``. It must be where the compute nodes see it (shared storage)."""
+    found = _directory_setting(
+        ENVS_DIR_VAR, "envs_dir", "the environment cache", "/shared/runrec-envs",
+        "a directory the nodes share", cwd,
+    )  # fmt: skip
+    return found or os.path.join(store_root, "envs")
+
+
+def package_index(cwd: str | None = None) -> tuple[str | None, str]:
+    """The package index a recreated environment installs from, and where that was said:
+    ``$RUNREC_PACKAGE_INDEX``, else ``package_index`` of the config files of ``cwd``, else
+    ``$UV_INDEX_URL``, else ``$PIP_INDEX_URL``; (None, "uv's default (PyPI)") when none is set."""
+    env = os.environ.get(PACKAGE_INDEX_VAR, "").strip()
+    if env:
+        return env, f"${PACKAGE_INDEX_VAR}"
+    for path in find_config_files(cwd or os.getcwd()):
+        value = config_section(path, "package_index", "the package index")
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(
+                f"package_index = {value!r} in {path} is not a URL. Write "
+                '`package_index = "https://pypi.org/simple"` (a PEP 503 index), or remove it.'
+            )
+        return value.strip(), path
+    for var in ("UV_INDEX_URL", "PIP_INDEX_URL"):
+        v = os.environ.get(var, "").strip()
+        if v:
+            return v, f"${var}"
+    return None, "uv's default (PyPI)"

@@ -167,8 +167,9 @@ def with_command_interpreter(
     command: Sequence[str],
     cwd: str | None,
     put_obj: Callable[[object], str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> EnvInfo:
     """``info`` (captured once for many runs) with ``interpreter`` the ``command``'s, resolved
-    here from ``cwd`` (a rerun of a command run)."""
-    interp, _ = interpreter.capture(command, cwd=cwd, put_obj=put_obj)
+    here from ``cwd`` (a rerun of a command run; ``environ``: with the PATH its job will have)."""
+    interp, _ = interpreter.capture(command, environ=environ, cwd=cwd, put_obj=put_obj)
     return msgspec.structs.replace(info, interpreter=interp)

@@ -25,6 +25,7 @@ from runrec_cluster.cli._common import (
     store_option,
 )
 from runrec_cluster.rerun import rerun, rerun_sweep
+from runrec_cluster.views import verdict
 from runrec_cluster.views.diff import Change, diff, relation, same_sections, to_json
 
 
@@ -75,14 +76,56 @@ def _short(v: Any, width: int = 60) -> str:
     type=click.Path(file_okay=False),
     help="Materialize the code here (default: STORE/worktrees/<id>).",
 )
+@click.option(
+    "--env",
+    "env",
+    type=click.Choice(["recorded", "current"]),
+    default=None,
+    help="recorded: run in a virtual environment with the original's distributions and Python "
+    "(built with uv, cached by package set); current: today's environment (declared).",
+)
+@click.option(
+    "--with",
+    "with_packages",
+    multiple=True,
+    metavar="PKG==VER",
+    help="Install this version into the recreated environment (declared; implies --env "
+    "recorded); repeatable.",
+)
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="--env recorded: build without the distributions the package index lacks (listed).",
+)
 @click.option("--wait", is_flag=True, help="Wait for the rerun(s) to end; exit 1 when one fails.")
-def rerun_cmd(
-    store_path, run, sweep, hardware, sets, backend, reason, allow_changed_inputs, workdir, wait
-):  # type: ignore[no-untyped-def]
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Wait, then judge and record whether the rerun reproduced the original (metrics, "
+    "artifacts); exit 1 when it did not.",
+)
+@click.option(
+    "--rtol",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="--check: metrics within this relative tolerance count as reproduced.",
+)
+def rerun_cmd(  # type: ignore[no-untyped-def]
+    store_path, run, sweep, hardware, sets, backend, reason, allow_changed_inputs, workdir,
+    env, with_packages, allow_missing, wait, check, rtol,
+):  # fmt: skip
     """Rerun RUN from its record (code, config, inputs) as a new run that points back to it:
-    runrec rerun RUN [--hardware CLASS] [--set key=value ...]   or   runrec rerun --sweep ID."""
+    runrec rerun RUN [--hardware CLASS] [--set key=value ...] [--env recorded [--with PKG==VER]]
+    [--check [--rtol X]]   or   runrec rerun --sweep ID."""
     if bool(run) == bool(sweep):
         raise click.UsageError("give a RUN, or --sweep ID (not both).")
+    if with_packages and env == "current":
+        raise click.UsageError(
+            "--with installs into the recreated environment: use --env recorded."
+        )
+    if rtol and not check:
+        raise click.UsageError("--rtol is the tolerance of --check: add --check.")
     store = open_store(store_path)
     c = console()
     err = console(stderr=True)
@@ -94,6 +137,9 @@ def rerun_cmd(
         allow_changed_inputs=allow_changed_inputs,
         workdir=workdir,
         echo=lambda m: err.print(esc(m)),
+        env=env,
+        with_packages=list(with_packages),
+        allow_missing=allow_missing,
     )
     handles = rerun_sweep(store, sweep, **kw) if sweep else [rerun(store, run, **kw)]
     for h in handles:
@@ -117,12 +163,19 @@ def rerun_cmd(
     if any(store.load(h.run_id).execution.backend == "ray" for h in handles) and not wait:  # type: ignore[union-attr]
         c.print("  (ray: waiting, since Ray stops a run when its submitting process exits)")
         wait = True
-    if wait:
+    if wait or check:
         bad = 0
         for h in handles:
             rec = h.wait()
             print_ended(c, rec)
             bad += rec.state.value != "succeeded"
+            if check:
+                orig_rec = store.load(rec.rerun_of or "")
+                rep = verdict.check(store, orig_rec, rec, rtol)
+                verdict.record_check(store, rec.run_id, rep)
+                for line in verdict.describe(rep):
+                    c.print(esc(line))
+                bad += not verdict.reproduced(rep) and rec.state.value == "succeeded"
         if bad:
             sys.exit(1)
 
@@ -139,8 +192,8 @@ def rerun_cmd(
     help="Also list package differences one by one (default: counted).",
 )
 def diff_cmd(store_path, a, b, as_json, show_all):  # type: ignore[no-untyped-def]
-    """Compare two runs: code, config, inputs, launch and node environment, hardware class,
-    scheduler resources, state, metrics. Each difference is labelled intended (declared when
+    """Compare two runs: code, config, inputs, launch and node environment, determinism
+    settings, hardware class, scheduler resources, state, metrics, artifacts. Each difference is labelled intended (declared when
     the rerun was made) or incidental."""
     store = open_store(store_path)
     ra, rb = load_one(store, a), load_one(store, b)

@@ -74,6 +74,9 @@ BASE_COLUMNS: tuple[str, ...] = (
     "hardware.match",
     "hardware.mismatches",
     "hardware.placement",
+    "reproduction",
+    "reproduced",
+    "reproduction.artifacts",
 )
 # Flags computed at query time from the retirement records (never stored in the index).
 TRUST_COLUMNS = ("retired", "suspect")
@@ -207,6 +210,15 @@ def flat_row(
         "hardware.match": ex.hardware_match if ex else None,
         "hardware.mismatches": ("; ".join(ex.hardware_mismatches) or None) if ex else None,
         "hardware.placement": ex.hardware_placement if ex else None,
+        # runrec rerun --check on this rerun: bit-identical / within-rtol / different / failed
+        "reproduction": rec.reproduction.verdict if rec.reproduction else None,
+        "reproduced": (
+            rec.reproduction.verdict in ("bit-identical", "within-rtol")
+            and rec.reproduction.artifacts != "different"
+        )
+        if rec.reproduction
+        else None,
+        "reproduction.artifacts": rec.reproduction.artifacts if rec.reproduction else None,
     }
     if trust is not None:
         flags = trust.of_run(rec.run_id)

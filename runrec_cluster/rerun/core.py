@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import cloudpickle
@@ -46,7 +46,8 @@ from runrec_cluster.capture.hardware import HardwareClass
 from runrec_cluster.capture.proc import current_user
 from runrec_cluster.capture.redact import redact_argv
 from runrec_cluster.errors import RerunError, RunrecError
-from runrec_cluster.record import Difference, Entrypoint, RerunInfo, RunRecord, to_patch
+from runrec_cluster.record import Difference, Entrypoint, RerunEnv, RerunInfo, RunRecord, to_patch
+from runrec_cluster.rerun import envs
 from runrec_cluster.rerun.call import RerunCall
 from runrec_cluster.rerun.materialize import (
     Echo,
@@ -71,6 +72,9 @@ def rerun(
     allow_changed_inputs: bool = False,
     workdir: str | os.PathLike[str] | None = None,
     echo: Echo | None = None,
+    env: str | None = None,
+    with_packages: Iterable[str] | Mapping[str, str] | None = None,
+    allow_missing: bool = False,
 ) -> Any:
     """Rerun one recorded run (any unique id prefix) and return its ``RunHandle``.
 
@@ -78,6 +82,11 @@ def rerun(
     coerced to the recorded type); ``backend``: another backend (options of the old one are
     dropped); ``reason``: why, kept in the record; ``workdir``: materialize the code there
     instead of under ``STORE/worktrees/``. ``echo`` gets the notes (default: stderr).
+    ``env``: "recorded" (a virtual environment with the original's distributions and Python,
+    built with uv or reused from the cache: ``rerun.envs``) or "current" (declared: today's
+    environment); None: today's, undeclared. ``with_packages``: ``NAME==VERSION`` pins
+    installed into the recreated environment (implies "recorded"). ``allow_missing``: build it
+    without the distributions the package index lacks (else RerunError listing them).
     """
     st = as_store(store)
     rec = st.load(run_id)
@@ -92,6 +101,9 @@ def rerun(
         workdir=workdir,
         echo=echo,
         sweep=False,
+        env=env,
+        with_packages=with_packages,
+        allow_missing=allow_missing,
     )[0]
 
 
@@ -106,6 +118,9 @@ def rerun_sweep(
     allow_changed_inputs: bool = False,
     workdir: str | os.PathLike[str] | None = None,
     echo: Echo | None = None,
+    env: str | None = None,
+    with_packages: Iterable[str] | Mapping[str, str] | None = None,
+    allow_missing: bool = False,
 ) -> list[Any]:
     """Rerun every run of a sweep (id or prefix) as one new sweep; returns the handles."""
     st = as_store(store)
@@ -121,6 +136,9 @@ def rerun_sweep(
         workdir=workdir,
         echo=echo,
         sweep=True,
+        env=env,
+        with_packages=with_packages,
+        allow_missing=allow_missing,
     )
 
 
@@ -161,8 +179,19 @@ def _rerun(
     workdir: str | os.PathLike[str] | None,
     echo: Echo | None,
     sweep: bool,
+    env: str | None = None,
+    with_packages: Iterable[str] | Mapping[str, str] | None = None,
+    allow_missing: bool = False,
 ) -> list[Any]:
     echo = echo or stderr_echo
+    with_ = envs.parse_with(with_packages)
+    if with_ and env not in (None, "recorded"):
+        raise RerunError(
+            "--with installs into the recreated environment: use it with --env recorded."
+        )
+    env = "recorded" if with_ else env
+    if env not in (None, "recorded", "current"):
+        raise RerunError(f"--env {env!r}: give recorded or current.")
     store.ensure_writable()
     # everything that can refuse is checked before anything is created
     plan = make_plan(
@@ -184,13 +213,15 @@ def _rerun(
                 store, r, workdir=workdir, label=label if not mats else layout.new_id(), echo=echo
             )
     hw = plan_hardware(plan, hardware, mats.values(), echo)
+    env_info, env_diffs = _rerun_env(store, plan, mats, env, with_, allow_missing, echo)
     env, _ = capture_env(store.put_obj)
     ctx = {"env": env, "user": current_user(), "host": socket.gethostname()}
     sweep_id = layout.new_id() if sweep else None
     handles: list[Any] = []
     for mat_key, mat in mats.items():
-        ex = _executor(store, plan, hw, mat)
+        ex = _executor(store, plan, hw, mat, env_info)
         code_ctx = {**ctx, "code": capture_code(mat.cwd, store.put_blob, exclude=[store.root])}
+        code_ctx["rerun_env"] = (env_info, env_diffs)
         specs = [
             _write_rerun(store, ex, plan, r, mat, code_ctx, reason, sweep_id, echo)
             for r in recs
@@ -200,8 +231,36 @@ def _rerun(
     return handles
 
 
-def _executor(store: Store, plan: Plan, hw: HardwareClass | None, mat: Materialized) -> Executor:
-    """The executor of the rerun's runs whose code is ``mat``: the original's resources."""
+def _rerun_env(
+    store: Store,
+    plan: Plan,
+    mats: dict[Any, Materialized],
+    env: str | None,
+    with_: dict[str, str],
+    allow_missing: bool,
+    echo: Echo,
+) -> tuple[RerunEnv | None, list[Difference]]:
+    """The environment the rerun's jobs run in (``--env``) and its intended differences;
+    for "recorded" it is built (or found) here, before anything is submitted."""
+    if env is None:
+        return None, []
+    if env == "current":
+        note = "today's environment, declared (--env current)"
+        return RerunEnv(mode="current"), [Difference(what="env", after="current", note=note)]
+    envs.same_set(store, plan.recs)
+    mat = next(iter(mats.values()))
+    spec = envs.plan_env(store, plan.recs[0], mat.root, with_, cwd=mat.cwd)
+    info = envs.ensure_env(store, spec, allow_missing=allow_missing, echo=echo, cwd=mat.cwd)
+    assert info.python is not None
+    plan.options, opt_diffs = envs.interpreter_options(plan.new_backend, plan.options, info.python)
+    return info, envs.env_differences(spec, info) + opt_diffs
+
+
+def _executor(
+    store: Store, plan: Plan, hw: HardwareClass | None, mat: Materialized, env: RerunEnv | None
+) -> Executor:
+    """The executor of the rerun's runs whose code is ``mat``: the original's resources (and,
+    with ``env``, the recreated environment's Python: ``plan.options`` holds it)."""
     execution = plan.recs[0].execution
     assert execution is not None  # checked by make_plan
     res = execution.resources
@@ -235,7 +294,8 @@ def _write_rerun(
     assert ep is not None  # checked by make_plan
     refs, changed = plan.inputs[r.run_id]
     config, pinned, call_ov, config_diffs = rerun_config(r, plan.typed[r.run_id])
-    intended = plan.setup_differences() + config_diffs + changed
+    env_info, env_diffs = ctx.get("rerun_env") or (None, [])
+    intended = plan.setup_differences() + config_diffs + changed + env_diffs
     if mat.code_dir is not None and ep.cwd != mat.cwd:
         intended.append(
             Difference(
@@ -265,6 +325,7 @@ def _write_rerun(
         code_dir=mat.code_dir,
         function_from=function_from,  # type: ignore[arg-type]
         by=ctx["user"],
+        env=env_info,
     )
     extra = to_patch(rerun_of=r.run_id, rerun_root=r.rerun_root or r.run_id, rerun=info)
     if mat.notes:
@@ -273,9 +334,12 @@ def _write_rerun(
     if secret and new_ep.secrets_dir:  # before the launch record: the job may start at once
         withhold.write_secrets(new_ep.secrets_dir, new_id, secret)
     index = r.sweep_index if sweep_id is not None else None
-    launch_ctx = {**ctx, "inputs": refs}
+    launch_ctx = {k: v for k, v in ctx.items() if k != "rerun_env"} | {"inputs": refs}
     if new_ep.kind == "command":  # the command's interpreter here, as a submit records it
-        launch_ctx["env"] = with_command_interpreter(ctx["env"], real_argv, mat.cwd, store.put_obj)
+        environ = envs.job_environ(env_info, os.environ)
+        launch_ctx["env"] = with_command_interpreter(
+            ctx["env"], real_argv, mat.cwd, store.put_obj, environ=environ
+        )
     ex.write_launch(
         new_id, launch_ctx, new_ep, config, r.tags, r.name, sweep_id, index, extra=extra
     )

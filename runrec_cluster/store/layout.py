@@ -9,6 +9,8 @@
       cache/datasets/<sha256 of path>.msgpack.zst   hash cache of a dataset (derived, disposable)
       changes/<YYYYMMDDHH>/<host>-<pid>-<token>.log  change journal: one line ``<run_id> <seq>``
                                         per version written (derived; read by the query index)
+      artifacts/objects/<algo>/<aa>/<hex>   kept copies of artifacts' files, by content, read-only
+      artifacts/trees/<algo>-tree/<aa>/<hex>/  a kept directory artifact: hard links to objects
       quarantine/<time>-<token>/         what ``runrec fsck --repair`` moved aside, same relative
                                         paths, with fsck-repair.json saying why
 
@@ -168,6 +170,8 @@ KNOWN_TOP = frozenset(
         CHANGES_DIR,
         "worktrees",
         QUARANTINE_DIR,
+        "artifacts",
+        "envs",  # recreated environments (runrec rerun --env recorded)
     }
 )
 # derived directories: only searched for leftover temporary files
@@ -273,3 +277,36 @@ def retirement_path(root: str, retirement_id: str, error: type[RunrecError]) -> 
         os.path.join(retirements_dir(root, error), f"{retirement_id}.msgpack.zst"),
         error,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Kept copies of artifacts (store/kept.py)
+# ---------------------------------------------------------------------------------------------
+#
+#    STORE/artifacts/objects/<algo>/<aa>/<hex>        one read-only file per content, named by
+#                                                     the artifact's own file digest
+#    STORE/artifacts/trees/<algo>-tree/<aa>/<hex>/    a directory artifact, named by its tree
+#                                                     digest: its files, hard links to objects
+#
+# Only the algorithm and the hex digits of a recorded digest become path components.
+
+KEPT_DIR = "artifacts"
+KEPT_DIGEST_RE = re.compile(r"^(blake3|sha256)(-tree)?:([0-9a-f]{64})\Z")
+
+
+def kept_rel(digest: str) -> str:
+    """Where the kept copy of content ``digest`` lives, relative to the store: under
+    ``artifacts/objects/`` for a file digest, ``artifacts/trees/`` for a directory's."""
+    m = KEPT_DIGEST_RE.match(digest or "")
+    if not m:
+        raise ConfigError(
+            f"{digest!r} is not an artifact digest (blake3: or sha256:, optionally -tree, and 64 "
+            "hex digits). Copy it from the record."
+        )
+    algo, tree, h = m.groups()
+    kind = "trees" if tree else "objects"
+    return os.path.join(KEPT_DIR, kind, algo + (tree or ""), h[:2], h)
+
+
+def kept_path(root: str, digest: str) -> str:
+    return os.path.join(root, kept_rel(digest))

@@ -25,12 +25,15 @@ SECTIONS = (
     "code",
     "config",
     "inputs",
+    "env",
     "launch",
     "node",
+    "determinism",
     "hardware",
     "resources",
     "state",
     "metrics",
+    "artifacts",
 )
 
 
@@ -174,6 +177,62 @@ def _config_facts(r: RunRecord) -> dict[str, Any]:
     return {f"config.{k}": e.value for k, e in r.config.items()}
 
 
+def artifact_facts(r: RunRecord) -> dict[str, Any]:
+    """Artifacts by name (the last one logged under a name): ``artifacts.<name>`` its digest,
+    ``artifacts.<name>.size`` its bytes (and ``.file_count`` for a directory)."""
+    out: dict[str, Any] = {}
+    for art in r.artifacts:
+        out[f"artifacts.{art.name}"] = art.digest
+        out[f"artifacts.{art.name}.size"] = art.size
+        if art.is_dir:
+            out[f"artifacts.{art.name}.file_count"] = art.file_count
+    return out
+
+
+def _setting_library(key: str) -> str:
+    return "threadpoolctl" if key.startswith("threads.") else key.split(".", 1)[0]
+
+
+def determinism_facts(n: NodeInfo | None) -> dict[str, Any]:
+    """The determinism facts of a node (``NodeInfo.determinism``), flat: ``determinism.env.X``
+    (None: unset), ``determinism.<setting>`` (a setting of a library that was not loaded reads
+    ``unknown: <why>``), ``determinism.<library>`` for a library known only as unknown."""
+    d = n.determinism if n is not None else None
+    if d is None:
+        return {"determinism": "not recorded"}
+    out: dict[str, Any] = {"determinism": "recorded", "determinism.env_source": d.env_source}
+    for k, v in d.env.items():
+        out[f"determinism.env.{k}"] = v
+    for k, v in d.settings.items():
+        out[f"determinism.{k}"] = v
+    for k, why in d.unknown.items():
+        out[f"determinism.{k}"] = f"unknown: {why}"
+    return out
+
+
+def fill_unknown(fa: dict[str, Any], fb: dict[str, Any]) -> None:
+    """A setting one run has and the other does not: the other's is unknown for the reason its
+    library is (``torch`` not loaded...), not missing."""
+    for mine, other in ((fa, fb), (fb, fa)):
+        for k in other:
+            if k in mine or not k.startswith("determinism.") or k.startswith("determinism.env"):
+                continue
+            lib = _setting_library(k.removeprefix("determinism."))
+            why = mine.get(f"determinism.{lib}")
+            if isinstance(why, str) and why.startswith("unknown: "):
+                mine[k] = why
+
+
+def _artifact_note(key: str, va: Any, vb: Any) -> str:
+    if key.endswith((".size", ".file_count")) and isinstance(va, int) and isinstance(vb, int):
+        return f"delta {vb - va:+,}"
+    if va is None:
+        return "added (only in B)"
+    if vb is None:
+        return "removed (only in A)"
+    return "changed"
+
+
 def _pairs(store: Store, a: RunRecord, b: RunRecord) -> list[tuple[str, str, Any, Any]]:
     """(section, key, value in a, value in b) for everything compared."""
     out: list[tuple[str, str, Any, Any]] = []
@@ -185,6 +244,7 @@ def _pairs(store: Store, a: RunRecord, b: RunRecord) -> list[tuple[str, str, Any
     add("code", _code_facts(a), _code_facts(b))
     add("config", _config_facts(a), _config_facts(b))
     add("inputs", _input_facts(a), _input_facts(b))
+    add("env", env_facts(a), env_facts(b))
     add("launch", _launch_facts(a), _launch_facts(b))
     la = _packages(store, a.launch_env.packages_blob if a.launch_env else None)
     lb = _packages(store, b.launch_env.packages_blob if b.launch_env else None)
@@ -195,10 +255,16 @@ def _pairs(store: Store, a: RunRecord, b: RunRecord) -> list[tuple[str, str, Any
     nb = _packages(store, b.node.packages_blob if b.node else None)
     if na is not None and nb is not None and na != nb:
         add("node", _flat("node.packages", na), _flat("node.packages", nb))
+    da, db = determinism_facts(a.node), determinism_facts(b.node)
+    if "not recorded" in (da["determinism"], db["determinism"]):
+        da, db = {"determinism": da["determinism"]}, {"determinism": db["determinism"]}
+    fill_unknown(da, db)
+    add("determinism", da, db)
     add("hardware", _hardware_facts(a), _hardware_facts(b))
     add("resources", _resource_facts(a), _resource_facts(b))
     add("state", _state_facts(a), _state_facts(b))
     add("metrics", _flat("metrics", dict(a.metrics)), _flat("metrics", dict(b.metrics)))
+    add("artifacts", artifact_facts(a), artifact_facts(b))
     return out
 
 
@@ -212,9 +278,27 @@ def declared(a: RunRecord, b: RunRecord) -> dict[str, str]:
     return out
 
 
+def env_facts(r: RunRecord) -> dict[str, Any]:
+    """How a rerun's environment was chosen (``runrec rerun --env``): ``env`` is "recorded"
+    (recreated: ``env.key``, ``env.missing``) or "current" (declared); None for
+    a run that is not a rerun with ``--env``."""
+    e = r.rerun.env if r.rerun is not None else None
+    if e is None:
+        return {"env": None}
+    return {
+        "env": e.mode,
+        "env.key": e.key[:24] if e.key else None,  # the cache directory's name
+        "env.missing": dict(e.missing) or None,
+    }
+
+
 def _is_declared(key: str, decl: dict[str, str]) -> str | None:
     if key in HARDWARE_OUTCOMES:
         return None  # what the node check found is never intended
+    # a declared package (--with NAME==VERSION: ``packages.NAME``) covers it in every list
+    for prefix in ("launch.packages.", "node.packages."):
+        if key.startswith(prefix) and "packages." + key.removeprefix(prefix) in decl:
+            return decl["packages." + key.removeprefix(prefix)]
     for k, note in decl.items():
         if key == k or key.startswith(k + "."):
             return note
@@ -236,6 +320,8 @@ def diff(store: Store, a: RunRecord, b: RunRecord) -> list[Change]:
             if isinstance(va, (int, float)) and isinstance(vb, (int, float)):
                 if not isinstance(va, bool) and not isinstance(vb, bool):
                     note = (note + "; " if note else "") + f"delta {vb - va:+.6g}"
+        elif key.startswith("artifacts."):
+            note = (note + "; " if note else "") + _artifact_note(key, va, vb)
         out.append(Change(section, key, va, vb, label, note or ""))
     return out
 
