@@ -489,8 +489,8 @@ def test_ray_worker_crashes_during_the_completion_write(tmp_path):
         os.kill(worker.pid, signal.SIGKILL)
         _wait_gone([worker.pid])
         landing = _landing(store, h.run_id)
-        # the verdict from another process (state API) or from the submitter (its ObjectRef);
-        # nothing here reads the run through the handle before that
+        # the verdict from another process (state API) or from the runrec driver that owns the
+        # task (detached, the default); nothing here reads the run through the handle before that
         via = "runrec reconcile" if i % 2 == 0 else "RunHandle.wait()"
         if via == "runrec reconcile":
             said = _reconcile_until_ended(store, h.run_id, timeout=90)
@@ -501,8 +501,11 @@ def test_ray_worker_crashes_during_the_completion_write(tmp_path):
         rec = _check_outcome(store, h, landing["landed"], "worker_crashed")
         if rec.state == rr.RunState.FAILED:
             assert rec.failure.type == "WORKER_DIED", rec.failure
-            assert rec.failure.source == ("scheduler" if said else "backend"), rec.failure
-            if said:
+            # two true witnesses race: the runrec driver that owns the task (detached runs,
+            # source backend) and reconcile's state API check (scheduler); the more direct wins
+            expected = ("scheduler", "backend") if said else ("backend",)
+            assert rec.failure.source in expected, rec.failure
+            if said and rec.failure.source == "scheduler":
                 assert h.run_id in said and "worker_crashed" in said, said
         counts = _check_store(store)
         _check_leftovers(counts, landing)
