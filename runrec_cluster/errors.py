@@ -15,6 +15,7 @@
     ├── PromotionError          a promotion is refused, or a promoted copy is not intact
     │   └── CriteriaSyntaxError promotion criteria that do not parse (also an ExpressionError)
     ├── RerunError              a rerun is refused: code not materializable, input changed, bad override
+    ├── MirrorError             an outside tracking server (MLflow) cannot be reached or refuses a write
     ├── CaptureError            a probe of the code failed (a git command); recorded, not raised
     └── JobFailed               the run itself failed; result() raises this
 
@@ -107,6 +108,11 @@ class CriteriaSyntaxError(ExpressionError, PromotionError):
 class RerunError(RunrecError):
     """A rerun refused: the recorded code cannot be materialized (commit unreachable, patch does
     not apply), a recorded input changed, or an override names an unknown key or a bad value."""
+
+
+class MirrorError(RunrecError):
+    """Mirroring runs into an outside tracking server failed: the server (``runrec mlflow-sync
+    --tracking-uri``) cannot be reached, refuses the experiment, or refuses a write."""
 
 
 class CaptureError(RunrecError):
