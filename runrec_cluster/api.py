@@ -294,15 +294,52 @@ class Executor:
         sweep: bool,
         config_from: Sequence[Any] | None = None,
     ) -> list[RunHandle]:
-        if not callable(fn):
-            raise ConfigError(f"submit needs a callable, got {type(fn).__name__}: {fn!r}.")
+        triples = [(fn, a, k) for a, k in calls]
+        return self.launch(
+            self.prepare_calls(triples, inputs, tags, name, sweep=sweep, config_from=config_from)
+        )
+
+    def prepare_calls(
+        self,
+        calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+        inputs: Sequence[Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        name: str | None = None,
+        *,
+        sweep: bool,
+        config_from: Sequence[Any] | None = None,
+        call_configs: Sequence[tuple[Mapping[str, Any], Sequence[InputRef]]] | None = None,
+    ) -> list[JobSpec]:
+        """Write the launch records of function calls ``(fn, args, kwargs)`` (one sweep when
+        ``sweep``; the functions may differ, as in a submitit ``batch()``) and return their job
+        specs, not launched yet: ``launch(specs)`` launches them (the submitit drop-in also
+        runs them in-process for its debug cluster). ``call_configs``: per call, the config
+        entries (key -> ``ConfigEntry``) recorded instead of the call's arguments, and more
+        inputs, already hashed: an adoption layer that knows the config better than the call
+        (the Hydra launcher: the composed config with Hydra's provenance, its config files)."""
+        for fn, _, _ in calls:
+            if not callable(fn):
+                raise ConfigError(f"submit needs a callable, got {type(fn).__name__}: {fn!r}.")
         sources = config_sources.resolve(config_from, self.store, self.hash_progress)
-        bound = [sources.bind(fn, a, k) for a, k in calls]  # refuse bad values first
-        calls = [(a, k) for (a, _), (k, _) in zip(calls, bound, strict=True)]
-        configs = [conf for _, conf in bound]
+        bound = (  # refuse bad values first
+            [sources.bind(f, a, k) for f, a, k in calls]
+            if call_configs is None
+            else [(k, {}) for _, _, k in calls]  # the call is not the config view
+        )
+        fns = [f for f, _, _ in calls]
+        calls = [(f, a, k) for (f, a, _), (k, _) in zip(calls, bound, strict=True)]
+        if call_configs is not None and len(call_configs) != len(calls):
+            raise ConfigError(
+                f"call_configs has {len(call_configs)} entries for {len(calls)} calls."
+            )
+        configs = (
+            [conf for _, conf in bound]
+            if call_configs is None
+            else [dict(c) for c, _ in call_configs]
+        )
         blobs = []
         kept: list[dict[str, Any]] = []  # per call: the values withheld from the store
-        for a, k in calls:
+        for fn, a, k in calls:
             # secrets (by the config view's redaction rules) never reach the shared store: the
             # pickled call holds placeholders, the values an owner-only file (capture/withhold)
             a, k, secret = withhold.withhold_call(fn, a, k)
@@ -319,18 +356,17 @@ class Executor:
         sweep_id = layout.new_id() if sweep else None
         if sweep and len(calls) > 1:
             ctx["shared"] = {}  # the sweep's shared launch context, written once (below)
-        fname = _function_name(fn)
         secrets_dir = (
             withhold.check_dir(settings.secrets_dir(self.cwd), self.store.root)
             if any(kept)
             else None
         )
         specs = []
-        for i, (conf, blob, secret) in enumerate(zip(configs, blobs, kept, strict=True)):
+        for i, (fn, conf, blob, secret) in enumerate(zip(fns, configs, blobs, kept, strict=True)):
             run_id = layout.new_id()
             ep = Entrypoint(
                 kind="function",
-                function=fname,
+                function=_function_name(fn),
                 cwd=self.cwd,
                 call_blob=blob,
                 withheld=sorted(secret),
@@ -340,7 +376,9 @@ class Executor:
                 withhold.write_secrets(secrets_dir, run_id, secret)
             self.write_launch(
                 run_id,
-                ctx,
+                ctx
+                if call_configs is None
+                else {**ctx, "inputs": ctx["inputs"] + list(call_configs[i][1])},
                 ep,
                 conf,
                 tags,
@@ -357,7 +395,7 @@ class Executor:
                     sweep_index=i if sweep else None,
                 )
             )
-        return self.launch(specs)
+        return specs
 
     def run_name(self, name: str | None, default: str) -> str:
         """A run's name: the per-call ``name=``, else the Executor's ``name``, else ``default``
