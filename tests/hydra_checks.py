@@ -8,6 +8,9 @@ in a subprocess. The ground truth is what the test passed on the command line an
 wrote; the expected loss is computed here from the values the test knows.
 """
 
+import hashlib
+import io
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +18,7 @@ import sys
 
 import blake3
 import yaml
+import zstandard
 from helpers import git, run_cli
 
 import runrec_cluster as rr
@@ -25,10 +29,13 @@ MODELS = {"small": {"name": "small", "width": 64, "depth": 2}, "large": {"name":
 EPOCHS, BATCH = 3, 32  # conf/config.yaml
 
 
-def make_app(tmp_path):
-    """The fixture app in a fresh git repository (outputs ignored), committed."""
+def make_app(tmp_path, extra=None):
+    """The fixture app in a fresh git repository (outputs ignored), committed; ``extra``: more
+    files (name -> text), e.g. another task script."""
     app = tmp_path / "hydra app"  # a space in the path, as users have
     shutil.copytree(FIXTURE, app)
+    for name, text in (extra or {}).items():
+        (app / name).write_text(text)
     (app / ".gitignore").write_text("multirun/\noutputs/\n__pycache__/\n")
     git(app, "init", "-q", "-b", "main")
     git(app, "add", ".")
@@ -36,17 +43,23 @@ def make_app(tmp_path):
     return app
 
 
-def run_multirun(app, store, launcher, *overrides, timeout=600):
-    """``python app.py --multirun hydra/launcher=LAUNCHER OVERRIDES`` as a subprocess, with
-    the store and a fixed sweep directory given as Hydra overrides. PYTHONPATH names this
+def multirun_argv(store, launcher, *overrides, script="app.py"):
+    """``python SCRIPT --multirun hydra/launcher=LAUNCHER OVERRIDES``, with the store and a
+    fixed sweep directory given as Hydra overrides, and its environment: PYTHONPATH names this
     checkout, so that the app (and the jobs it starts, which inherit it) import this
     runrec-cluster and its hydra_plugins package even where the venv holds another install."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
     argv = [
-        sys.executable, "app.py", "--multirun", f"hydra/launcher={launcher}", *overrides,
+        sys.executable, script, "--multirun", f"hydra/launcher={launcher}", *overrides,
         f"hydra.launcher.store={store.root}", "hydra.sweep.dir=multirun/sweep",
     ]  # fmt: skip
+    return argv, env
+
+
+def run_multirun(app, store, launcher, *overrides, timeout=600, script="app.py"):
+    """The multirun (``multirun_argv``) as a subprocess, waited for."""
+    argv, env = multirun_argv(store, launcher, *overrides, script=script)
     return subprocess.run(argv, cwd=app, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -158,3 +171,75 @@ def check_rerun(app, store, rec, model, lr):
     assert composed == yaml.safe_load((out_dir / ".hydra" / "config.yaml").read_text())
     assert (out_dir / ".hydra" / "hydra.yaml").read_bytes() == before  # the original's kept
     return new
+
+
+# A task that reports what it received, outside the store: ``+out=DIR`` (a directory the test
+# made), the sha256 of ``db.password`` and ``hub`` when given, and ``epochs``; with
+# ``+gate=PATH`` it first says it started and waits for PATH to exist.
+PROBE = """
+import hashlib
+import json
+import os
+import time
+
+import hydra
+
+import runrec_cluster as rr
+
+
+def sha(value):
+    return None if value is None else hashlib.sha256(str(value).encode()).hexdigest()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def probe(cfg):
+    rid = rr.current_run().run_id
+    if cfg.get("gate"):
+        open(os.path.join(cfg.out, f"started-{rid}"), "w").close()
+        deadline = time.monotonic() + 600
+        while not os.path.exists(cfg.gate) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    seen = {
+        "lr": cfg.lr,
+        "epochs": cfg.epochs,
+        "password": sha(cfg.get("db", {}).get("password")),
+        "hub": sha(cfg.get("hub")),
+    }
+    with open(os.path.join(cfg.out, f"seen-{rid}.json"), "w") as f:
+        json.dump(seen, f)
+
+
+if __name__ == "__main__":
+    probe()
+"""
+
+
+def sha256(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def seen(out_dir, run_id):
+    """What the probe task of run ``run_id`` received (written outside the store)."""
+    with open(os.path.join(out_dir, f"seen-{run_id}.json")) as f:
+        return json.load(f)
+
+
+def store_files_holding(root, *needles):
+    """{file under root: [needles found in its bytes or its zstd-decompressed bytes]}: every
+    file of the store, as tests/integration/local/test_fidelity_secrets.py reads them."""
+    found = {}
+    files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+    assert files, root
+    for p in files:
+        with open(p, "rb") as f:
+            raw = f.read()
+        contents = [raw]
+        if raw.startswith(b"\x28\xb5\x2f\xfd"):  # a zstd frame: every blob and record file
+            with zstandard.ZstdDecompressor().stream_reader(
+                io.BytesIO(raw), read_across_frames=True
+            ) as r:
+                contents.append(r.read())
+        hits = [n for n in needles if any(n.encode() in b for b in contents)]
+        if hits:
+            found[p] = hits
+    return found

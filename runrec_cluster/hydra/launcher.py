@@ -23,7 +23,6 @@ from typing import Any
 
 import cloudpickle
 import msgspec.structs
-from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.errors import CompactHydraException
 from hydra.plugins.launcher import Launcher
@@ -33,9 +32,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from runrec_cluster.api import Executor, RunHandle
 from runrec_cluster.capture.data import Dataset
 from runrec_cluster.capture.inputs import hash_input
+from runrec_cluster.capture.redact import active_rules, redact_text
 from runrec_cluster.errors import JobFailed, RunrecError
 from runrec_cluster.hydra import config as launcher_config
-from runrec_cluster.hydra import provenance
+from runrec_cluster.hydra import provenance, secrets
 from runrec_cluster.hydra.job import HydraJob, run_hydra_job
 from runrec_cluster.record import InputRef
 
@@ -108,7 +108,11 @@ class RunrecLauncher(Launcher):
         )
         loader = self.hydra_context.config_loader
         hydra_overrides = [str(o) for o in self.config.hydra.overrides.hydra]
-        singletons = Singleton.get_state()
+        # what the pickled jobs share; never the multirun's config, which holds every override's
+        # value (hydra/secrets.py)
+        singletons = secrets.node_singletons()
+        cache = OmegaConf.get_cache(self.config)
+        rules = active_rules()
         calls, recorded, sweep_configs = [], [], []
         hashed: dict[str, InputRef] = {}
         for idx, overrides in enumerate(job_overrides):
@@ -119,16 +123,23 @@ class RunrecLauncher(Launcher):
             entries, files = provenance.job_config(
                 loader, sweep_config, hydra_overrides + list(overrides)
             )
+            safe, withheld, values = secrets.split(
+                hydra_overrides + list(overrides), sweep_config.hydra.runtime.choices, rules
+            )
             job = HydraJob(
                 hydra_context=self.hydra_context,
                 task_function=self.task_function,
-                config=self.config,
-                overrides=list(overrides),
+                config_name=self.config.hydra.job.config_name,
+                overrides=safe,
                 num=num,
                 cwd=ex.cwd,
+                withheld=withheld,
+                resolver_cache=cache,
                 singletons=singletons,
             )
-            calls.append((run_hydra_job, (cloudpickle.dumps(job),), {}))
+            blob = cloudpickle.dumps(job)
+            secrets.check_kept_out(f"the pickled Hydra job #{num}", blob, values)
+            calls.append((run_hydra_job, (blob,), values))
             recorded.append((entries, [self._hash_config_file(ex, f, hashed) for f in files]))
             sweep_configs.append(sweep_config)
         specs = ex.prepare_calls(
@@ -141,7 +152,7 @@ class RunrecLauncher(Launcher):
         )
         handles = ex.launch(specs)
         for idx, (overrides, h) in enumerate(zip(job_overrides, handles, strict=True)):
-            line = " ".join(filter_overrides(overrides))
+            line = redact_text(" ".join(filter_overrides(overrides)), rules)
             log.info(f"\t#{initial_job_idx + idx} : {line}  -> run {h.run_id}")
         sweep_id = ex.store.load(handles[0].run_id).sweep_id
         log.info(f"runrec sweep {sweep_id}: runrec ls --where 'sweep_id == \"{sweep_id}\"'")

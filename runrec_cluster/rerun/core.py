@@ -360,7 +360,13 @@ def _function_entrypoint(
     ep = r.entrypoint
     assert ep is not None and ep.call_blob is not None  # checked by make_plan
     load, path, why = function_source(ep, mat)
-    if load == "pickle":
+    if load == "pickle" and (ep.function or "").startswith("runrec_cluster."):
+        echo(  # runrec's own job function (the Hydra launcher's): not the user's code
+            f"note: {ep.function} is runrec-cluster's own job function, not your code: the "
+            f"rerun calls it from the runrec-cluster installed here, with the arguments "
+            f"recorded in the pickled call of {r.run_id} (they hold your task)"
+        )
+    elif load == "pickle":
         echo(
             f"note: {ep.function} is not importable from the rerun's code ({why}); "
             f"calling the function recorded in the pickled call of {r.run_id} instead"

@@ -214,6 +214,8 @@ def withheld_values(
         var = withhold.env_var(path)
         i: int | None = None
         key: str | None = withhold.top_key(path)
+        if path.removeprefix(withhold.SET_PREFIX) in rec.config:  # a config key itself (Hydra)
+            key = path.removeprefix(withhold.SET_PREFIX)
         if command:  # a command line item: the option it is the first value of, if any
             i = withhold.argv_index(path)
             key = keys.get(i) if i is not None else None
