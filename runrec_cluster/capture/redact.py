@@ -176,7 +176,8 @@ _BEARER_RE = re.compile(r"\b([Bb]earer\s+)[A-Za-z0-9._~+/=\-]{12,}")
 # strings, JSON, YAML, ``--flag=value``)
 _NAMED_RE = re.compile(
     r"(?<![A-Za-z0-9_])(?P<name>[A-Za-z_][A-Za-z0-9_.\-]{0,80})(?P<q1>\\?[\"']?)\s*[:=]\s*"
-    r"(?:(?P<q2>\\?[\"'])(?P<qval>.*?)(?P=q2)|(?P<val>[^\s\"',;&}\])]+))"
+    r"(?:(?P<q2>\\?[\"'])(?P<qval>.*?)(?P=q2)|(?P<bval>[\[{][^\]}\n]*[\]}])"
+    r"|(?P<val>[^\s\"',;&}\])\[{][^\s\"',;&}\])]*))"
 )
 _URL_CRED_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s?#\"'<>]*@")
 _NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
@@ -345,10 +346,14 @@ def _redact_text(text: str, r: Rules, *, urls: bool) -> str:
     pieces = []
     pos = 0
     while (m := _NAMED_RE.search(out, pos)) is not None:
-        quoted = m.group("q2") is not None
-        val = m.group("qval") if quoted else m.group("val")
+        # the value: quoted, a bracketed list or map on one line (hidden whole; an empty
+        # one has nothing to hide), or a bare word
+        group = "qval" if m.group("q2") is not None else "bval" if m.group("bval") else "val"
+        val = m.group(group)
+        if group == "bval" and not val[1:-1].strip():
+            val = ""
         if val and not val.startswith(REDACTED[:-1]) and _hides(r.kind(m.group("name")), val):
-            start, end = m.span("qval" if quoted else "val")
+            start, end = m.span(group)
             pieces += [out[pos:start], REDACTED]
             pos = end
         else:

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from runrec_cluster.backends import get_backend
 from runrec_cluster.capture.data import Dataset, algo_of
 from runrec_cluster.capture.hardware import HardwareClass, hardware_classes
@@ -189,7 +191,8 @@ def recheck_inputs(
                 )
             )
         if i.added_by == "submit" and new is not None:
-            refs.append(new)
+            # a config file stays a config file: the role is the original's, not the hasher's
+            refs.append(msgspec.structs.replace(new, role=i.role) if new.role != i.role else new)
     return refs, changed
 
 

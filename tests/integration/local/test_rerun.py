@@ -150,6 +150,19 @@ def test_checkout_that_is_exactly_the_recorded_code_runs_in_place(store, repo):
     assert not os.path.exists(os.path.join(store.root, "worktrees"))
 
 
+def test_a_rerun_keeps_the_role_of_its_config_file_inputs(store, repo):
+    cfg = repo / "params.toml"
+    cfg.write_text("b = 7\n")
+    git(repo, "add", "params.toml")
+    git(repo, "commit", "-qm", "params")
+    h = _ex(store, repo).submit(jobfns.add, 1, config_from=[rr.ConfigFile(cfg)])
+    orig = h.wait(timeout=60)
+    r = rr.rerun(store, orig.run_id).wait(timeout=60)
+    assert r.state == rr.RunState.SUCCEEDED and r.config["b"].value == 7
+    roles = {i.path: i.role for i in r.inputs}
+    assert roles == {str(cfg): "config"} == {i.path: i.role for i in orig.inputs}
+
+
 def test_command_rerun_with_override_from_the_cli(store, repo):
     (repo / "train.py").write_text(SCRIPT)
     git(repo, "commit", "-qam", "script")

@@ -269,3 +269,20 @@ def test_package_list_is_remembered_until_a_distribution_is_installed(tmp_path, 
     os.utime(site, None)
     got = packages()
     assert calls == [1] and got["fake-dist"] == "1.2"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # an empty list or map has nothing to hide, and the text keeps its shape
+        ("exclude_keys: []", "exclude_keys: []"),
+        ("secret_keys: {}", "secret_keys: {}"),
+        # a secret-named key with a bracketed value on one line: the whole value is hidden
+        ("api_key: [abc, def]", "api_key: [redacted]"),
+        ("passwords: {db: hunter2} next=1", "passwords: [redacted] next=1"),
+        # a bracketed value of a harmless key is skipped, the pair after it still found
+        ("name: [1,2] password=hunter2", "name: [1,2] password=[redacted]"),
+    ],
+)
+def test_redact_text_handles_bracketed_values(text, expected):
+    assert redact_text(text) == expected
