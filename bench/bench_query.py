@@ -36,6 +36,8 @@ sys.path.insert(0, HERE)
 from bench_foundation import clock, loadavg, machine, make_repo, med, ratio, table  # noqa: E402
 
 FILTER = "config.lr == 0.01 and metrics.acc > 0.5"
+# these figures are of loose stores: no background `runrec pack` (query/autopack.py) meanwhile
+os.environ.setdefault("RUNREC_AUTO_PACK", "0")
 MLFLOW_FILTER = "params.lr = '0.01' and metrics.acc > 0.5"
 
 

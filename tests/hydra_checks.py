@@ -86,6 +86,9 @@ def check_job(app, rec, model, lr, num, fails):
     conf = os.path.realpath(app / "conf" / "config.yaml")
     group_file = os.path.realpath(app / "conf" / "model" / f"{model}.yaml")
     other = os.path.realpath(app / "conf" / "model" / ("large" if model == "small" else "small"))
+    # the outcome first: a job that did not run as planned explains itself here
+    expected = rr.RunState.FAILED if fails else rr.RunState.SUCCEEDED
+    assert rec.state == expected, (num, rec.state, rec.state_source, rec.failure, rec.warnings)
     cfg = {k: (e.value, e.source) for k, e in rec.config.items()}
     assert cfg == {
         "lr": (lr, "given"),  # a command-line override

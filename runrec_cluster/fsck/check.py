@@ -4,6 +4,8 @@ time, one blob at a time, large blobs in chunks), changes nothing, and returns a
 What is checked (see docs/fsck.md for every kind of finding and its repair):
 
 - every record version file decodes, names the run of its directory and the seq of its name;
+- every pack (``store/packs.py``) reads whole (footer, index, every chunk), and the versions in
+  it are checked like loose ones (a version both loose and packed once);
 - every run has a ``launch`` version, seq numbers 1..max have no gap, the versions fold;
 - every blob decompresses and hashes to its name;
 - every blob digest a record references (``code.patch_blob``, ``launch_env.packages_blob``,
@@ -35,7 +37,7 @@ from runrec_cluster.record import (
     Retirement,
     fold,
 )
-from runrec_cluster.store import Store, codec, fs, layout
+from runrec_cluster.store import Store, codec, fs, layout, packs
 
 
 def check(store: Store) -> FsckReport:
@@ -62,6 +64,7 @@ class _Checker:
         self.bad_blobs: set[str] = set()
         self.referenced: set[str] = set()
         self.run_ids: set[str] = set()
+        self.packed: dict[str, dict[str, tuple[str, bytes]]] = {}  # run -> name -> (where, bytes)
 
     def add(self, severity: Severity, kind: str, path: str, message: str, **kw: Any) -> None:
         self.findings.append(Finding(severity, kind, path, message, **kw))
@@ -69,7 +72,9 @@ class _Checker:
     def run(self) -> None:
         self._top()
         self._blobs()
+        self._packs()
         self._runs()
+        self._runs_only_packed()
         self._promotions()
         self._retirements()
         for d in layout.DERIVED_DIRS:
@@ -190,13 +195,51 @@ class _Checker:
                 else:
                     self._run(e.name, e.path)
 
+    def _packs(self) -> None:
+        """Read every pack whole (packs are read before the run directories: a run packed
+        while fsck runs is then seen at least once); a damaged one is a ``bad_pack``."""
+        for sh in self._listdir(packs.packs_dir(self.root)) or []:
+            if not layout.SHARD_RE.match(sh.name) or not sh.is_dir(follow_symlinks=False):
+                self._unexpected(sh.path)
+                continue
+            for e in self._listdir(sh.path) or []:
+                if e.name.startswith(layout.TMP_PREFIX):
+                    self._temp(e.path)
+                elif packs.ROWS_RE.match(e.name):
+                    continue  # derived: the index rows of a pack (query/index_packs.py)
+                elif not packs.PACK_RE.match(e.name) or not e.is_file(follow_symlinks=False):
+                    self._unexpected(e.path)
+                else:
+                    self._pack(e.path, sh.name)
+
+    def _pack(self, path: str, shard: str) -> None:
+        self.counts.packs += 1
+        try:
+            found = list(packs.iter_pack(packs.read_index(path)))
+        except (RunrecError, OSError) as exc:
+            self.add("problem", "bad_pack", path, f"the pack cannot be read: {_why(exc, path)}")
+            return
+        for run_id, entries in found:
+            if not layout.RUN_ID_RE.match(run_id) or run_id[: layout.SHARD_LEN] != shard:
+                self.add("problem", "bad_pack", path, f"holds run {run_id!r}, not of shard {shard}")
+                continue
+            mine = self.packed.setdefault(run_id, {})
+            for name, raw in entries:
+                mine.setdefault(name, (packs.entry_label(path, run_id, name), raw))
+
+    def _runs_only_packed(self) -> None:
+        for run_id in sorted(self.packed):
+            self._run(run_id, layout.run_dir(self.root, run_id))
+
     def _run(self, run_id: str, d: str) -> None:
         entries = self._listdir(d)
-        if entries is None:
+        packed = self.packed.pop(run_id, {})
+        if entries is None and not packed:
             return
         self.run_ids.add(run_id)
         files: list[tuple[int, str]] = []
-        for e in entries:
+        raws: dict[str, bytes] = {}
+        for e in entries or []:
             if e.name.startswith(layout.TMP_PREFIX):
                 self._temp(e.path)
                 continue
@@ -205,6 +248,12 @@ class _Checker:
                 files.append((seq, e.path))
             else:
                 self._unexpected(e.path)
+        loose = {os.path.basename(p) for _, p in files}
+        for name, (where, raw) in sorted(packed.items()):
+            seq = layout.version_seq(name)
+            if name not in loose and seq is not None:
+                files.append((seq, where))
+                raws[where] = raw
         if not files:
             ages = [self._age(d)] + [self._age(e.path) for e in entries]
             self.add(
@@ -220,7 +269,7 @@ class _Checker:
         self.counts.runs += 1
         good: list[tuple[str, RecordVersion]] = []
         for seq, path in files:
-            v = self._version(run_id, seq, path)
+            v = self._version(run_id, seq, path, raws.get(path))
             if v is not None:
                 good.append((path, v))
         self._history(run_id, d, files, good)
@@ -228,19 +277,27 @@ class _Checker:
             self._fold(run_id, good)
             self._references(run_id, good)
 
-    def _version(self, run_id: str, seq: int, path: str) -> RecordVersion | None:
-        """Version ``seq`` of a run, its shared context merged in; None (and the finding) when
-        it cannot be read or is not what its name and directory say."""
+    def _version(
+        self, run_id: str, seq: int, path: str, raw: bytes | None = None
+    ) -> RecordVersion | None:
+        """Version ``seq`` of a run (a file, or ``raw`` bytes read from a pack), its shared
+        context merged in; None (and the finding) when it cannot be read or is not what its
+        name and directory say. A damaged version in a pack is a ``bad_pack``: it cannot be
+        moved aside alone."""
         self.counts.versions += 1
         try:
-            v = codec.decode(fs.read_bytes(path), RecordVersion, path)
+            if raw is None:
+                v = codec.decode(fs.read_bytes(path), RecordVersion, path)
+            else:
+                v = codec.unpack(raw, RecordVersion, path)
         except (RunrecError, OSError) as exc:
-            self.add("problem", "unreadable_version", path, _why(exc, path), run_id=run_id, seq=seq)
+            kind = "unreadable_version" if raw is None else "bad_pack"
+            self.add("problem", kind, path, _why(exc, path), run_id=run_id, seq=seq)
             return None
         if v.run_id != run_id or v.seq != seq:
             self.add(
                 "problem",
-                "mismatched_version",
+                "mismatched_version" if raw is None else "bad_pack",
                 path,
                 f"holds version {v.seq} of run {v.run_id}, its name and directory say "
                 f"version {seq} of run {run_id}",

@@ -46,6 +46,8 @@ HINTS: dict[str, str] = {
     "outside_link": "a symlink leading out of the store is never followed; "
     "`runrec fsck --repair` moves the link to quarantine",
     "store_meta": "`runrec fsck --repair` moves a damaged file to quarantine and writes a new one",
+    "bad_pack": "a pack (STORE/packs/) is truncated or damaged: restore it from a backup or the "
+    "original store; fsck does not move it (its runs would lose every version it holds)",
     "unreadable": "check the file's permissions and the file system",
     "temp_file": "harmless, readers ignore it; `runrec fsck --repair` moves it to quarantine "
     "once it is older than --min-age",
@@ -107,6 +109,7 @@ class Counts:
     promotions: int = 0
     retirements: int = 0
     temp_files: int = 0
+    packs: int = 0  # pack files read (store/packs.py)
 
 
 @dataclass

@@ -68,6 +68,7 @@ from runrec_cluster.errors import StoreError
 from runrec_cluster.expr import Expr
 from runrec_cluster.lineage.records import list_retirements, problem_text
 from runrec_cluster.lineage.trust import trust_for
+from runrec_cluster.query.autopack import maybe_pack
 from runrec_cluster.query.columns import (
     BASE_COLUMNS,
     LINEAGE_COLUMN,
@@ -81,6 +82,7 @@ from runrec_cluster.query.columns import (
     sort_order,
 )
 from runrec_cluster.query.index_changes import read_journal, scan_runs
+from runrec_cluster.query.index_packs import packed_rows
 from runrec_cluster.query.index_table import (
     column_values,
     combine,
@@ -150,6 +152,7 @@ class UpdateStats:
     full_scan: bool = False
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    packing: bool = False  # a background `runrec pack` was started (autopack.py)
 
 
 @dataclass
@@ -259,21 +262,33 @@ class Index:
         base_t, base_meta, delta_t, delta_meta = parts or (None, {}, None, None)
         old_meta = delta_meta if delta_meta is not None else base_meta
         ch = self._find_changes(parts, old_meta, full, st)
+        kept, covered = None, set()
+        if ch.full and ch.changed:  # packed runs (new, or just packed): their kept rows
+            kept, covered = packed_rows(
+                self.store, ch.dir_mtime, STORED_COLUMNS, MTIME_COLUMN, ch.changed
+            )
+            ch.changed -= covered
         if (
             parts is not None
             and not ch.changed
+            and not covered
             and not ch.gone
             and ch.positions == ch.old_positions
         ):
             # (an index written before "runs" was kept: count its rows)
             runs = old_meta.get("runs")
             st.runs = runs if isinstance(runs, int) else live_rows(base_t, delta_t)
+            if ch.full:  # enough finished runs still loose: a background `runrec pack`
+                st.packing = maybe_pack(self.store, self.dir, [base_t, delta_t])
             st.seconds = time.perf_counter() - t0
             return st  # nothing new: the index files are left as they are
         rows, new_pending = self._read_changed(ch, st)
         st.read = len(rows)
         st.removed = len(ch.gone)
-        delta, table = _new_tables(parts, rows_to_table(rows), ch.changed | ch.gone, ch.gone)
+        new = rows_to_table(rows)
+        if kept is not None:
+            new = concat(kept, new) if new.num_rows else kept
+        delta, table = _new_tables(parts, new, ch.changed | covered | ch.gone, ch.gone)
         meta = {
             "format": INDEX_FORMAT,
             "store": self.store.root,
@@ -303,6 +318,8 @@ class Index:
             except OSError:
                 pass
             st.runs = table.num_rows
+        if ch.full:  # enough finished runs still loose: a background `runrec pack` (autopack.py)
+            st.packing = maybe_pack(self.store, self.dir, [table, base_t, delta])
         st.seconds = time.perf_counter() - t0
         return st
 
@@ -339,7 +356,7 @@ class Index:
         )
         if full:
             st.full_scan = True
-            seen = scan_runs(self.store.root)
+            seen = scan_runs(self.store)
             st.scanned = len(seen)
             old_sig: dict[str, int] = {}
             if parts is not None:
@@ -368,11 +385,11 @@ class Index:
         new_pending: dict[str, int] = {}
         for rid in sorted(ch.changed):
             if rid not in ch.dir_mtime:  # read from the journal: stat it now, before reading
-                try:
-                    ch.dir_mtime[rid] = os.stat(layout.run_dir(self.store.root, rid)).st_mtime_ns
-                except FileNotFoundError:
+                sig = self.store.run_signature(rid)  # its directory, or its packs
+                if sig is None:
                     ch.gone.add(rid)
                     continue
+                ch.dir_mtime[rid] = sig
             probs: list[ReadProblem] = []
             vs = self.store.versions(rid, probs)
             st.problems += [problem_text(p) for p in probs]

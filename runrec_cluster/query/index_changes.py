@@ -1,18 +1,22 @@
 """What changed in a store since the index last looked: the run directories and their times
-(a full scan), and the new lines of the change journal (``STORE/changes``). Pure standard
-library; ``index.py`` decides what to read."""
+(a full scan: loose run directories and packs), and the new lines of the change journal
+(``STORE/changes``). ``index.py`` decides what to read."""
 
 from __future__ import annotations
 
 import os
 
-from runrec_cluster.store import layout
+from runrec_cluster.store import Store, layout
 
 
-def scan_runs(root: str) -> dict[str, int]:
-    """run id -> directory mtime (ns), for every run directory of the store."""
-    base = layout.runs_dir(root)
+def scan_runs(store: Store) -> dict[str, int]:
+    """run id -> signature (``Store.run_signature``): the directory mtime (ns) of every loose
+    run, or the newest mtime of the packs holding it (``store/packs.py``), whichever is newer."""
+    base = layout.runs_dir(store.root)
     out: dict[str, int] = {}
+    for shard in store.shards():
+        for rid, m in store.pack_signatures(shard).items():
+            out[rid] = max(out.get(rid, 0), m)
     try:
         shards = os.listdir(base)
     except FileNotFoundError:
@@ -25,7 +29,7 @@ def scan_runs(root: str) -> dict[str, int]:
                 for e in it:
                     if layout.RUN_ID_RE.match(e.name):
                         try:
-                            out[e.name] = e.stat().st_mtime_ns
+                            out[e.name] = max(out.get(e.name, 0), e.stat().st_mtime_ns)
                         except FileNotFoundError:
                             continue
         except (NotADirectoryError, FileNotFoundError):

@@ -98,8 +98,7 @@ def _open_tmp(path: str, mode: int) -> tuple[str, int]:
     try:
         fd = _open_excl(tmp, final, pol)
     except FileNotFoundError:
-        makedirs(directory)
-        fd = _open_or_raise(tmp, final, pol)
+        fd = _open_in_new_dir(tmp, final, pol, directory)
     except OSError as exc:
         raise StoreError(explain(exc, path, "write")) from exc
     if pol.enforced:
@@ -234,6 +233,21 @@ def _unlink(p: str) -> None:
         os.unlink(p)
     except OSError:
         pass
+
+
+def _open_in_new_dir(tmp: str, mode: int, pol: perms.Policy, directory: str) -> int:
+    """Make the directory and open ``tmp`` in it. Tried a few times: a packer
+    (``store/packs.py``) removes a packed run's empty directory, and may do so between the
+    ``mkdir`` and the ``open`` of a writer adding a late version to that run."""
+    for _ in range(5):
+        makedirs(directory)
+        try:
+            return _open_excl(tmp, mode, pol)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StoreError(explain(exc, tmp, "write")) from exc
+    return _open_or_raise(tmp, mode, pol)
 
 
 def _open_or_raise(tmp: str, mode: int, pol: perms.Policy) -> int:

@@ -11,6 +11,7 @@
                                         per version written (derived; read by the query index)
       artifacts/objects/<algo>/<aa>/<hex>   kept copies of artifacts' files, by content, read-only
       artifacts/trees/<algo>-tree/<aa>/<hex>/  a kept directory artifact: hard links to objects
+      packs/<shard>/<pack id>.pack      finished runs' versions, packed (store/packs.py)
       quarantine/<time>-<token>/         what ``runrec fsck --repair`` moved aside, same relative
                                         paths, with fsck-repair.json saying why
 
@@ -172,6 +173,7 @@ KNOWN_TOP = frozenset(
         QUARANTINE_DIR,
         "artifacts",
         "envs",  # recreated environments (runrec rerun --env recorded)
+        "packs",  # finished runs' versions, packed (store/packs.py)
     }
 )
 # derived directories: only searched for leftover temporary files

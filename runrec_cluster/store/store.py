@@ -27,7 +27,7 @@ from runrec_cluster.record import (
     fold,
     merge_context,
 )
-from runrec_cluster.store import codec, fs, layout
+from runrec_cluster.store import codec, fs, layout, packs
 from runrec_cluster.store import policy as perms
 
 DEFAULT_STORE = "runrec-store"
@@ -71,6 +71,7 @@ class Store:
         self._contexts: dict[str, dict[str, Any]] = {}  # shared launch contexts read
         self._inside_ok: set[str] = set()  # directories check_inside found to be no links
         self._jname = ""
+        self._packs = packs.PackCache(self.root)  # finished runs' versions in packs (packs.py)
 
     def __repr__(self) -> str:
         return f"Store({self.root!r})"
@@ -187,7 +188,7 @@ class Store:
     ) -> RecordVersion:
         """Append one immutable version to a run. Never overwrites anything."""
         d = self.check_inside(layout.run_dir(self.root, run_id))
-        seq = self._next_seq(d)
+        seq = self._next_seq(d, run_id)
         version = RecordVersion(
             schema_version=SCHEMA_VERSION,
             run_id=run_id,
@@ -249,12 +250,14 @@ class Store:
         except Exception:  # interpreter shutdown: nothing to do
             pass
 
-    def _next_seq(self, d: str) -> int:
+    def _next_seq(self, d: str, run_id: str) -> int:
+        """One more than the highest seq of the run. Loose versions first: a packer deletes the
+        loose copies in ascending seq, so those left are the newest; only when none is left are
+        the packs asked (after the listing: a version deleted meanwhile is packed by then)."""
         try:
             names = os.listdir(d)
         except FileNotFoundError:
-            fs.makedirs(d)
-            return 1
+            names = []
         except OSError as exc:
             raise StoreError(fs.explain(exc, d, "list")) from exc
         top = 0
@@ -262,6 +265,10 @@ class Store:
             m = layout.VERSION_RE.match(n)
             if m:
                 top = max(top, int(m.group(1)))
+        if top == 0:
+            top = self._packs.max_seq(run_id)
+        if not names:
+            fs.makedirs(d)
         return top + 1
 
     def version_files(self, run_id: str) -> list[str]:
@@ -275,12 +282,17 @@ class Store:
     def versions(
         self, run_id: str, problems: list[ReadProblem] | None = None
     ) -> list[RecordVersion]:
-        """Every readable version of a run. With ``problems``, unreadable files are reported
-        there and skipped; without it, the first one raises ``CorruptRecord``."""
+        """Every readable version of a run, loose and packed (``store/packs.py``), a version
+        in both places once. With ``problems``, unreadable files are reported there and
+        skipped; without it, the first one raises ``CorruptRecord``."""
         out = []
+        seen: set[str] = set()
+        # loose files first, packs after: a file deleted by a packer in between is in a pack
         for path in self.version_files(run_id):
             try:
-                v = codec.decode(fs.read_bytes(path), RecordVersion, path)
+                data = codec.decompress(fs.read_bytes(path), path, codec.MAX_RECORD_BYTES)
+            except FileNotFoundError:
+                continue  # packed and deleted since the listing: read from its pack below
             except CorruptRecord as exc:
                 if problems is None:
                     raise
@@ -291,16 +303,71 @@ class Store:
                     raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
                 problems.append(ReadProblem(path, f"cannot read: {exc.strerror}"))
                 continue
-            if v.run_id != run_id:
-                msg = f"{path}: holds run {v.run_id}, not {run_id}; moved by hand?"
-                if problems is None:
-                    raise CorruptRecord(msg, path=path)
-                problems.append(ReadProblem(path, msg))
-                continue
-            if CONTEXT_KEY in v.patch:
-                v = self.expand_context(v, path, problems)
-            out.append(v)
+            seen.add(os.path.basename(path))
+            self._add_version(out, run_id, data, path, problems)
+        pack_probs: list[tuple[str, str]] | None = [] if problems is not None else None
+        for pack, name, data in self._packs.entries(run_id, pack_probs):
+            if name not in seen:
+                seen.add(name)
+                self._add_version(
+                    out, run_id, data, packs.entry_label(pack, run_id, name), problems
+                )
+        if problems is not None and pack_probs:
+            problems += [ReadProblem(p, m) for p, m in pack_probs]
         return out
+
+    def _add_version(
+        self,
+        out: list[RecordVersion],
+        run_id: str,
+        data: bytes,
+        path: str,
+        problems: list[ReadProblem] | None,
+    ) -> None:
+        """Decode one version (msgpack bytes) of ``run_id`` and append it to ``out``."""
+        try:
+            v = codec.unpack(data, RecordVersion, path)
+        except CorruptRecord as exc:
+            if problems is None:
+                raise
+            problems.append(ReadProblem(path, str(exc)))
+            return
+        if v.run_id != run_id:
+            msg = f"{path}: holds run {v.run_id}, not {run_id}; moved by hand?"
+            if problems is None:
+                raise CorruptRecord(msg, path=path)
+            problems.append(ReadProblem(path, msg))
+            return
+        if CONTEXT_KEY in v.patch:
+            v = self.expand_context(v, path, problems)
+        out.append(v)
+
+    def run_signature(self, run_id: str) -> int | None:
+        """A number that changes when the run gets a version: the newer of its directory's
+        modification time and its newest pack's (ns); None when the run is nowhere."""
+        try:
+            loose = os.stat(layout.run_dir(self.root, run_id)).st_mtime_ns
+        except FileNotFoundError:
+            loose = 0
+        packed = self._packs.signatures(run_id[: layout.SHARD_LEN]).get(run_id, 0)
+        top = max(loose, packed)
+        return top or None
+
+    def pack_indexes(self, shard: str) -> list[packs.PackIndex]:
+        """The readable packs of one shard (damaged ones left out: ``runrec fsck`` names them)."""
+        return self._packs.shard_indexes(shard, [])
+
+    def pack_signatures(self, shard: str) -> dict[str, int]:
+        """run id -> modification time (ns) of the newest pack holding it, for one shard."""
+        return self._packs.signatures(shard)
+
+    def shards(self) -> list[str]:
+        """The shards that hold runs, loose or packed."""
+        try:
+            loose = {s for s in os.listdir(layout.runs_dir(self.root)) if layout.SHARD_RE.match(s)}
+        except FileNotFoundError:
+            loose = set()
+        return sorted(loose | set(packs.pack_shards(self.root)))
 
     def put_context(self, patch: dict[str, Any]) -> str:
         """Store the part of a launch patch that every run of a sweep shares (code, environment,
@@ -385,35 +452,32 @@ class Store:
     # -- run ids -----------------------------------------------------------------------------
 
     def run_ids(self) -> Iterator[str]:
+        """Every run id, loose or packed, in order (loose listed before the packs)."""
         base = layout.runs_dir(self.root)
-        try:
-            shards = sorted(os.listdir(base))
-        except FileNotFoundError:
-            return
-        for shard in shards:
-            if shard.startswith("."):
-                continue
+        for shard in self.shards():
             try:
-                names = sorted(os.listdir(os.path.join(base, shard)))
-            except NotADirectoryError:
-                continue
-            for n in names:
-                if layout.RUN_ID_RE.match(n):
-                    yield n
+                names = {
+                    n for n in os.listdir(os.path.join(base, shard)) if layout.RUN_ID_RE.match(n)
+                }
+            except (NotADirectoryError, FileNotFoundError):
+                names = set()
+            yield from sorted(names | self._packs.run_ids(shard))
 
     def resolve(self, prefix: str) -> str:
         """A full run id from an id or any unique prefix (like git)."""
         p = layout.normalize_prefix(prefix)
         if len(p) == layout.RUN_ID_LEN:
-            if os.path.isdir(layout.run_dir(self.root, p)):
+            if os.path.isdir(layout.run_dir(self.root, p)) or self._packs.max_seq(p):
                 return p
             raise RecordNotFound(f"no run {p} in store {self.root}. List runs with `runrec ls`.")
         if len(p) >= layout.SHARD_LEN:
             d = os.path.join(layout.runs_dir(self.root), p[: layout.SHARD_LEN])
             try:
-                candidates = [n for n in os.listdir(d) if n.startswith(p)]
+                loose = {n for n in os.listdir(d) if n.startswith(p)}
             except FileNotFoundError:
-                candidates = []
+                loose = set()
+            packed = self._packs.run_ids(p[: layout.SHARD_LEN])
+            candidates = sorted(loose | {r for r in packed if r.startswith(p)})
         else:
             candidates = [r for r in self.run_ids() if r.startswith(p)]
         if not candidates:

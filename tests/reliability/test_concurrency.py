@@ -4,7 +4,8 @@
 array tasks finishing in the same second, and each completes 5 runs exactly as a job does
 (``job.execute``: node capture, the start version, the function's ``log_config`` and
 ``log_metrics``, the end version with its result blob), while another process annotates the
-same runs (``annotate.annotate``). Then every run is checked: every version there, every file
+same runs (``annotate.annotate``) and a packer (``runrec pack``'s ``packs.pack_store``, in a
+loop) moves the finished runs into packs. Then every run is checked: every version there, every file
 decodes, the fold gives the final state, config, metrics, result and every annotation.
 """
 
@@ -27,11 +28,27 @@ import runrec_cluster as rr
 from runrec_cluster.record import ConfigEntry, Entrypoint, Execution, RunState, to_patch
 from runrec_cluster.store import layout
 
-WRITERS = 200
+WRITERS = int(os.environ.get("RUNREC_CONCURRENCY_WRITERS", "200"))
 RUNS_PER_WRITER = 5
 RUNS = WRITERS * RUNS_PER_WRITER
 ANNOTATION_PASSES = 2
 BARRIER_TIMEOUT_S = 300
+
+
+# packs finished runs over and over while the burst runs, until the stop file appears
+PACKER = r"""
+import json, os, sys
+from runrec_cluster.store import packs
+root, stop, out = sys.argv[1:4]
+rounds = runs = 0
+while True:
+    last = os.path.exists(stop)
+    runs += packs.pack_store(root).runs
+    rounds += 1
+    if last:
+        break
+json.dump({"rounds": rounds, "runs": runs}, open(out, "w"))
+"""
 
 
 def _lr(i: int) -> float:
@@ -184,6 +201,8 @@ def test_1000_runs_completing_at_once_lose_nothing(tmp_path):
 
     ids_file = tmp_path / "run-ids.json"
     ids_file.write_text(json.dumps(run_ids))
+    stop, packed = tmp_path / "stop-packer", tmp_path / "packer.json"
+    packer = subprocess.Popen([sys.executable, "-c", PACKER, store.root, str(stop), str(packed)])
     r = subprocess.run(
         [
             sys.executable,
@@ -200,7 +219,11 @@ def test_1000_runs_completing_at_once_lose_nothing(tmp_path):
         text=True,
         timeout=900,
     )
+    stop.write_text("")
+    assert packer.wait(timeout=600) == 0
     assert r.returncode == 0, r.stderr
+    packer_info = json.loads(packed.read_text())
+    assert packer_info["runs"] > 0  # it packed while the writers and the annotator wrote
     burst = json.loads((out_dir / "burst.json").read_text())
     infos = [json.loads((out_dir / f"w{w}.json").read_text()) for w in range(WRITERS)]
     ann = json.loads((out_dir / "annotator.json").read_text())
@@ -286,6 +309,8 @@ def test_1000_runs_completing_at_once_lose_nothing(tmp_path):
         barrier_release_spread_seconds=round(release_spread_s, 1),
         burst_seconds=round(burst_s, 1),
         total_seconds=round(time.monotonic() - t_start, 1),
+        packer_rounds=packer_info["rounds"],
+        runs_packed=packer_info["runs"],
     )
     _results(
         "test_1000_runs_completing_at_once_lose_nothing",
