@@ -299,11 +299,19 @@ def test_sigterm_with_a_handler_set_takes_a_snapshot_then_calls_it(store, fakeli
         _wait(lambda: called)
         restore()
         assert called == [signal.SIGTERM]
-        got = _libraries_versions(store, run_id)
-        assert (
-            got
-            and str(fakelibs / NAMES[1]) in got[-1].patch["nodes"][0]["runtime"]["loaded_libraries"]
-        )
+
+        # the snapshot writes what is new at once, unless the sampler's thread (woken by the
+        # dlopen) is writing that same version at this moment: then that write lands instead,
+        # within milliseconds, long before a SIGKILL could follow (KillWait)
+        def recorded():
+            got = _libraries_versions(store, run_id)
+            return (
+                got
+                and str(fakelibs / NAMES[1])
+                in (got[-1].patch["nodes"][0]["runtime"]["loaded_libraries"])
+            )
+
+        _wait(recorded, timeout=5)
     finally:
         r.stop()
         signal.signal(signal.SIGTERM, old)
