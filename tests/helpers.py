@@ -159,3 +159,28 @@ def write_figures(name: str, what: str, **figures) -> None:
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, f"{name}.json"), "w") as f:
         json.dump({"what": what, **figures}, f, indent=1, sort_keys=True, default=str)
+
+
+def store_files_holding(root, *needles) -> dict[str, list[str]]:
+    """{file under ``root``: [needles found in its bytes or its zstd-decompressed bytes]}: every
+    file of a store read as an outside tool would, for the "no secret in the store" checks."""
+    import io
+
+    import zstandard
+
+    found: dict[str, list[str]] = {}
+    files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+    assert files, root
+    for p in files:
+        with open(p, "rb") as f:
+            raw = f.read()
+        contents = [raw]
+        if raw.startswith(b"\x28\xb5\x2f\xfd"):  # a zstd frame: every blob and record file
+            with zstandard.ZstdDecompressor().stream_reader(
+                io.BytesIO(raw), read_across_frames=True
+            ) as r:
+                contents.append(r.read())
+        hits = [n for n in needles if any(n.encode() in b for b in contents)]
+        if hits:
+            found[p] = hits
+    return found

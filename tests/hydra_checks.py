@@ -9,7 +9,6 @@ wrote; the expected loss is computed here from the values the test knows.
 """
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -18,7 +17,6 @@ import sys
 
 import blake3
 import yaml
-import zstandard
 from helpers import git, run_cli
 
 import runrec_cluster as rr
@@ -225,24 +223,3 @@ def seen(out_dir, run_id):
     """What the probe task of run ``run_id`` received (written outside the store)."""
     with open(os.path.join(out_dir, f"seen-{run_id}.json")) as f:
         return json.load(f)
-
-
-def store_files_holding(root, *needles):
-    """{file under root: [needles found in its bytes or its zstd-decompressed bytes]}: every
-    file of the store, as tests/integration/local/test_fidelity_secrets.py reads them."""
-    found = {}
-    files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
-    assert files, root
-    for p in files:
-        with open(p, "rb") as f:
-            raw = f.read()
-        contents = [raw]
-        if raw.startswith(b"\x28\xb5\x2f\xfd"):  # a zstd frame: every blob and record file
-            with zstandard.ZstdDecompressor().stream_reader(
-                io.BytesIO(raw), read_across_frames=True
-            ) as r:
-                contents.append(r.read())
-        hits = [n for n in needles if any(n.encode() in b for b in contents)]
-        if hits:
-            found[p] = hits
-    return found

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import cloudpickle
@@ -44,8 +43,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from runrec_cluster.capture.data import hash_path
 from runrec_cluster.capture.redact import active_rules, redact_value
 from runrec_cluster.hydra import drift, secrets
+from runrec_cluster.job.artifacts import artifact_ref
 from runrec_cluster.job.run import Run, current_run
-from runrec_cluster.record import ArtifactRef, to_patch
+from runrec_cluster.record import to_patch
 
 ARTIFACT = "hydra"  # the artifact holding the job's .hydra/ directory
 NOT_KEPT = (
@@ -173,16 +173,7 @@ def log_hydra_dir(run: Run, path: str, *, withheld: bool) -> None:
         run.log_artifact(path, name=ARTIFACT)
         return
     res, _ = hash_path(path)
-    ref = ArtifactRef(
-        name=ARTIFACT,
-        path=res.path,
-        digest=res.digest,
-        size=res.size,
-        file_count=res.file_count,
-        is_dir=res.is_dir,
-        logged_at=datetime.now(UTC),
-        not_kept=NOT_KEPT,
-    )
+    ref = artifact_ref(run.store, ARTIFACT, res, not_kept=NOT_KEPT)
     run.store.write_version(run.run_id, "artifact", to_patch(artifacts=[ref]), role="job")
 
 

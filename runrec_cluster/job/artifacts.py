@@ -61,11 +61,21 @@ def keep(store: Store, res: HashResult, max_mb: float) -> dict[str, Any]:
     return {"kept": layout.kept_rel(res.digest), "kept_how": how}
 
 
-def artifact_ref(store: Store, name: str, res: HashResult, cwd: str | None = None) -> ArtifactRef:
+def artifact_ref(
+    store: Store,
+    name: str,
+    res: HashResult,
+    cwd: str | None = None,
+    *,
+    not_kept: str | None = None,
+) -> ArtifactRef:
     """The record of artifact ``name`` hashed as ``res``, with its kept copy (settings read
-    from ``cwd``, default the current directory)."""
-    limit, problem = keep_limit(cwd or os.getcwd())
-    fields = keep(store, res, limit) if limit is not None else {"not_kept": problem}
+    from ``cwd``, default the current directory); ``not_kept``: keep no copy, for this reason."""
+    if not_kept is not None:
+        fields: dict[str, Any] = {"not_kept": not_kept}
+    else:
+        limit, problem = keep_limit(cwd or os.getcwd())
+        fields = keep(store, res, limit) if limit is not None else {"not_kept": problem}
     return ArtifactRef(
         name=name,
         path=res.path,

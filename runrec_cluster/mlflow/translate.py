@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from runrec_cluster.lineage.refs import artifact_node
-from runrec_cluster.query.columns import flat_row
+from runrec_cluster.query.columns import BASE_COLUMNS, flat_row
 from runrec_cluster.record import RunRecord, RunState
 
 # MLflow's limits (mlflow.utils.validation, MLflow 2.x and 3.x servers)
@@ -64,52 +64,21 @@ STATUS: dict[RunState, str] = {
 }
 TERMINAL_STATUS = frozenset({"FINISHED", "FAILED", "KILLED"})
 
-# flat run view columns mirrored as runrec.<column> tags (when not null)
-MIRRORED_COLUMNS: tuple[str, ...] = (
-    "run_id",
-    "name",
-    "sweep_id",
-    "sweep_index",
-    "user",
-    "submit_host",
-    "state",
-    "cause",
-    "failure_type",
-    "exit_code",
-    "attempt",
-    "backend",
-    "job_id",
-    "created_at",
-    "started_at",
-    "ended_at",
-    "duration_s",
-    "code_commit",
-    "code_branch",
-    "code_dirty",
-    "entrypoint",
-    "input_digests",
-    "python_version",
-    "node",
-    "node_count",
-    "gpu_model",
-    "gpu_count",
-    "nvidia_driver",
-    "cuda_driver",
-    "cuda_runtime",
-    "cudnn",
-    "rerun_of",
-    "rerun_root",
-    "verdict",
-    "negative",
-    "retired",
-    "suspect",
-    "hardware.class",
-    "hardware.match",
-    "hardware.mismatches",
-    "hardware.placement",
-    "reproduction",
-    "reproduced",
+# flat run view columns left out of the runrec.<column> tags: aliases of hardware.class and
+# hardware.match, the input path list (long; the digests are mirrored), what rerun_of already
+# says, the record's schema version, and the artifact verdict (the artifacts have their own tags)
+_NOT_MIRRORED = frozenset(
+    {
+        "hardware",
+        "hardware_match",
+        "input_paths",
+        "is_rerun",
+        "schema_version",
+        "reproduction.artifacts",
+    }
 )
+# flat run view columns mirrored as runrec.<column> tags (when not null), in the view's order
+MIRRORED_COLUMNS: tuple[str, ...] = tuple(c for c in BASE_COLUMNS if c not in _NOT_MIRRORED)
 
 _BAD_CHARS = re.compile(r"[^/\w.\- :]")
 

@@ -11,7 +11,6 @@ itself). Reruns and cancels through the real ``runrec`` CLI.
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import os
 import secrets
@@ -19,8 +18,7 @@ import stat
 import sys
 
 import pytest
-import zstandard
-from helpers import git, run_cli, wait_for
+from helpers import git, run_cli, store_files_holding, wait_for
 
 import runrec_cluster as rr
 from runrec_cluster.record import FailureCause, RunState
@@ -76,34 +74,6 @@ while a.wait_for and not os.path.exists(a.wait_for):
 CMD_PW = "Hunter2Hunter2"
 CMD_DB = "postgresql://bob:Db7Secret7@db/x"
 CMD_ENV = "Env3Secret3"
-
-
-def _files(root: str) -> list[str]:
-    return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
-
-
-def _contents(path: str) -> list[bytes]:
-    with open(path, "rb") as f:
-        raw = f.read()
-    out = [raw]
-    if raw.startswith(b"\x28\xb5\x2f\xfd"):  # a zstd frame: every blob and record file
-        with zstandard.ZstdDecompressor().stream_reader(
-            io.BytesIO(raw), read_across_frames=True
-        ) as r:
-            out.append(r.read())
-    return out
-
-
-def _holding(root: str, *needles: str) -> dict[str, list[str]]:
-    """{file under root: [needles found in its bytes or decompressed bytes]}"""
-    found: dict[str, list[str]] = {}
-    files = _files(root)
-    assert files, root
-    for p in files:
-        hits = [n for n in needles if any(n.encode() in b for b in _contents(p))]
-        if hits:
-            found[p] = hits
-    return found
 
 
 @pytest.fixture
@@ -164,7 +134,7 @@ def test_secret_arguments_stay_out_of_the_store_and_reruns_ask_for_them(project,
     assert rec.config["conn"].value == {"host": "db", "password": "[redacted]"}
 
     # no file of the store holds either secret, raw or decompressed
-    assert _holding(store.root, "Hunter2Hunter2", NESTED) == {}
+    assert store_files_holding(store.root, "Hunter2Hunter2", NESTED) == {}
     exp = _cli(store, "export", h.run_id)
     assert exp.returncode == 0 and "Hunter2" not in exp.stdout and NESTED not in exp.stdout
     assert "dsn" in json.loads(exp.stdout)["record"]["entrypoint"]["withheld"]
@@ -198,7 +168,10 @@ def test_secret_arguments_stay_out_of_the_store_and_reruns_ask_for_them(project,
     assert rerun.state == RunState.SUCCEEDED and rerun.rerun_of == h.run_id
     assert rerun.entrypoint.withheld == ["--set dsn", "conn.password", "dsn"]
     assert os.listdir(sdir) == []
-    assert _holding(store.root, "Hunter2Hunter2", NESTED, "Other7Secret7", "Env5Secret5") == {}
+    assert (
+        store_files_holding(store.root, "Hunter2Hunter2", NESTED, "Other7Secret7", "Env5Secret5")
+        == {}
+    )
 
     # a rerun of the rerun: one variable gives both the original's dsn and the --set one
     out.unlink()
@@ -208,7 +181,10 @@ def test_secret_arguments_stay_out_of_the_store_and_reruns_ask_for_them(project,
     assert r.returncode == 0, (r.stdout, r.stderr)
     seen = json.loads(out.read_text())
     assert (seen["dsn"], seen["password"]) == (DSN, NESTED)
-    assert _holding(store.root, "Hunter2Hunter2", NESTED, "Other7Secret7", "Env5Secret5") == {}
+    assert (
+        store_files_holding(store.root, "Hunter2Hunter2", NESTED, "Other7Secret7", "Env5Secret5")
+        == {}
+    )
     assert os.listdir(sdir) == []
 
 
@@ -239,7 +215,7 @@ def test_a_missing_secrets_file_fails_the_run_clearly(project, tmp_path):
     assert path in msg and "RUNREC_SECRETS_DIR" in msg, msg
     assert not (tmp_path / "b.json").exists()  # the function never ran with placeholders
     assert os.listdir(sdir) == []
-    assert _holding(store.root, "Hunter2Hunter2", NESTED) == {}
+    assert store_files_holding(store.root, "Hunter2Hunter2", NESTED) == {}
 
 
 def test_a_call_without_secrets_writes_no_secrets_file(project, tmp_path):
@@ -315,7 +291,7 @@ def test_secret_command_line_items_stay_out_of_the_store_and_reruns_ask_for_them
     assert rec.config["lr"].value == 0.1 and rec.config["password"].value == "[redacted]"
 
     # no file of the store holds a secret, raw or decompressed (nor the CLI's views)
-    assert _holding(store.root, CMD_PW, "Db7Secret7", CMD_ENV) == {}
+    assert store_files_holding(store.root, CMD_PW, "Db7Secret7", CMD_ENV) == {}
     for args in (["export", rid], ["show", rid]):
         r = _cli(store, *args)
         assert r.returncode == 0, r.stderr
@@ -360,7 +336,7 @@ def test_secret_command_line_items_stay_out_of_the_store_and_reruns_ask_for_them
     assert rerun.entrypoint.withheld == ["argv[4]", "argv[5]", "argv[6]"]
     assert os.listdir(sdir) == []
     every = (CMD_PW, "Db7Secret7", CMD_ENV, "New4Secret4", "Other7Secret7", "Env5Secret5")
-    assert _holding(store.root, *every) == {}
+    assert store_files_holding(store.root, *every) == {}
 
 
 def test_a_missing_secrets_file_fails_the_command_run_clearly(tool, tmp_path):
@@ -387,7 +363,7 @@ def test_a_missing_secrets_file_fails_the_command_run_clearly(tool, tmp_path):
     assert "RUNREC_SECRETS_DIR" in msg, msg
     assert not out.exists()  # the command never ran with a placeholder
     assert os.listdir(sdir) == []
-    assert _holding(store.root, CMD_PW) == {}
+    assert store_files_holding(store.root, CMD_PW) == {}
 
 
 def test_cancelling_a_command_run_removes_its_secrets_file(tool, tmp_path):
@@ -405,7 +381,7 @@ def test_cancelling_a_command_run_removes_its_secrets_file(tool, tmp_path):
     rec = wait_for("the run to end", lambda: (x := store.load(rid)).state.is_terminal() and x)
     assert rec.state == RunState.CANCELLED, rec.failure
     wait_for("the secrets file to go", lambda: os.listdir(sdir) == [])
-    assert _holding(store.root, CMD_PW) == {}
+    assert store_files_holding(store.root, CMD_PW) == {}
 
 
 def test_a_submit_that_fails_before_its_job_starts_leaves_no_secrets_file(project, tool, tmp_path):
@@ -435,4 +411,4 @@ def test_a_submit_that_fails_before_its_job_starts_leaves_no_secrets_file(projec
     rec = store.load(rid)
     assert rec.state == RunState.FAILED and rec.entrypoint.withheld == ["argv[4]"]
     assert os.listdir(sdir) == []
-    assert _holding(store.root, CMD_PW, "Hunter2Hunter2") == {}
+    assert store_files_holding(store.root, CMD_PW, "Hunter2Hunter2") == {}

@@ -8,7 +8,7 @@ import os
 import subprocess
 import time
 
-from helpers import run_cli
+from helpers import run_cli, store_files_holding
 from hydra_checks import (
     PROBE,
     b3,
@@ -19,7 +19,6 @@ from hydra_checks import (
     run_multirun,
     seen,
     sha256,
-    store_files_holding,
     sweep_records,
 )
 

@@ -6,42 +6,24 @@ requeue-free backend, and the runrec extras (tags, inputs, store)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import cloudpickle
 import pytest
+import submitit_checks
 
 import runrec_cluster as rr
 import runrec_cluster.submitit as submitit
 from runrec_cluster.record import RunState
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Counter travels by value
-EXAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "submitit_examples"
 
 
 def run_example(name: str, repo: Path, store: Path, cluster: str = "local", extra=()) -> dict:
-    """Run one documented example in a fresh interpreter (cwd: the repo), the way a user runs
-    their script; returns the runner's JSON report and the example's stdout."""
-    out = repo / f"{name}.json"
-    env = dict(os.environ, RUNREC_STORE=str(store), RUNREC_SUBMITIT_CLUSTER=cluster)
-    p = subprocess.run(
-        [sys.executable, str(EXAMPLES / "run_example.py"), str(EXAMPLES / f"{name}.py"), str(out)]
-        + list(extra),
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert p.returncode == 0, f"runner failed:\n{p.stdout}\n{p.stderr}"
-    report = json.loads(out.read_text())
-    report["stdout"] = p.stdout
-    return report
+    return submitit_checks.run_example(name, repo, store, cluster, extra)
 
 
 def check_record(store: Path, run_id: str, fn: str, config: dict, state=RunState.SUCCEEDED):

@@ -16,33 +16,21 @@ import time
 from pathlib import Path
 
 import pytest
+import submitit_checks
 
 import runrec_cluster as rr
 from runrec_cluster.record import RunState
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "submitit_examples"
 PARTITION = os.environ.get("RUNREC_SLURM_PARTITION", "debug")
 LOW_REQUEUE = os.environ.get("RUNREC_SLURM_LOW_REQUEUE", "low-requeue")
 HIGH = os.environ.get("RUNREC_SLURM_HIGH", "high")
 
 
 def run_example(name: str, repo: Path, store: Path) -> dict:
-    out = repo / f"{name}.json"
-    env = dict(os.environ, RUNREC_STORE=str(store))
-    env.pop("RUNREC_SUBMITIT_CLUSTER", None)  # AutoExecutor finds Slurm itself (srun on PATH)
-    p = subprocess.run(
-        [sys.executable, str(EXAMPLES / "run_example.py"), str(EXAMPLES / f"{name}.py"), str(out)]
-        + ["--partition", PARTITION],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    # AutoExecutor finds Slurm itself (srun on PATH)
+    return submitit_checks.run_example(
+        name, repo, store, None, ["--partition", PARTITION], timeout=900
     )
-    assert p.returncode == 0, f"runner failed:\n{p.stdout}\n{p.stderr}"
-    report = json.loads(out.read_text())
-    report["stdout"] = p.stdout
-    return report
 
 
 def sacct(job_id: str, name: str) -> list[dict[str, str]]:
