@@ -221,6 +221,20 @@ class Resources(Base, frozen=True, kw_only=True):
     nodes: int | None = None
 
 
+class Allocation(Base, frozen=True, kw_only=True):
+    """What the scheduler actually allocated to the job (Slurm: its AllocTRES), next to what
+    was requested (``Resources``). Written by the Slurm backend: the batch script's end trap
+    (``backends/slurm_end.py``) and the scheduler's verdict; a field it did not say is None."""
+
+    cpus: int | None = None
+    mem_mb: int | None = None
+    gpus: int | None = None
+    nodes: int | None = None
+    nodelist: str = ""
+    tres: str = ""  # the scheduler's own words ("cpu=2,mem=512M,node=1,billing=2")
+    source: str = ""  # who said it: "sacct" | "scontrol" | "pyslurm"
+
+
 class Execution(Base, frozen=True, kw_only=True):
     backend: str = ""
     resources: Resources = msgspec.field(default_factory=Resources)
@@ -237,6 +251,7 @@ class Execution(Base, frozen=True, kw_only=True):
     hardware_placement: str | None = None
     scheduler: dict[str, Any] = {}  # job ids, array ids, node ids, pids: filled by the backend
     log_dir: str | None = None
+    allocated: Allocation | None = None  # what the scheduler allocated (Slurm); None: not known
 
 
 class GPUInfo(Base, frozen=True, kw_only=True):
@@ -326,6 +341,9 @@ class Failure(Base, frozen=True, kw_only=True):
     signal: int | None = None
     by: str | None = None  # who cancelled, when known
     source: str = "job"
+    # a scheduler's verdict: what it was read through ("sacct", "scontrol" from inside the job,
+    # "pyslurm"); "" for a failure the job or the backend recorded
+    via: str = ""
 
 
 class Annotation(Base, frozen=True, kw_only=True):

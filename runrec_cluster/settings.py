@@ -277,3 +277,25 @@ def package_index(cwd: str | None = None) -> tuple[str | None, str]:
         if v:
             return v, f"${var}"
     return None, "uv's default (PyPI)"
+
+
+# -- how the Slurm backend asks the scheduler -------------------------------------------------------
+
+SLURM_API_VAR = "RUNREC_SLURM_API"
+SLURM_APIS = ("auto", "cli", "pyslurm")
+
+
+def slurm_api() -> str:
+    """How the Slurm backend reads job state and accounting: ``$RUNREC_SLURM_API``, one of
+    ``auto`` (the default: pyslurm where it is importable and built for the Slurm on PATH, else
+    the command line), ``cli`` (sacct, squeue, scontrol) or ``pyslurm`` (required: an error when
+    it cannot be used). A variable only, so the batch script's end trap (which inherits the
+    submitter's environment) reads the same. ConfigError for any other value."""
+    raw = os.environ.get(SLURM_API_VAR, "").strip().lower() or "auto"
+    if raw not in SLURM_APIS:
+        raise ConfigError(
+            f"${SLURM_API_VAR} = {raw!r} is not one of {', '.join(SLURM_APIS)}. Set "
+            f"{SLURM_API_VAR}=auto (pyslurm where it matches the cluster, else sacct), cli or "
+            "pyslurm, or unset it."
+        )
+    return raw

@@ -1,4 +1,5 @@
-"""Slurm backend, through submitit; the scheduler's verdict through sacct.
+"""Slurm backend, through submitit; the scheduler's verdict through sacct, or pyslurm where it
+is installed and built for this Slurm (``$RUNREC_SLURM_API``, ``backends/slurm_pyslurm.py``).
 
 Generic resources map to sbatch options: ``timeout_min`` -> ``--time``, ``cpus`` ->
 ``--cpus-per-task``, ``mem_gb`` -> ``--mem``, ``gpus`` -> ``--gpus-per-node``, ``nodes`` ->
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
+from runrec_cluster.backends import slurm_pyslurm
 from runrec_cluster.backends.base import Backend, JobSpec
 from runrec_cluster.backends.slurm_end import batch_lines, run_slurm
 from runrec_cluster.backends.slurm_states import parse_sacct, sacct_command, verdict
@@ -246,6 +248,16 @@ class SlurmBackend(Backend):
             return {}
         return parse_sacct(run_slurm(sacct_command(job_ids)))
 
+    def accounting(
+        self, job_ids: list[str], raw_ids: dict[str, str] | None = None
+    ) -> tuple[dict[str, list[dict[str, str]]], str]:
+        """The jobs' accounting rows (job lines and steps, by attempt) as ``sacct`` gives
+        them, and what they were read through: "pyslurm" or "sacct" (``$RUNREC_SLURM_API``).
+        ``raw_ids``: job id -> Slurm's own id of an array task, where recorded (pyslurm)."""
+        if slurm_pyslurm.use_pyslurm():
+            return slurm_pyslurm.accounting(job_ids, raw_ids), "pyslurm"
+        return self.sacct(job_ids), "sacct"
+
     def wants_verdict(self, rec: RunRecord) -> bool:
         jid = rec.execution.scheduler.get("job_id") if rec.execution else None
         if not jid or not needs_verdict(rec):
@@ -258,13 +270,19 @@ class SlurmBackend(Backend):
         )
 
     def ask(self, recs: list[RunRecord]) -> dict[str, dict[str, Any]]:
-        """One sacct call for all of them; each run's verdict from its job's rows."""
+        """One accounting call for all of them (sacct or pyslurm); each run's verdict from its
+        job's rows."""
         jobs = {r.run_id: str(r.execution.scheduler["job_id"]) for r in recs if r.execution}
-        rows = self.sacct(list(jobs.values()))
+        raw = {
+            str(r.execution.scheduler["job_id"]): str(r.execution.scheduler["raw_job_id"])
+            for r in recs
+            if r.execution and r.execution.scheduler.get("raw_job_id")
+        }
+        rows, via = self.accounting(list(jobs.values()), raw)
         out = {}
         for r in recs:
             job_rows = rows.get(jobs.get(r.run_id, ""))
-            patch = verdict(r, job_rows) if job_rows else None
+            patch = verdict(r, job_rows, via=via) if job_rows else None
             if patch:
                 out[r.run_id] = patch
         return out
@@ -280,6 +298,11 @@ class SlurmBackend(Backend):
         jid = rec.execution.scheduler.get("job_id") if rec.execution else None
         if not jid:
             return "it has no Slurm job id yet"
+        raw = rec.execution.scheduler.get("raw_job_id") if rec.execution else None
+        raw = raw or (None if "_" in str(jid) else jid)  # an array task: its own id once started
+        if raw and slurm_pyslurm.use_pyslurm():
+            out = slurm_pyslurm.pending_text(str(raw))
+            return f"Slurm job {jid} is {out or 'no longer in the queue'}"
         try:
             out = run_slurm(["squeue", "-h", "-j", str(jid), "-o", "%T %r"], timeout=15).strip()
         except BackendError:

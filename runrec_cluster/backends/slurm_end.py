@@ -31,7 +31,9 @@ import sys
 import time
 from typing import Any
 
+from runrec_cluster.backends import slurm_pyslurm
 from runrec_cluster.backends.slurm_states import (
+    allocation,
     end_verdict,
     parse_sacct,
     parse_scontrol,
@@ -102,28 +104,62 @@ def _job_id(env: dict[str, str] | os._Environ[str]) -> str:
 
 
 class _Asker:
-    """The scheduler's answers for one job, counted (the cost figures of docs/slurm.md)."""
+    """The scheduler's answers for one job, counted (the cost figures of docs/slurm.md): through
+    sacct and scontrol, or pyslurm (``slurm_pyslurm.use_pyslurm``)."""
 
     def __init__(self, job_id: str, raw_job_id: str) -> None:
         self.job_id, self.raw_job_id = job_id, raw_job_id
         self.calls = 0
+        self.pyslurm = slurm_pyslurm.use_pyslurm()
+        self.via = "pyslurm" if self.pyslurm else "sacct"
+        self.reason_via = "pyslurm" if self.pyslurm else "scontrol"
 
     def sacct(self) -> list[dict[str, str]]:
         self.calls += 1
         try:
-            return parse_sacct(run_slurm(sacct_command([self.job_id]), timeout=5)).get(
-                self.job_id, []
-            )
+            if self.pyslurm:
+                rows = slurm_pyslurm.accounting([self.job_id])
+            else:
+                rows = parse_sacct(run_slurm(sacct_command([self.job_id]), timeout=5))
         except BackendError:
             return []
+        return rows.get(self.job_id, [])
 
     def reason(self) -> str:
         self.calls += 1
+        if self.pyslurm:
+            return slurm_pyslurm.live_reason(self.raw_job_id)
+        return self._scontrol().get("Reason", "")
+
+    def allocation(self) -> dict[str, Any] | None:
+        """What slurmctld allocated to the job (it still runs: this is its batch script), as
+        an ``execution`` patch: ``allocated`` and the requeue count; None when not known."""
+        self.calls += 1
+        if self.pyslurm:
+            try:
+                tres, nodes, restarts = slurm_pyslurm.live_allocation(self.raw_job_id)
+            except BackendError:
+                return None
+            alloc = allocation(tres, nodes, "pyslurm")
+        else:
+            f = self._scontrol()
+            # 25.11 says AllocTRES=, 22.05 TRES= (the allocated ones once the job runs)
+            tres = f.get("AllocTRES") or f.get("TRES", "")
+            alloc = allocation(tres, f.get("NodeList", ""), "scontrol")
+            restarts = int(f["Restarts"]) if f.get("Restarts", "").isdigit() else None
+        if alloc is None:
+            return None
+        patch: dict[str, Any] = {"allocated": alloc}
+        if restarts is not None:
+            patch["scheduler"] = {"requeues": restarts}
+        return patch
+
+    def _scontrol(self) -> dict[str, str]:
         try:
             out = run_slurm(["scontrol", "-o", "show", "job", self.raw_job_id], timeout=5)
         except BackendError:
-            return ""
-        return parse_scontrol(out).get("Reason", "")
+            return {}
+        return parse_scontrol(out)
 
 
 def finish(
@@ -139,16 +175,24 @@ def finish(
     line for the job's log)."""
     t0 = time.monotonic()
     rec = store.load(run_id)
-    if not needs_verdict(rec):
-        return f"run {run_id} ended {rec.state.value} (recorded by its {rec.state_source}); nothing to add"
     job_id = _job_id(env)
     ask = _Asker(job_id, env.get("SLURM_JOB_ID", job_id))
+    if not needs_verdict(rec):
+        done = f"run {run_id} ended {rec.state.value} (recorded by its {rec.state_source})"
+        execution = ask.allocation() if job_id else None
+        if execution is None:
+            return f"{done}; nothing to add"
+        # its end is the job's own; what Slurm allocated to it only Slurm says
+        store.write_version(run_id, "allocation", {"execution": execution}, role="backend")
+        alloc = execution["allocated"]
+        return f"{done}; recorded its allocation ({alloc['tres']}, via {alloc['source']})"
     if budget_s is None:  # no srun status and no signal: the script ended before srun ran
         budget_s = (
             SIGNALLED_BUDGET_S if signalled else ENDED_BUDGET_S if srun_status is not None else 0
         )
     deadline = t0 + budget_s
     status = None if signalled else srun_status
+    attempt = int(env.get("SLURM_RESTART_COUNT", "0") or 0) + 1
     reason = ""
     patch: dict[str, Any] | None = None
     while True:
@@ -164,6 +208,9 @@ def finish(
                 reason=reason,
                 srun_status=status,
                 nodelist=env.get("SLURM_JOB_NODELIST", ""),
+                via=ask.via,
+                reason_via=ask.reason_via,
+                attempt=attempt,
             )
         if patch is not None or time.monotonic() > deadline:
             break
@@ -176,7 +223,7 @@ def finish(
         )
     # the attempt that ended, said in the version itself: a reader of the files alone tells it
     # from the next attempt's (and a job killed before it wrote its start opens its attempt)
-    patch["attempt"] = int(env.get("SLURM_RESTART_COUNT", "0") or 0) + 1
+    patch["attempt"] = attempt
     patch["execution"]["scheduler"]["end_script"] = {
         "took_s": took,  # from the record read to here
         "process_s": process_age_s(),  # the whole process so far: interpreter, imports, all

@@ -78,6 +78,7 @@ SACCT_FIELDS = (
     "Start",
     "End",
     "Partition",
+    "AllocTRES",
 )
 SACCT_DELIMITER = "\x1f"  # constraints such as "a|b" break --parsable2's "|"
 
@@ -125,32 +126,83 @@ def state_word(state: str) -> str:
     return words[0].rstrip("+") if words else ""
 
 
+def attempt_rows(
+    rows: list[dict[str, str]], attempt: int
+) -> tuple[list[dict[str, str]], int] | None:
+    """The rows of one attempt of a job, and its number. ``rows``: job lines, each followed by
+    its steps, one job line per attempt known (``sacct -D``: every requeue leaves one, attempt
+    1 first; pyslurm: the latest only, its ``Restarts`` saying which attempt it is).
+
+    The record's attempt is judged, not blindly the last line. Only when a later attempt
+    exists (the record's was requeued) and the record's own is gone or requeued (REQUEUED,
+    REQUEUE_HOLD...) is the record behind (the later attempt never wrote its start): the
+    latest attempt is judged, and the patch says which. None when accounting has not seen the
+    record's attempt yet."""
+    groups = _attempts(rows)
+    if not groups:
+        return None
+    latest = max(groups)
+    own = groups.get(attempt)
+    if latest > attempt and (own is None or state_word(own[0]["State"]).startswith("REQUEUE")):
+        return groups[latest], latest
+    return (own, attempt) if own is not None else None
+
+
+def job_lines(rows: list[dict[str, str]]) -> int:
+    """How many attempts the rows say the job has had (requeues + 1; 0: no job line)."""
+    return max(_attempts(rows), default=0)
+
+
+def _attempts(rows: list[dict[str, str]]) -> dict[int, list[dict[str, str]]]:
+    """Attempt number -> its job line and steps."""
+    groups: dict[int, list[dict[str, str]]] = {}
+    current: list[dict[str, str]] | None = None
+    for r in rows:
+        if "." not in r["JobID"]:
+            restarts = r.get("Restarts", "")
+            n = int(restarts) + 1 if restarts.isdigit() else len(groups) + 1
+            current = groups[n] = [r]
+        elif current is not None:
+            current.append(r)
+    return groups
+
+
 def verdict(
-    rec: RunRecord, rows: list[dict[str, str]], *, final: bool = False
+    rec: RunRecord,
+    rows: list[dict[str, str]],
+    *,
+    final: bool = False,
+    via: str = "sacct",
+    attempt: int | None = None,
 ) -> dict[str, Any] | None:
     """A patch for a run whose Slurm job ended without the job finishing its record.
 
-    ``rows``: the job line and its steps (JobID, State, ExitCode, NodeList, End). One rule: the
-    run gets what ``SACCT_STATES`` says of the job line, except that an out-of-memory step
-    makes it OUT_OF_MEMORY (under submitit the function runs in step .0, and an out-of-memory
-    kill shows only there: the job line says FAILED). None while Slurm is not done (or still
-    settling), and for a run already ended when Slurm knows no more specific cause.
-    ``final``: the caller knows the job is ending (the batch script's own end, ``slurm_end``):
-    steps still running and a missing end time do not make it wait.
+    ``rows``: the job line and its steps (JobID, State, ExitCode, NodeList, End, AllocTRES),
+    one such group per attempt (``attempt_rows``: the record's attempt is judged, ``attempt``
+    when the caller knows better). One rule: the run gets what ``SACCT_STATES`` says of the job
+    line, except that an out-of-memory step makes it OUT_OF_MEMORY (under submitit the function
+    runs in step .0, and an out-of-memory kill shows only there: the job line says FAILED).
+    None while Slurm is not done (or still settling), and for a run already ended when Slurm
+    knows no more specific cause. ``final``: the caller knows the job is ending (the batch
+    script's own end, ``slurm_end``): steps still running and a missing end time do not make it
+    wait. ``via``: what the rows were read through ("sacct", "pyslurm"), said in the failure.
     """
-    main = next((r for r in rows if "." not in r["JobID"]), None)
-    if main is None:
+    picked = attempt_rows(rows, attempt or rec.attempt)
+    if picked is None:
         return None
+    requeues = job_lines(rows) - 1
+    rows, judged = picked
+    main = rows[0]
     state = state_word(main["State"])
     if state not in SACCT_STATES:
         return unknown_state(rec, main["State"])
-    steps = [r for r in rows if "." in r["JobID"]]
+    steps = rows[1:]
     mapped = SACCT_STATES[state]
     if mapped is None or (not final and _settling(main, steps)):
         return None
     oom_step = next((s for s in steps if s["State"].startswith("OUT_OF_MEMORY")), None)
     our_state, cause = (SACCT_STATES["OUT_OF_MEMORY"] if oom_step is not None else None) or mapped
-    if rec.state.is_terminal() and cause not in REFINES_KILLED:
+    if rec.state.is_terminal() and judged == rec.attempt and cause not in REFINES_KILLED:
         return None  # the job's own KILLED stands: the scheduler knows no more
     exit_code, sig = exit_status(main["ExitCode"])
     failure = Failure(
@@ -161,15 +213,69 @@ def verdict(
         signal=sig or None,
         by=cancelled_by(main["State"]),
         source="scheduler",
+        via=via,
     )
     patch = to_patch(
         state=our_state,
         state_source="scheduler",
         failure=failure,
         ended_at=parse_time(main["End"]) or datetime.now(UTC),
+        attempt=judged,
     )
-    patch["execution"] = {"scheduler": {"sacct_state": main["State"], "nodelist": main["NodeList"]}}
+    patch["execution"] = {
+        "scheduler": {
+            "sacct_state": main["State"],
+            "nodelist": main["NodeList"],
+            "requeues": requeues,
+        }
+    }
+    alloc = allocation(main.get("AllocTRES", ""), main["NodeList"], via)
+    if alloc:
+        patch["execution"]["allocated"] = alloc
     return patch
+
+
+def parse_tres(tres: str) -> dict[str, int]:
+    """Slurm's TRES words ("cpu=2,mem=512M,node=1,billing=2,gres/gpu=1") as the numbers runrec
+    records: cpus, mem_mb (MiB), gpus, nodes; a TRES not said is left out (never guessed)."""
+    out: dict[str, int] = {}
+    for item in tres.split(","):
+        key, eq, val = item.strip().partition("=")
+        if not eq or not val:
+            continue
+        try:
+            if key == "cpu":
+                out["cpus"] = int(val)
+            elif key == "node":
+                out["nodes"] = int(val)
+            elif key == "gres/gpu":
+                out["gpus"] = int(val)
+            elif key == "mem":
+                out["mem_mb"] = mem_mb(val)
+        except ValueError:
+            continue
+    return out
+
+
+_MEM_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024, "P": 1024**3}
+
+
+def mem_mb(val: str) -> int:
+    """A Slurm memory amount ("512M", "2G", "1.50G", "4096": MiB) in MiB; ValueError if not."""
+    unit = val[-1:].upper()
+    if unit in _MEM_UNITS:
+        return round(float(val[:-1]) * _MEM_UNITS[unit])
+    return round(float(val))
+
+
+def allocation(tres: str, nodelist: str, source: str) -> dict[str, Any] | None:
+    """The ``Execution.allocated`` patch from a job's allocated TRES and nodes; None when the
+    scheduler allocated nothing yet (a job that never started) or said nothing."""
+    numbers = parse_tres(tres)
+    if not numbers:
+        return None
+    nodes = nodelist if nodelist and nodelist not in ("None assigned", "(null)") else ""
+    return {**numbers, "nodelist": nodes, "tres": tres, "source": source}
 
 
 def end_verdict(
@@ -181,6 +287,9 @@ def end_verdict(
     srun_status: int | None = None,
     nodelist: str = "",
     now: datetime | None = None,
+    via: str = "sacct",
+    reason_via: str = "scontrol",
+    attempt: int | None = None,
 ) -> dict[str, Any] | None:
     """The verdict seen from inside the job, at its end (``backends.slurm_end``): None while
     nothing is known yet (poll again), else the patch ``verdict`` gives.
@@ -193,27 +302,47 @@ def end_verdict(
     ``srun_status``: the exit status of the job's srun when it ended by itself (not signalled):
     the job line is then what sacct will say once the script exits (FAILED for a non-zero
     status, COMPLETED for 0), written now, with the steps as they are.
+    ``via``: what the rows were read through; ``reason_via``: the reason; ``attempt``: the
+    attempt that is ending (the job's SLURM_RESTART_COUNT + 1; default: the record's).
     """
     at = (now or datetime.now(UTC)).astimezone().replace(tzinfo=None).isoformat()
-    main = next((r for r in rows if "." not in r["JobID"]), None)
-    steps = [r for r in rows if "." in r["JobID"]]
+    attempt = attempt or rec.attempt
+    picked = attempt_rows(rows, attempt)
+    main, steps = (picked[0][0], picked[0][1:]) if picked else (None, [])
     if main is not None and SACCT_STATES.get(state_word(main["State"]), None) is not None:
-        return verdict(rec, rows, final=True)
+        return verdict(rec, rows, final=True, via=via, attempt=attempt)
     synthetic: dict[str, str] | None = None
+    rows_via = via
     if reason in ("TimeLimit", "DeadLine"):
         state = "TIMEOUT" if reason == "TimeLimit" else "DEADLINE"
         synthetic = {"State": state, "ExitCode": "0:0"}
+        via = reason_via
     elif srun_status is not None:
         synthetic = {
             "State": "FAILED" if srun_status else "COMPLETED",
             "ExitCode": f"{srun_status}:0",
         }
+        # the job line from the exit status of the job's srun, seen by the batch script; an
+        # out-of-memory step (the cause, then) from the rows
+        oom = any(r["State"].startswith("OUT_OF_MEMORY") for r in steps)
+        via = rows_via if oom else "srun"
     if synthetic is None:
         return None
-    row = {"JobID": job_id, "NodeList": nodelist, "End": at, "Reason": reason, **synthetic}
-    patch = verdict(rec, [row, *steps], final=True)
+    row = {
+        "JobID": job_id,
+        "NodeList": nodelist,
+        "End": at,
+        "Reason": reason,
+        "AllocTRES": main.get("AllocTRES", "") if main else "",
+        **synthetic,
+    }
+    patch = verdict(rec, [row, *steps], final=True, via=via, attempt=1)
     if patch is not None:  # not sacct's word: what the job's end script concluded
         patch["execution"]["scheduler"].pop("sacct_state", None)
+        patch["attempt"] = attempt
+        patch["execution"]["scheduler"]["requeues"] = max(job_lines(rows) - 1, attempt - 1)
+        if "allocated" in patch["execution"]:
+            patch["execution"]["allocated"]["source"] = rows_via
     return patch
 
 

@@ -8,6 +8,7 @@ from rich.markup import escape as _markup_escape
 
 from runrec_cluster.capture.hardware import flagged, verdict_text
 from runrec_cluster.record import (
+    Allocation,
     EnvInfo,
     FailureCause,
     Interpreter,
@@ -231,6 +232,7 @@ def _execution(c: Any, rec: RunRecord) -> None:
             if v is not None
         }
         _kv(c, "resources", ", ".join(f"{k}={v}" for k, v in res.items()))
+        _kv(c, "allocated", allocated_text(ex.allocated))
         _kv(c, "options", ", ".join(f"{k}={v}" for k, v in ex.options.items()))
         if ex.hardware:
             _hardware(c, rec)
@@ -239,6 +241,21 @@ def _execution(c: Any, rec: RunRecord) -> None:
                 _kv(c, k, v)
         _kv(c, "logs", ex.log_dir)
     _kv(c, "attempt", rec.attempt if rec.attempt > 1 else None)
+
+
+def allocated_text(a: Allocation | None) -> str | None:
+    """What the scheduler allocated, in the words of ``resources`` above it (mem in GiB), and
+    who said so: "cpus=2, mem_gb=0.5, gpus=1, nodes=1 on n1 (sacct)"; None: not known."""
+    if a is None:
+        return None
+    mem = None if a.mem_mb is None else round(a.mem_mb / 1024, 3)
+    parts = [
+        f"{k}={v}"
+        for k, v in (("cpus", a.cpus), ("mem_gb", mem), ("gpus", a.gpus), ("nodes", a.nodes))
+        if v is not None
+    ]
+    where = f" on {a.nodelist}" if a.nodelist else ""
+    return f"{', '.join(parts)}{where} ({a.source})" if parts else None
 
 
 def _hardware(c: Any, rec: RunRecord) -> None:
@@ -404,7 +421,7 @@ def _outcome(c: Any, rec: RunRecord, promoted: list[Any] | None) -> None:
         _kv(c, "exit code", f.exit_code)
         _kv(c, "signal", f.signal)
         _kv(c, "by", f.by)
-        _kv(c, "recorded by", f.source)
+        _kv(c, "recorded by", f"{f.source} (via {f.via})" if f.via else f.source)
         if f.traceback:
             c.print("  [bold]traceback[/bold]:")
             c.print(escape(f.traceback.rstrip()), highlight=False)

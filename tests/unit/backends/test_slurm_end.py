@@ -99,7 +99,7 @@ def test_end_verdict_refines_only_a_bare_kill():
 
 
 def test_parsers():
-    out = "\x1f".join([JOB, JOB, "TIMEOUT", "0:0", "0:0", "None", "n1", "s", "e", "debug"])
+    out = "\x1f".join([JOB, JOB, "TIMEOUT", "0:0", "0:0", "None", "n1", "s", "e", "debug", ""])
     assert parse_sacct(out + "\nbad line\n")[JOB][0]["State"] == "TIMEOUT"
     f = parse_scontrol("JobId=100 JobName=x JobState=COMPLETING Reason=TimeLimit Dependency=(null)")
     assert f["JobState"] == "COMPLETING" and f["Reason"] == "TimeLimit"
@@ -162,6 +162,7 @@ def test_finish_writes_the_verdict_once(tmp_path, monkeypatch):
             "s",
             "2026-01-01T00:00:05",
             "debug",
+            "cpu=1,mem=400M,node=1,billing=1",
         ]
     )
     _fake_slurm(tmp_path / "bin", line)
@@ -176,13 +177,28 @@ def test_finish_writes_the_verdict_once(tmp_path, monkeypatch):
     )
 
 
-def test_finish_leaves_a_run_that_ended_by_itself(tmp_path):
+def test_finish_leaves_a_run_that_ended_by_itself(tmp_path, monkeypatch):
+    """Its end stands; only what Slurm allocated is added (scontrol's TRES, one call)."""
     store = Store(tmp_path / "store")
     store.ensure_writable()
     f = Failure(cause=FailureCause.CODE_ERROR, type="ValueError", message="x", source="job")
     store.write_version(RUN, "end", end_patch(f, source="job"), role="job")
+    _fake_slurm(tmp_path / "bin", "", "JobId=100 JobState=RUNNING Reason=None")  # no TRES
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("RUNREC_SLURM_API", "cli")
     msg = slurm_end.finish(store, RUN, signalled=False, srun_status=1, env={"SLURM_JOB_ID": JOB})
     assert "nothing to add" in msg and len(store.version_files(RUN)) == 1
+    tres = "cpu=2,mem=1G,node=1,billing=2,gres/gpu=1"
+    _fake_slurm(
+        tmp_path / "bin", "", f"JobId=100 Restarts=1 NodeList=n1 AllocTRES={tres} Reason=None"
+    )
+    msg = slurm_end.finish(store, RUN, signalled=False, srun_status=1, env={"SLURM_JOB_ID": JOB})
+    r = store.load(RUN)
+    assert r.state == RunState.FAILED and r.failure.cause == FailureCause.CODE_ERROR, msg
+    a = r.execution.allocated
+    assert (a.cpus, a.mem_mb, a.gpus, a.nodes, a.nodelist) == (2, 1024, 1, 1, "n1")
+    assert a.tres == tres and a.source == "scontrol"
+    assert r.execution.scheduler["requeues"] == 1
 
 
 def test_main_never_fails(tmp_path, capsys):

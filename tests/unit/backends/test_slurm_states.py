@@ -98,7 +98,8 @@ def test_every_state_maps_as_expected(state):
     f = p["failure"]
     assert f["cause"] == cause.value and f["type"] == state and f["source"] == "scheduler"
     assert f["message"] == STATE_NOTES.get(state, f"Slurm job 100 ended {state} on n1")
-    assert p["execution"] == {"scheduler": {"sacct_state": state, "nodelist": "n1"}}
+    assert p["execution"] == {"scheduler": {"sacct_state": state, "nodelist": "n1", "requeues": 0}}
+    assert f["via"] == "sacct" and p["attempt"] == 1
     assert p["ended_at"] == datetime.fromisoformat(END).astimezone(UTC)
 
 
