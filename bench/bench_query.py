@@ -1,16 +1,20 @@
 """Cross-run analysis benchmarks (issue #7): writing runs, querying them, record size.
 
-1. ``write``: N runs (50 config values, 20 metrics, 10 tags each) written with
-   ``Store.write_version`` (a launch version with config and tags, an end version with the
-   metrics), fsync off and on, against MLflow's sqlite and file stores (``create_run`` +
-   ``log_batch`` + ``set_terminated``, the batch path) with the same values. Runs per second.
+1. ``write``: N runs (50 config values, 20 metrics, 10 tags each) written the way a sweep
+   writes them: the launch versions (config and tags) of each call of 1,000 runs together
+   (``Store.write_versions``: one pack, what ``map_array`` does), then each run's end version
+   (the metrics) loose, as its job writes it (``Store.write_version``), fsync off and on,
+   against MLflow's sqlite and file stores (``create_run`` + ``log_batch`` +
+   ``set_terminated``, the batch path) with the same values. Runs per second.
 2. ``query``: ``rr.query(store, 'config.lr == 0.01 and metrics.acc > 0.5')`` on the N runs of
    part 1 and on a store of BIG runs: cold (no index: the index build is included), warm (index
    up to date; the change journal read to find new records), and warm without that
    (``refresh=False``); against MLflow ``search_runs`` with the same filter on its sqlite store
    (``--mlflow-n`` runs, default 10,000) and file store (``--file-n``, default 1,000).
-3. ``size``: bytes of version files per run in a real sweep (``map_array`` on the local
-   backend), blobs excluded (shared: patch, package lists; per run: pickled call, result).
+3. ``size``: bytes, files and versions per run in a real sweep (``map_array`` on the local
+   backend): its loose version files plus its share of the sweep's launch and dispatch packs,
+   and at rest after ``pack_store``; blobs excluded (shared: patch, package lists; per run:
+   pickled call, result).
 
 Every figure is the median of ``--reps`` repetitions (cold queries of the BIG store: fewer,
 see the output). Prints Markdown tables and writes ``query.json`` to ``--out``.
@@ -53,28 +57,40 @@ def run_values(k: int) -> tuple[dict[str, Any], dict[str, float], dict[str, str]
     return config, metrics, tags
 
 
-def write_ours(store: Any, n: int, start: int = 0) -> None:
+BATCH = 1_000  # runs per call of write_ours: a 1,000-task map_array
+
+
+def write_ours(store: Any, n: int, start: int = 0, batch: int = BATCH) -> None:
+    """``n`` runs written the way a sweep writes them: the launch versions of each call of
+    ``BATCH`` runs together (``Store.write_versions``, what ``map_array`` does: one pack), then
+    every run's end version loose, as its job writes it (``Store.write_version``)."""
     from runrec_cluster.capture import config as cfg
     from runrec_cluster.record import to_patch
     from runrec_cluster.store import layout
 
-    for k in range(start, start + n):
-        config, metrics, tags = run_values(k)
-        rid = layout.new_id()
-        now = datetime.now(UTC)
-        launch = to_patch(
-            run_id=rid,
-            name="bench",
-            created_at=now,
-            submitted_at=now,
-            config=cfg.entries(config, "given"),
-            tags=tags,
-        )
-        launch.update(state="submitted", state_source="submitter", attempt=1)
-        store.write_version(rid, "launch", launch)
-        end = to_patch(state="succeeded", state_source="job", ended_at=now)
-        end["metrics"] = metrics
-        store.write_version(rid, "end", end, role="job")
+    for first in range(start, start + n, batch):
+        ks = range(first, min(first + batch, start + n))
+        launches, ends = [], []
+        for k in ks:
+            config, metrics, tags = run_values(k)
+            rid = layout.new_id()
+            now = datetime.now(UTC)
+            launch = to_patch(
+                run_id=rid,
+                name="bench",
+                created_at=now,
+                submitted_at=now,
+                config=cfg.entries(config, "given"),
+                tags=tags,
+            )
+            launch.update(state="submitted", state_source="submitter", attempt=1)
+            launches.append((rid, "launch", launch))
+            ends.append((rid, metrics))
+        store.write_versions(launches, new_runs=True)
+        for rid, metrics in ends:
+            end = to_patch(state="succeeded", state_source="job", ended_at=datetime.now(UTC))
+            end["metrics"] = metrics
+            store.write_version(rid, "end", end, role="job")
 
 
 def mlflow_client(uri: str) -> tuple[Any, str]:
@@ -103,11 +119,18 @@ def write_mlflow(client: Any, exp: str, n: int, start: int = 0) -> None:
         client.set_terminated(r.info.run_id)
 
 
-WRITERS = ("default", "fsync", "mlflow_sqlite", "mlflow_file")
+WRITERS = ("default", "fsync", "loose", "mlflow_sqlite", "mlflow_file")
 
 
 def bench_write_query(
-    tmp: str, n: int, mlflow_n: int, file_n: int, big: int, reps: int, big_cold_reps: int
+    tmp: str,
+    n: int,
+    mlflow_n: int,
+    file_n: int,
+    big: int,
+    reps: int,
+    big_cold_reps: int,
+    query: bool = True,
 ) -> dict[str, Any]:
     """Write N runs to ours (fsync off, on), MLflow sqlite (``mlflow_n`` runs) and the MLflow
     file store (``file_n``), in ``reps`` interleaved batches; then query each."""
@@ -125,6 +148,7 @@ def bench_write_query(
     stores = {
         "default": rr.Store(os.path.join(tmp, "ours")),
         "fsync": rr.Store(os.path.join(tmp, "ours-fsync"), fsync=True),
+        "loose": rr.Store(os.path.join(tmp, "ours-loose")),  # one run per call: all loose
     }
     for st in stores.values():
         st.ensure_writable()
@@ -132,10 +156,10 @@ def bench_write_query(
         "mlflow_sqlite": mlflow_client(f"sqlite:///{os.path.join(tmp, 'mlflow.db')}"),
         "mlflow_file": mlflow_client("file://" + os.path.join(tmp, "mlruns")),
     }
-    total = {"default": n, "fsync": n, "mlflow_sqlite": mlflow_n, "mlflow_file": file_n}
+    total = {"default": n, "fsync": n, "loose": n, "mlflow_sqlite": mlflow_n, "mlflow_file": file_n}
     written = dict.fromkeys(WRITERS, 0)
     for rep in range(reps):
-        order = list(WRITERS[rep % 4 :] + WRITERS[: rep % 4])
+        order = list(WRITERS[rep % len(WRITERS) :] + WRITERS[: rep % len(WRITERS)])
         for who in order:
             per = total[who] // reps + (1 if rep < total[who] % reps else 0)
             w = written[who]
@@ -143,10 +167,14 @@ def bench_write_query(
                 c, e = clients[who]
                 dt = clock(lambda c=c, e=e, per=per, w=w: write_mlflow(c, e, per, w))
             else:
-                dt = clock(lambda who=who, per=per, w=w: write_ours(stores[who], per, w))
+                b = 1 if who == "loose" else BATCH
+                dt = clock(lambda who=who, per=per, w=w, b=b: write_ours(stores[who], per, w, b))
             s.setdefault(f"write_{who}_runs_per_s", []).append(per / dt)
             written[who] += per
     out["written"] = written
+    if not query:  # --only write
+        out["medians"] = {k: med(v) for k, v in s.items()}
+        return out
     # -- query the N runs: ours cold / warm, MLflow search_runs on its sqlite and file stores
     store = stores["default"]
     idx = Index(store)
@@ -200,13 +228,14 @@ def bench_write_query(
 def report_write_query(r: dict[str, Any]) -> str:
     m = r["medians"]
     base = m["write_mlflow_sqlite_runs_per_s"]
-    q_sql, q_file = m["query_mlflow_sqlite_s"], m["query_mlflow_file_s"]
     lines = [
         "### Write: runs per second (50 config values, 20 metrics, 10 tags per run)",
         "",
-        f"Runs written: runrec {r['n']:,} per store, MLflow sqlite {r['mlflow_n']:,}, MLflow file "
-        f"store {r['file_n']:,} (a file per value: slower to fill), in {len(r['samples']['write_default_runs_per_s'])} "
-        "interleaved batches; runs/s is the median over the batches.",
+        f"Runs written: runrec {r['n']:,} per store (the launch versions of each {BATCH:,} "
+        "runs in one pack, each run's end version loose), MLflow sqlite "
+        f"{r['mlflow_n']:,}, MLflow file store {r['file_n']:,} (a file per value: slower to "
+        f"fill), in {len(r['samples']['write_default_runs_per_s'])} interleaved batches; runs/s "
+        "is the median over the batches.",
         "",
         table(
             ["store", "runs/s", "this / MLflow sqlite"],
@@ -221,6 +250,11 @@ def report_write_query(r: dict[str, Any]) -> str:
                     m["write_fsync_runs_per_s"],
                     ratio(m["write_fsync_runs_per_s"], base),
                 ],
+                [
+                    "runrec, one run per call (launch loose too: a single submit)",
+                    m["write_loose_runs_per_s"],
+                    ratio(m["write_loose_runs_per_s"], base),
+                ],
                 ["MLflow sqlite, log_batch", base, "1.0x"],
                 [
                     "MLflow file store, log_batch",
@@ -229,6 +263,11 @@ def report_write_query(r: dict[str, Any]) -> str:
                 ],
             ],
         ),
+    ]
+    if "query_mlflow_sqlite_s" not in m:  # --only write
+        return "\n".join(lines)
+    q_sql, q_file = m["query_mlflow_sqlite_s"], m["query_mlflow_file_s"]
+    lines += [
         "",
         f"### Query `{FILTER}`",
         "",
@@ -299,8 +338,23 @@ def report_write_query(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _tree(root: str, sub: str) -> tuple[int, int, int]:
+    """(files, directories, bytes of the files) under ``root/sub``."""
+    files = dirs = size = 0
+    for d, ds, fs in os.walk(os.path.join(root, sub)):
+        dirs += len(ds)
+        files += len(fs)
+        size += sum(os.path.getsize(os.path.join(d, f)) for f in fs)
+    return files, dirs, size
+
+
 def bench_size(tmp: str, tasks: int) -> dict[str, Any]:
+    """A real sweep on the local backend: bytes, files and versions per run right after it
+    (loose versions, plus each run's share of the sweep's launch and dispatch packs), and at
+    rest after ``pack_store`` (every version in packs). Blobs excluded (reported apart)."""
     import runrec_cluster as rr
+    from runrec_cluster.record import RecordVersion
+    from runrec_cluster.store import codec, packs
 
     sys.path.insert(0, HERE)
     repo = make_repo(tmp)
@@ -315,45 +369,94 @@ def bench_size(tmp: str, tasks: int) -> dict[str, Any]:
     for h in hs:
         h.wait(timeout=600)
     dt = time.perf_counter() - t0
-    states = {}
-    sizes = []
+    states: dict[str, int] = {}
+    loose: list[int] = []
+    per_event: dict[str, list[int]] = {}
     for h in hs:
         rec = h.record()
         states[rec.state.value] = states.get(rec.state.value, 0) + 1
-        sizes.append(sum(os.path.getsize(p) for p in store.version_files(h.run_id)))
-    blobs = 0
-    for root, _, files in os.walk(os.path.join(store.root, "blobs")):
-        blobs += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-    versions = [len(store.version_files(h.run_id)) for h in hs]
+        paths = store.version_files(h.run_id)
+        loose.append(sum(os.path.getsize(p) for p in paths))
+        for p in paths:
+            v = codec.decode(fs_read(p), RecordVersion, p)
+            per_event.setdefault(f"{v.event} ({v.writer.role}), loose", []).append(
+                os.path.getsize(p)
+            )
+    pack_files, _, pack_bytes = _tree(store.root, packs.PACKS_DIR)
+    run_files, run_dirs, _ = _tree(store.root, "runs")
+    blobs = _tree(store.root, "blobs")[2]
+    versions = [len(store.versions(h.run_id)) for h in hs]
+    sizes = [n + pack_bytes / tasks for n in loose]
+    packed = packs.pack_store(store.root)
+    rest_files, rest_dirs, rest_bytes = _tree(store.root, packs.PACKS_DIR)
+    left_files, left_dirs, left_bytes = _tree(store.root, "runs")
     return {
         "tasks": tasks,
         "states": states,
         "bytes_per_run": sizes,
         "median_bytes": med(sizes),
         "mean_bytes": sum(sizes) / len(sizes),
+        "pack_bytes_per_run": pack_bytes / tasks,
+        "sweep_packs": pack_files,
+        "per_event_bytes": {k: med(v) for k, v in per_event.items()},
+        "files_per_run": (run_files + run_dirs + pack_files) / tasks,
+        "loose_files_per_run": run_files / tasks,
         "versions_per_run": med(versions),
+        "rest_bytes_per_run": (rest_bytes + left_bytes) / tasks,
+        "rest_files_per_run": (rest_files + rest_dirs + left_files + left_dirs) / tasks,
+        "rest_packs": rest_files,
+        "pack_seconds": packed.seconds,
         "shared_blob_bytes": blobs,
         "seconds": dt,
     }
 
 
+def fs_read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def report_size(r: dict[str, Any]) -> str:
+    rows: list[list[Any]] = [
+        [
+            "bytes per run right after the sweep (median): its loose version files + its "
+            "share of the sweep's packs",
+            r["median_bytes"],
+        ],
+        ["… mean", r["mean_bytes"]],
+        [
+            f"… of which the share of the sweep's {r['sweep_packs']} pack(s) (launch, dispatch)",
+            r["pack_bytes_per_run"],
+        ],
+    ]
+    rows += [[f"… {k} (median)", v] for k, v in sorted(r["per_event_bytes"].items())]
+    rows += [
+        ["versions per run (median, loose and packed)", r["versions_per_run"]],
+        [
+            "files per run right after the sweep (version files, run directories, packs)",
+            r["files_per_run"],
+        ],
+        [
+            f"bytes per run at rest, after `pack_store` ({r['pack_seconds']:.2f} s; every "
+            "version in packs)",
+            r["rest_bytes_per_run"],
+        ],
+        [
+            f"files per run at rest ({r['rest_packs']} pack files, shard directory included)",
+            r["rest_files_per_run"],
+        ],
+        [
+            "all blobs of the sweep, bytes (not counted above; per-run call and result blobs "
+            "included)",
+            r["shared_blob_bytes"],
+        ],
+    ]
     return "\n".join(
         [
-            f"### Record size per run, {r['tasks']:,}-task sweep (`map_array` on the local backend; states: {r['states']})",
+            f"### Record size per run, {r['tasks']:,}-task sweep (`map_array` on the local "
+            f"backend; states: {r['states']})",
             "",
-            table(
-                ["measure", "value"],
-                [
-                    ["version files per run, bytes (median)", r["median_bytes"]],
-                    ["… mean", r["mean_bytes"]],
-                    ["versions per run (median)", r["versions_per_run"]],
-                    [
-                        "all blobs of the sweep, bytes (not counted above; per-run call and result blobs included)",
-                        r["shared_blob_bytes"],
-                    ],
-                ],
-            ),
+            table(["measure", "value"], rows),
         ]
     )
 
@@ -395,7 +498,9 @@ def main() -> int:
     t0 = time.perf_counter()
     try:
         if only & {"write", "query"}:
-            r = bench_write_query(tmp, n, mlflow_n, file_n, big, reps, 1 if big >= 50_000 else reps)
+            r = bench_write_query(
+                tmp, n, mlflow_n, file_n, big, reps, 1 if big >= 50_000 else reps, "query" in only
+            )
             res["write_query"] = r
             md.append(report_write_query(r))
             print(md[-1] + "\n", flush=True)

@@ -7,11 +7,13 @@ then the backend launches the jobs and their scheduler ids are appended to the r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -111,6 +113,7 @@ class Executor:
     ) -> None:
         self.store = as_store(store)
         self.store.ensure_writable()
+        self._pending = threading.local()  # launch records kept for one write (launch_records)
         self.hash_progress = hash_progress
         self.name = name
         self.cwd = os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd()
@@ -362,39 +365,42 @@ class Executor:
             else None
         )
         specs = []
-        for i, (fn, conf, blob, secret) in enumerate(zip(fns, configs, blobs, kept, strict=True)):
-            run_id = layout.new_id()
-            ep = Entrypoint(
-                kind="function",
-                function=_function_name(fn),
-                cwd=self.cwd,
-                call_blob=blob,
-                withheld=sorted(secret),
-                secrets_dir=secrets_dir if secret else None,
-            )
-            if secret and secrets_dir:
-                withhold.write_secrets(secrets_dir, run_id, secret)
-            self.write_launch(
-                run_id,
-                ctx
-                if call_configs is None
-                else {**ctx, "inputs": ctx["inputs"] + list(call_configs[i][1])},
-                ep,
-                conf,
-                tags,
-                self.run_name(name, getattr(fn, "__name__", "run")),
-                sweep_id,
-                i if sweep else None,
-            )
-            specs.append(
-                JobSpec(
-                    run_id,
-                    "function",
-                    self.cwd,
-                    self.store.log_dir(run_id),
-                    sweep_index=i if sweep else None,
+        with self.launch_records():  # one write for the whole call, before anything runs
+            for i, (fn, conf, blob, secret) in enumerate(
+                zip(fns, configs, blobs, kept, strict=True)
+            ):
+                run_id = layout.new_id()
+                ep = Entrypoint(
+                    kind="function",
+                    function=_function_name(fn),
+                    cwd=self.cwd,
+                    call_blob=blob,
+                    withheld=sorted(secret),
+                    secrets_dir=secrets_dir if secret else None,
                 )
-            )
+                if secret and secrets_dir:
+                    withhold.write_secrets(secrets_dir, run_id, secret)
+                self.write_launch(
+                    run_id,
+                    ctx
+                    if call_configs is None
+                    else {**ctx, "inputs": ctx["inputs"] + list(call_configs[i][1])},
+                    ep,
+                    conf,
+                    tags,
+                    self.run_name(name, getattr(fn, "__name__", "run")),
+                    sweep_id,
+                    i if sweep else None,
+                )
+                specs.append(
+                    JobSpec(
+                        run_id,
+                        "function",
+                        self.cwd,
+                        self.store.log_dir(run_id),
+                        sweep_index=i if sweep else None,
+                    )
+                )
         return specs
 
     def run_name(self, name: str | None, default: str) -> str:
@@ -418,14 +424,49 @@ class Executor:
         ``ctx``: the captured context (code, env, inputs, user, host; see ``_context``);
         ``name``: the run's name as recorded (``run_name`` resolves a call's);
         ``extra``: more launch fields (a rerun's rerun_of / rerun_root / rerun). When it fails
-        (a bad name or tag, the store), nothing is launched: the run's secrets file goes too."""
+        (a bad name or tag, the store), nothing is launched: the run's secrets file goes too.
+        Inside a ``launch_records()`` block the record is written with the block's others when
+        the block ends."""
         try:
-            self._write_launch(run_id, ctx, ep, config, tags, name, sweep_id, sweep_index, extra)
+            patch = self._launch_patch(
+                run_id, ctx, ep, config, tags, name, sweep_id, sweep_index, extra
+            )
+            pending = getattr(self._pending, "runs", None)
+            if pending is not None:
+                pending.append((run_id, patch, ep.secrets_dir))
+                return
+            self.store.write_version(run_id, "launch", patch, role="submitter")
         except BaseException:
             withhold.discard(run_id, ep.secrets_dir)
             raise
 
-    def _write_launch(
+    @contextlib.contextmanager
+    def launch_records(self) -> Iterator[None]:
+        """The launch records of the runs ``write_launch`` writes inside the block are written
+        together when it ends, before anything runs (``Store.write_versions``: one pack file for
+        a call of many runs, whole or not at all). If the block or the write fails, the runs
+        get no record and their secrets files go. A block inside another one is part of it."""
+        if getattr(self._pending, "runs", None) is not None:
+            yield
+            return
+        pending: list[tuple[str, dict[str, Any], str | None]] = []
+        self._pending.runs = pending
+        try:
+            yield
+            self._pending.runs = None
+            self.store.write_versions(
+                [(rid, "launch", patch) for rid, patch, _ in pending],
+                role="submitter",
+                new_runs=True,
+            )
+        except BaseException:
+            for rid, _, secrets_dir in pending:
+                withhold.discard(rid, secrets_dir)
+            raise
+        finally:
+            self._pending.runs = None
+
+    def _launch_patch(
         self,
         run_id: str,
         ctx: dict[str, Any],
@@ -436,7 +477,7 @@ class Executor:
         sweep_id: str | None,
         sweep_index: int | None,
         extra: dict[str, Any] | None,
-    ) -> None:
+    ) -> dict[str, Any]:
         check_printable("run name", name)
         clean_tags = {}
         for k, v in (tags or {}).items():
@@ -482,7 +523,7 @@ class Executor:
         patch["attempt"] = 1
         if "shared" in ctx:
             patch = self._use_shared(patch, ctx["shared"])
-        self.store.write_version(run_id, "launch", patch, role="submitter")
+        return patch
 
     def _use_shared(self, patch: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
         """The launch patch of one run of a sweep, less what every run of the sweep shares:
@@ -517,6 +558,12 @@ class Executor:
     def launch(self, specs: list[JobSpec]) -> list[RunHandle]:
         """Launch runs whose launch records are written (``write_launch``) on the backend, and
         append their scheduler ids; a launch that fails is recorded as failed and raised."""
+        pending = {rid for rid, _, _ in getattr(self._pending, "runs", None) or []}
+        if any(s.run_id in pending for s in specs):
+            raise ConfigError(
+                "launch() was called inside a launch_records() block for runs whose launch "
+                "records are not written yet; call it after the block."
+            )
         try:
             infos = self.backend.launch(specs)
         except RunrecError as exc:
@@ -526,27 +573,27 @@ class Executor:
             msg = f"{self.backend.name} backend failed to launch: {type(exc).__name__}: {exc}"
             self._record_launch_failure(specs, msg)
             raise BackendError(msg + ". The launch records are kept and marked failed.") from exc
-        for spec, info in zip(specs, infos, strict=True):
-            if info:
-                self.store.write_version(
-                    spec.run_id, "dispatch", {"execution": {"scheduler": info}}, role="submitter"
-                )
+        # the scheduler's ids of the whole call in one write (one pack for many runs)
+        self.store.write_versions(
+            [
+                (spec.run_id, "dispatch", {"execution": {"scheduler": info}})
+                for spec, info in zip(specs, infos, strict=True)
+                if info
+            ],
+            role="submitter",
+        )
         return [RunHandle(self.store, s.run_id, self.backend) for s in specs]
 
     def _record_launch_failure(self, specs: list[JobSpec], msg: str) -> None:
+        f = Failure(
+            cause=FailureCause.INFRASTRUCTURE,
+            type="LaunchError",
+            message=msg,
+            source="submitter",
+        )
+        ended = end_patch(f, source="backend")
+        self.store.write_versions([(s.run_id, "end", ended) for s in specs], role="submitter")
         for s in specs:
-            f = Failure(
-                cause=FailureCause.INFRASTRUCTURE,
-                type="LaunchError",
-                message=msg,
-                source="submitter",
-            )
-            self.store.write_version(
-                s.run_id,
-                "end",
-                end_patch(f, source="backend"),
-                role="submitter",
-            )
             try:  # no job will read its secrets file
                 _discard_secrets(self.store.load(s.run_id, problems=[]))
             except RunrecError:

@@ -5,6 +5,13 @@ the verdict is *in the files* without any runrec command having been run. This m
 the documented layout (docs/store-layout.md) with ``zstandard`` and ``msgspec.msgpack`` only:
 
     STORE/runs/<first 5 chars of run id>/<run id>/v<seq>-<writer>.msgpack.zst
+    STORE/packs/<first 5 chars of run id>/<pack id>.pack   (launch packs, `runrec pack`)
+
+A pack (docs/store-layout.md, *Packs*): the magic ``RRPACK1\n``, zstd frames of msgpack
+``{run_id: [[file name, version msgpack], ...]}``, an index frame ``{"format": 1, "chunks":
+[[offset, length], ...], "runs": {run_id: [chunk, highest seq]}}``, then the index's offset and
+length (two little-endian uint64) and the magic again. A version lying both loose and in a pack
+(same file name) is one version.
 
 ``raw_verdict`` is what a dashboard reading those files concludes, by the documented rule
 (docs/record-schema.md): versions in (seq, written_at) order; the newest attempt; among its
@@ -15,25 +22,73 @@ wins over a bare ``killed``; otherwise the last terminal version.
 import datetime as _dt
 import glob
 import os
+import struct
 
 import msgspec
 import zstandard
+
+MAGIC = b"RRPACK1\n"
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 SPECIFIC = ("out_of_memory", "timeout", "node_failure", "preempted", "cancelled")
 
 
+def _unzstd(data: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 28)
+
+
+def raw_pack(path: str) -> dict[str, list[tuple[str, bytes]]]:
+    """Every run of one pack file: run id -> [(version file name, version msgpack bytes)]."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[: len(MAGIC)] != MAGIC or data[-len(MAGIC) :] != MAGIC:
+        raise ValueError(f"{path} is not a whole pack")
+    off, length = struct.unpack("<QQ", data[-len(MAGIC) - 16 : -len(MAGIC)])
+    index = msgspec.msgpack.decode(_unzstd(data[off : off + length]))
+    out: dict[str, list[tuple[str, bytes]]] = {}
+    for c_off, c_len in index["chunks"]:
+        for rid, entries in msgspec.msgpack.decode(_unzstd(data[c_off : c_off + c_len])).items():
+            out.setdefault(rid, []).extend((name, raw) for name, raw in entries)
+    return out
+
+
+def raw_packs(store: str, shard: str) -> list[str]:
+    """The pack files of one shard (paths)."""
+    return sorted(glob.glob(os.path.join(str(store), "packs", shard, "*.pack")))
+
+
 def raw_versions(store: str, run_id: str) -> list[dict]:
-    """Every version file of the run, decoded, in (seq, written_at) order."""
+    """Every version of the run, loose files first, then packs (a version in both once),
+    decoded, in (seq, written_at) order."""
     d = os.path.join(str(store), "runs", run_id[:5], run_id)
     out = []
+    seen = set()
     for path in glob.glob(os.path.join(d, "v*.msgpack.zst")):
-        with open(path, "rb") as f:
-            raw = zstandard.ZstdDecompressor().decompress(f.read(), max_output_size=1 << 28)
+        try:
+            with open(path, "rb") as f:
+                raw = _unzstd(f.read())
+        except FileNotFoundError:
+            continue  # packed meanwhile: found in its pack below
         v = msgspec.msgpack.decode(raw)
         v["_path"] = path
+        seen.add(os.path.basename(path))
         out.append(v)
+    for pack in raw_packs(store, run_id[:5]):
+        for name, raw in raw_pack(pack).get(run_id, []):
+            if name not in seen:
+                seen.add(name)
+                v = msgspec.msgpack.decode(raw)
+                v["_path"] = f"{pack}#{run_id}/{name}"
+                out.append(v)
     out.sort(key=lambda v: (v["seq"], str(v["written_at"])))
+    return out
+
+
+def raw_run_ids(store: str) -> set[str]:
+    """Every run id of the store: loose run directories and the runs of every pack."""
+    out = {os.path.basename(d) for d in glob.glob(os.path.join(str(store), "runs", "*", "*"))}
+    for pack in glob.glob(os.path.join(str(store), "packs", "*", "*.pack")):
+        out |= set(raw_pack(pack))
     return out
 
 

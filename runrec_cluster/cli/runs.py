@@ -248,11 +248,12 @@ def logs_cmd(store_path, run, which):  # type: ignore[no-untyped-def]
         if which and which != name:
             continue
         path = os.path.join(d, f"{name}.txt")
-        if os.path.exists(path):
+        data = store.read_log(rec.run_id, f"{name}.txt", d)  # the file, or packed
+        if data is not None:
             found = True
-            click.echo(f"==> {path} <==", err=True)
-            with open(path, encoding="utf-8", errors="replace") as f:
-                sys.stdout.write(f.read())
+            where = path if os.path.exists(path) else f"{path} (packed)"
+            click.echo(f"==> {where} <==", err=True)
+            sys.stdout.write(data.decode("utf-8", errors="replace"))
     if not found:
         click.echo(f"no logs for run {rec.run_id} in {d}.", err=True)
 

@@ -1,27 +1,20 @@
 """Blobs as fsck sees them: ``verify_blob`` (does a blob file decompress and hash to its name,
-streaming, whatever its size) and ``blob_refs`` (every blob digest a record version names)."""
+streaming, whatever its size) and ``blob_refs`` (every blob digest a record version names; it
+lives in ``store/refs.py``, where the packer uses it too)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
-from typing import Any
 
 import zstandard
 
-from runrec_cluster.record import CONTEXT_KEY
 from runrec_cluster.store.codec import MAX_RATIO
+from runrec_cluster.store.refs import blob_refs
+
+__all__ = ["CHUNK", "blob_refs", "verify_blob"]
 
 CHUNK = 1 << 20  # bytes read and hashed at a time
-
-# patch fields holding blob digests; user data (config, metrics, tags, backend options, rerun
-# values) is never read as a reference
-BLOB_KEYS = frozenset({"patch_blob", "packages_blob", "call_blob", "manifest_blob", "batch_script"})
-SKIP_TOP = frozenset({"config", "metrics", "tags", "warnings", "annotations"})
-SKIP_NESTED = frozenset(
-    {"options", "hardware_expect", "hardware_request", "pinned", "intended", "env_vars"}
-)
 
 
 def verify_blob(path: str, hexd: str) -> int | str:
@@ -66,35 +59,3 @@ def verify_blob(path: str, hexd: str) -> int | str:
     if got != hexd:
         return f"its content hashes to sha256:{got}, not to its name sha256:{hexd}"
     return size
-
-
-def blob_refs(patch: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(field path, value) of every blob reference in a version's patch."""
-    for k, v in patch.items():
-        if k in SKIP_TOP:
-            continue
-        if k == CONTEXT_KEY:
-            if isinstance(v, str):
-                yield CONTEXT_KEY, v
-            continue
-        if k == "result" and isinstance(v, dict):
-            b = v.get("blob")
-            if isinstance(b, str):
-                yield "result.blob", b
-            continue
-        yield from _walk(v, k)
-
-
-def _walk(v: Any, where: str) -> Iterator[tuple[str, str]]:
-    if isinstance(v, dict):
-        for k, x in v.items():
-            if not isinstance(k, str) or k in SKIP_NESTED:
-                continue
-            if k in BLOB_KEYS:
-                if isinstance(x, str):
-                    yield f"{where}.{k}", x
-            else:
-                yield from _walk(x, f"{where}.{k}")
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            yield from _walk(x, f"{where}[{i}]")

@@ -5,7 +5,11 @@ What is checked (see docs/fsck.md for every kind of finding and its repair):
 
 - every record version file decodes, names the run of its directory and the seq of its name;
 - every pack (``store/packs.py``) reads whole (footer, index, every chunk), and the versions in
-  it are checked like loose ones (a version both loose and packed once);
+  it are checked like loose ones (a version both loose and packed once; a note says how many
+  are in both places, which the next ``runrec pack`` deletes); every blob in a pack hashes to
+  its name, every log chunk decodes;
+- a packer may run at the same time: a run whose loose files vanish (or whose history looks cut
+  short) while fsck reads it is read again with the packs written since;
 - every run has a ``launch`` version, seq numbers 1..max have no gap, the versions fold;
 - every blob decompresses and hashes to its name;
 - every blob digest a record references (``code.patch_blob``, ``launch_env.packages_blob``,
@@ -20,6 +24,8 @@ also while writers write.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import time
 from typing import Any
@@ -38,6 +44,7 @@ from runrec_cluster.record import (
     fold,
 )
 from runrec_cluster.store import Store, codec, fs, layout, packs
+from runrec_cluster.store.pack_extras import LOG_FILES
 
 
 def check(store: Store) -> FsckReport:
@@ -65,6 +72,9 @@ class _Checker:
         self.referenced: set[str] = set()
         self.run_ids: set[str] = set()
         self.packed: dict[str, dict[str, tuple[str, bytes]]] = {}  # run -> name -> (where, bytes)
+        self.packs_read: set[str] = set()  # pack paths read (packs written later: _late_packs)
+        self.done: set[str] = set()  # runs checked
+        self.both: dict[str, list[int]] = {}  # shard -> [versions, runs] both loose and packed
 
     def add(self, severity: Severity, kind: str, path: str, message: str, **kw: Any) -> None:
         self.findings.append(Finding(severity, kind, path, message, **kw))
@@ -81,6 +91,14 @@ class _Checker:
             self._temps_under(os.path.join(self.root, d))
         self.counts.unreferenced_blobs = len(self.good_blobs - self.referenced)
         self.counts.temp_files = sum(1 for f in self.findings if f.kind == "temp_file")
+        for shard, (nv, nr) in sorted(self.both.items()):
+            self.add(
+                "note",
+                "loose_and_packed",
+                os.path.join(layout.runs_dir(self.root), shard),
+                f"{nv} version(s) of {nr} run(s) are both loose and in a pack (read once): a "
+                "packer was killed before deleting its loose copies, or is deleting them now",
+            )
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -158,12 +176,15 @@ class _Checker:
                 self._blob(e.path, m.group(1))
 
     def _blob(self, path: str, hexd: str) -> None:
-        self.counts.blobs += 1
         problem = verify_blob(path, hexd)
         if isinstance(problem, int):
+            self.counts.blobs += 1
             self.counts.blob_bytes += problem
             self.good_blobs.add(hexd)
             return
+        if not os.path.lexists(path):
+            return  # packed and deleted since the listing: the pack pass (after this) reads it
+        self.counts.blobs += 1
         self.bad_blobs.add(hexd)
         self.add("problem", "bad_blob", path, problem, digest="sha256:" + hexd)
 
@@ -213,32 +234,118 @@ class _Checker:
                     self._pack(e.path, sh.name)
 
     def _pack(self, path: str, shard: str) -> None:
+        """Read one pack whole: its versions go to ``self.packed`` (checked with their runs), its
+        blobs are hashed, its logs decoded; what cannot be read is a ``bad_pack``."""
         self.counts.packs += 1
+        self.packs_read.add(path)
         try:
-            found = list(packs.iter_pack(packs.read_index(path)))
+            idx = packs.read_index(path)
+        except FileNotFoundError:
+            return  # moved away since the listing (fsck --repair)
         except (RunrecError, OSError) as exc:
             self.add("problem", "bad_pack", path, f"the pack cannot be read: {_why(exc, path)}")
             return
-        for run_id, entries in found:
-            if not layout.RUN_ID_RE.match(run_id) or run_id[: layout.SHARD_LEN] != shard:
-                self.add("problem", "bad_pack", path, f"holds run {run_id!r}, not of shard {shard}")
+        for n in range(len(idx.chunks)):
+            try:
+                chunk = packs.read_chunk(idx, n)
+            except (RunrecError, OSError) as exc:
+                runs = sorted(r for r, (c, _) in idx.runs.items() if c == n)
+                self.add(
+                    "problem",
+                    "bad_pack",
+                    path,
+                    f"chunk {n} cannot be read ({_why(exc, path)}); it holds the versions of "
+                    f"{len(runs)} run(s): {', '.join(runs[:5])}{', ...' if len(runs) > 5 else ''}",
+                )
                 continue
-            mine = self.packed.setdefault(run_id, {})
-            for name, raw in entries:
-                mine.setdefault(name, (packs.entry_label(path, run_id, name), raw))
+            for run_id, entries in chunk.items():
+                if not layout.RUN_ID_RE.match(run_id) or run_id[: layout.SHARD_LEN] != shard:
+                    self.add(
+                        "problem", "bad_pack", path, f"holds run {run_id!r}, not of shard {shard}"
+                    )
+                    continue
+                if run_id in self.done:
+                    continue  # a pack written while fsck ran, read for a run checked already
+                mine = self.packed.setdefault(run_id, {})
+                for name, raw in entries:
+                    mine.setdefault(name, (packs.entry_label(path, run_id, name), raw))
+        self._pack_extras(idx)
+
+    def _pack_extras(self, idx: packs.PackIndex) -> None:
+        for n in range(len(idx.blob_chunks)):
+            try:
+                chunk = packs.read_blob_chunk(idx, n)
+            except (RunrecError, OSError) as exc:
+                self.add("problem", "bad_pack", idx.path, f"{_why(exc, idx.path)}")
+                continue
+            for hexd, data in chunk.items():
+                self.counts.packed_blobs += 1
+                got = hashlib.sha256(data).hexdigest()
+                if got == hexd:
+                    self.good_blobs.add(hexd)
+                    continue
+                self.add(
+                    "problem",
+                    "bad_pack",
+                    idx.path,
+                    f"blob sha256:{hexd} in the pack hashes to sha256:{got}",
+                    digest="sha256:" + hexd,
+                )
+        for n in range(len(idx.log_chunks)):
+            try:
+                logs = packs.read_log_chunk(idx, n)
+            except (RunrecError, OSError) as exc:
+                self.add("problem", "bad_pack", idx.path, f"{_why(exc, idx.path)}")
+                continue
+            for run_id, files in logs.items():
+                odd = [name for name, _ in files if name not in LOG_FILES]
+                if not layout.RUN_ID_RE.match(run_id) or odd:
+                    self.add(
+                        "problem",
+                        "bad_pack",
+                        idx.path,
+                        f"log chunk {n} holds {run_id!r} {odd}: not the logs of a run",
+                    )
+
+    def _late_packs(self, shard: str) -> bool:
+        """Read the packs of ``shard`` written since the pack pass (a packer running now);
+        True when there was one."""
+        new = [p for p in packs.list_packs(self.root, shard) if p not in self.packs_read]
+        for p in new:
+            self._pack(p, shard)
+        return bool(new)
 
     def _runs_only_packed(self) -> None:
-        for run_id in sorted(self.packed):
+        while self.packed:  # a late pack (_late_packs) may add runs
+            run_id = min(self.packed)
             self._run(run_id, layout.run_dir(self.root, run_id))
 
     def _run(self, run_id: str, d: str) -> None:
+        """Check one run. A packer may pack it while it is read: when its loose files vanish
+        or its history looks cut short, and the packs of its shard have grown since the pack
+        pass, it is read again with them (once: a packer links its pack before it deletes)."""
+        n_find, counts = len(self.findings), dataclasses.replace(self.counts)
+        both = {k: list(v) for k, v in self.both.items()}
+        self._run_once(run_id, d)
+        cut = {"unreadable_version", "seq_gap", "no_launch", "empty_run_dir"}
+        if any(
+            f.kind in cut and f.run_id == run_id for f in self.findings[n_find:]
+        ) and self._late_packs(run_id[: layout.SHARD_LEN]):
+            del self.findings[n_find:]
+            self.counts, self.both = counts, both
+            self._run_once(run_id, d)
+        self.done.add(run_id)
+        self.packed.pop(run_id, None)
+
+    def _run_once(self, run_id: str, d: str) -> None:
         entries = self._listdir(d)
-        packed = self.packed.pop(run_id, {})
+        packed = self.packed.get(run_id, {})
         if entries is None and not packed:
             return
         self.run_ids.add(run_id)
         files: list[tuple[int, str]] = []
         raws: dict[str, bytes] = {}
+        fallback: dict[str, bytes] = {}
         for e in entries or []:
             if e.name.startswith(layout.TMP_PREFIX):
                 self._temp(e.path)
@@ -249,11 +356,19 @@ class _Checker:
             else:
                 self._unexpected(e.path)
         loose = {os.path.basename(p) for _, p in files}
+        both = 0
         for name, (where, raw) in sorted(packed.items()):
             seq = layout.version_seq(name)
             if name not in loose and seq is not None:
                 files.append((seq, where))
                 raws[where] = raw
+            elif name in loose:
+                both += 1
+                fallback[os.path.join(d, name)] = raw  # if a packer deletes the loose copy now
+        if both:
+            tally = self.both.setdefault(run_id[: layout.SHARD_LEN], [0, 0])
+            tally[0] += both
+            tally[1] += 1
         if not files:
             ages = [self._age(d)] + [self._age(e.path) for e in entries]
             self.add(
@@ -269,7 +384,7 @@ class _Checker:
         self.counts.runs += 1
         good: list[tuple[str, RecordVersion]] = []
         for seq, path in files:
-            v = self._version(run_id, seq, path, raws.get(path))
+            v = self._version(run_id, seq, path, raws.get(path), fallback.get(path))
             if v is not None:
                 good.append((path, v))
         self._history(run_id, d, files, good)
@@ -278,7 +393,12 @@ class _Checker:
             self._references(run_id, good)
 
     def _version(
-        self, run_id: str, seq: int, path: str, raw: bytes | None = None
+        self,
+        run_id: str,
+        seq: int,
+        path: str,
+        raw: bytes | None = None,
+        packed: bytes | None = None,
     ) -> RecordVersion | None:
         """Version ``seq`` of a run (a file, or ``raw`` bytes read from a pack), its shared
         context merged in; None (and the finding) when it cannot be read or is not what its
@@ -287,7 +407,12 @@ class _Checker:
         self.counts.versions += 1
         try:
             if raw is None:
-                v = codec.decode(fs.read_bytes(path), RecordVersion, path)
+                try:
+                    v = codec.decode(fs.read_bytes(path), RecordVersion, path)
+                except FileNotFoundError:
+                    if packed is None:
+                        raise
+                    v = codec.unpack(packed, RecordVersion, path)  # packed copy, read before
             else:
                 v = codec.unpack(raw, RecordVersion, path)
         except (RunrecError, OSError) as exc:
@@ -403,6 +528,9 @@ class _Checker:
                     if isinstance(verify_blob(blob, hexd), int):
                         self.good_blobs.add(hexd)
                         continue
+                if hexd not in self.bad_blobs and self._packed_blob(value):
+                    self.good_blobs.add(hexd)  # in a pack written since the pack pass
+                    continue
                 if value in acknowledged:
                     self.add(
                         "note",
@@ -426,6 +554,13 @@ class _Checker:
                     digest=value,
                     field=where,
                 )
+
+    def _packed_blob(self, digest: str) -> bool:
+        try:
+            self.store.get_blob(digest)  # loose or packed, checked against its hash
+            return True
+        except (RunrecError, OSError):
+            return False
 
     # -- promoted versions ---------------------------------------------------------------------
 

@@ -47,7 +47,11 @@ HINTS: dict[str, str] = {
     "`runrec fsck --repair` moves the link to quarantine",
     "store_meta": "`runrec fsck --repair` moves a damaged file to quarantine and writes a new one",
     "bad_pack": "a pack (STORE/packs/) is truncated or damaged: restore it from a backup or the "
-    "original store; fsck does not move it (its runs would lose every version it holds)",
+    "original store, or `runrec fsck --repair` writes what can still be read into a new pack, "
+    "moves the damaged pack (and any damaged version in it) to quarantine and records the "
+    "losses in the runs",
+    "loose_and_packed": "harmless, readers read each version once; the next `runrec pack` "
+    "deletes the loose copies",
     "unreadable": "check the file's permissions and the file system",
     "temp_file": "harmless, readers ignore it; `runrec fsck --repair` moves it to quarantine "
     "once it is older than --min-age",
@@ -90,7 +94,7 @@ class Finding:
 class Action:
     """One change a repair made."""
 
-    action: Literal["quarantine", "placeholder", "record_loss", "recreate", "index"]
+    action: Literal["quarantine", "placeholder", "record_loss", "recreate", "index", "rewrite_pack"]
     path: str
     message: str
     to: str | None = None
@@ -110,6 +114,7 @@ class Counts:
     retirements: int = 0
     temp_files: int = 0
     packs: int = 0  # pack files read (store/packs.py)
+    packed_blobs: int = 0  # blobs inside packs, hashed (store/pack_extras.py)
 
 
 @dataclass

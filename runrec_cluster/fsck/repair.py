@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from runrec_cluster.errors import ConfigError, RunrecError, StoreError
 from runrec_cluster.fsck.check import check
 from runrec_cluster.fsck.findings import FSCK_EVENT, Action, Finding, FsckReport, RepairResult
+from runrec_cluster.fsck.pack_repair import damaged_packs, repair_pack
 from runrec_cluster.query.index import Index
 from runrec_cluster.record import RecordVersion, Writer
 from runrec_cluster.store import Store, codec, fs, layout
@@ -96,6 +97,18 @@ class _Repairer:
         self.today = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
     def apply(self, findings: list[Finding]) -> None:
+        bad_packs = damaged_packs(findings)
+        for path, drop in sorted(bad_packs.items()):
+            repair_pack(
+                self.store,
+                path,
+                drop,
+                keep_bad=self._keep_bad,
+                quarantine=self.quarantine,
+                actions=self.actions,
+            )
+        if bad_packs:  # what the runs of those packs look like now: gaps, missing launches
+            findings = [f for f in check(self.store).findings if f.kind != "bad_pack"]
         moving = [
             f
             for f in findings
@@ -145,6 +158,16 @@ class _Repairer:
         self.actions.append(Action("quarantine", path, why, to=dest))
         return dest
 
+    def _keep_bad(self, run_id: str, name: str, raw: bytes, why: str) -> None:
+        """A damaged version from a pack, written to quarantine as a file of its own (where
+        it would lie loose), so its seq gets a placeholder like a moved loose file."""
+        where = os.path.join(layout.run_dir(self.root, run_id), name)
+        dest = os.path.join(self.qdir, os.path.relpath(where, self.root))
+        fs.makedirs(os.path.dirname(dest))
+        fs.write_atomic(dest, codec.compress(raw), fsync=self.store.fsync)
+        self.moved[where] = dest
+        self.actions.append(Action("quarantine", where, f"bad_pack: {why}", to=dest))
+
     # -- run histories -------------------------------------------------------------------------
 
     def _history(self, run_id: str) -> None:
@@ -152,9 +175,12 @@ class _Repairer:
         try:
             names = os.listdir(d)
         except FileNotFoundError:
-            return
+            names = []
         seqs: set[int] = set()
         launch = False
+        for v in Store(self.root).versions(run_id, []):  # loose and packed, readable
+            seqs.add(v.seq)
+            launch = launch or v.event == "launch"
         for n in names:
             seq = layout.version_seq(n)
             if seq is None:
@@ -167,7 +193,10 @@ class _Repairer:
                 continue
             launch = launch or v.event == "launch"
         if not launch:
-            self.quarantine(d, f"no_launch: run {run_id} has no readable launch version")
+            if names:
+                self.quarantine(d, f"no_launch: run {run_id} has no readable launch version")
+            return
+        if not seqs:
             return
         gone = {
             _seq_of(p): q
@@ -216,7 +245,7 @@ class _Repairer:
 
     def _record_loss(self, run_id: str, items: list[tuple[str, str]]) -> None:
         d = layout.run_dir(self.root, run_id)
-        if not os.path.isdir(d):
+        if not os.path.isdir(d) and not Store(self.root).versions(run_id, []):
             return  # moved to quarantine with its history
         warnings = []
         for digest, where in sorted(set(items)):

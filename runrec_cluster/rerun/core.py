@@ -222,11 +222,12 @@ def _rerun(
         ex = _executor(store, plan, hw, mat, env_info)
         code_ctx = {**ctx, "code": capture_code(mat.cwd, store.put_blob, exclude=[store.root])}
         code_ctx["rerun_env"] = (env_info, env_diffs)
-        specs = [
-            _write_rerun(store, ex, plan, r, mat, code_ctx, reason, sweep_id, echo)
-            for r in recs
-            if _code_key(r) == mat_key
-        ]
+        with ex.launch_records():  # one write for the runs of this code (one pack for many)
+            specs = [
+                _write_rerun(store, ex, plan, r, mat, code_ctx, reason, sweep_id, echo)
+                for r in recs
+                if _code_key(r) == mat_key
+            ]
         handles += ex.launch(specs)
     return handles
 

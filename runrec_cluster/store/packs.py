@@ -5,15 +5,27 @@
 A store of a million runs would otherwise hold some ten million small files: cluster
 filesystems put quotas on inodes and make every file a metadata round trip. ``pack_store``
 moves the version files of finished runs of a shard into one pack, then deletes them.
+``Store.write_versions`` writes packs too: the launch versions of a call of many runs (a
+``map_array``), and its dispatch versions, before any loose file exists (*launch packs*: they
+hold unfinished runs, whose later versions are written loose beside them).
 
 The file (``PACK_MAGIC`` opens and closes it)::
 
     PACK_MAGIC
     chunk 0, chunk 1, ...   zstd frames, each msgpack {run_id: [[file name, version bytes], ...]}
                             for up to CHUNK_RUNS runs, in run id order
+    blob chunks             (format 2) zstd frames, each msgpack {sha256 hex: content}
+    log chunks              (format 2) zstd frames, each msgpack {run_id: [[log name, bytes]...]}
     index                   a zstd frame, msgpack {"format": 1, "chunks": [[offset, length]...],
-                            "runs": {run_id: [chunk number, highest seq]}}
+                            "runs": {run_id: [chunk number, highest seq]}}; format 2 adds
+                            "blob_chunks", "blobs": {hex: blob chunk number}, "log_chunks",
+                            "logs": {run_id: log chunk number}
     footer                  index offset and length (8 bytes each, little endian), PACK_MAGIC
+
+Format 2 (a pack that also holds small blobs and logs, ``store/pack_extras.py``) is written only
+when a pack holds some; a pack of versions alone stays format 1, readable by every runrec that
+reads packs. A reader of format 1 only refuses a format 2 pack by name rather than missing its
+blobs.
 
 A version keeps its loose file name (``v<seq>-<writer>.msgpack.zst``) and its bytes (the msgpack
 of the ``RecordVersion``, uncompressed): the name is what deduplicates a version present both
@@ -52,11 +64,12 @@ import msgspec
 
 from runrec_cluster.errors import CorruptRecord
 from runrec_cluster.record import CONTEXT_KEY, RecordVersion, RunState, fold_patches
-from runrec_cluster.store import codec, fs, layout
+from runrec_cluster.store import codec, fs, layout, pack_extras
 
 PACKS_DIR = "packs"
 PACK_MAGIC = b"RRPACK1\n"
 PACK_FORMAT = 1
+PACK_FORMAT_EXTRAS = 2  # also small blobs and logs (store/pack_extras.py)
 PACK_RE = re.compile(r"^([0-9a-hjkmnp-tv-z]{26})\.pack\Z")
 # beside a pack: the flat index rows of its runs (query/index_packs.py), derived, safe to delete
 ROWS_SUFFIX = ".rows.arrow"
@@ -67,6 +80,8 @@ _FOOTER = struct.Struct("<QQ")
 _FOOTER_LEN = _FOOTER.size + len(PACK_MAGIC)
 _INDEX_LIMIT = 64 * 2**20
 _chunk_decoder = msgspec.msgpack.Decoder(dict[str, list[tuple[str, bytes]]])
+_blob_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
+EXTRA_CHUNK_BYTES = 1 << 20  # content per blob or log chunk: random access decodes about this
 _index_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
 _TERMINAL = frozenset(s.value for s in RunState if s.is_terminal())
@@ -92,6 +107,10 @@ class PackIndex:
     chunks: list[tuple[int, int]]
     runs: dict[str, tuple[int, int]]  # run id -> (chunk number, highest seq)
     mtime_ns: int
+    blob_chunks: list[tuple[int, int]] = field(default_factory=list)  # format 2
+    blobs: dict[str, int] = field(default_factory=dict)  # sha256 hex -> blob chunk number
+    log_chunks: list[tuple[int, int]] = field(default_factory=list)
+    logs: dict[str, int] = field(default_factory=dict)  # run id -> log chunk number
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,8 +118,13 @@ class PackIndex:
 # ---------------------------------------------------------------------------------------------
 
 
-def encode_pack(runs: dict[str, list[Entry]]) -> bytes:
-    """The bytes of a pack holding ``runs`` (run id -> its versions as (name, bytes))."""
+def encode_pack(
+    runs: dict[str, list[Entry]],
+    blobs: dict[str, bytes] | None = None,
+    logs: dict[str, list[Entry]] | None = None,
+) -> bytes:
+    """The bytes of a pack holding ``runs`` (run id -> its versions as (name, bytes)), and
+    (format 2) ``blobs`` (sha256 hex -> content) and ``logs`` (run id -> [(log name, bytes)])."""
     out = [PACK_MAGIC]
     pos = len(PACK_MAGIC)
     chunks: list[list[int]] = []
@@ -117,9 +141,42 @@ def encode_pack(runs: dict[str, list[Entry]]) -> bytes:
         chunks.append([pos, len(frame)])
         out.append(frame)
         pos += len(frame)
-    idx = codec.compress(codec.encode_raw({"format": PACK_FORMAT, "chunks": chunks, "runs": index}))
+    meta: dict[str, Any] = {"format": PACK_FORMAT, "chunks": chunks, "runs": index}
+    if blobs or logs:
+        meta["format"] = PACK_FORMAT_EXTRAS
+        for kind, items, size in (
+            ("blob", blobs or {}, len),
+            ("log", logs or {}, lambda es: sum(len(b) for _, b in es)),
+        ):
+            frames, where = _extra_frames(items, size)
+            meta[f"{kind}_chunks"] = []
+            for frame in frames:
+                meta[f"{kind}_chunks"].append([pos, len(frame)])
+                out.append(frame)
+                pos += len(frame)
+            meta[f"{kind}s"] = where
+    idx = codec.compress(codec.encode_raw(meta))
     out += [idx, _FOOTER.pack(pos, len(idx)), PACK_MAGIC]
     return b"".join(out)
+
+
+def _extra_frames(items: dict[str, Any], size: Any) -> tuple[list[bytes], dict[str, int]]:
+    """Blobs or logs in compressed chunks of about ``EXTRA_CHUNK_BYTES``: (frames, key ->
+    chunk number)."""
+    frames: list[bytes] = []
+    where: dict[str, int] = {}
+    part: dict[str, Any] = {}
+    filled = 0
+    for key in sorted(items):
+        part[key] = items[key]
+        where[key] = len(frames)
+        filled += size(items[key])
+        if filled >= EXTRA_CHUNK_BYTES:
+            frames.append(codec.compress(codec.encode_raw(part)))
+            part, filled = {}, 0
+    if part:
+        frames.append(codec.compress(codec.encode_raw(part)))
+    return frames, where
 
 
 def read_index(path: str) -> PackIndex:
@@ -145,11 +202,19 @@ def read_index(path: str) -> PackIndex:
         meta = _index_decoder.decode(codec.decompress(raw, path, _INDEX_LIMIT))
         chunks = [(int(o), int(n)) for o, n in meta["chunks"]]
         runs = {str(r): (int(c), int(s)) for r, (c, s) in meta["runs"].items()}
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
+        extras: dict[str, Any] = {}
+        for kind in ("blob", "log"):
+            extras[f"{kind}_chunks"] = [(int(o), int(n)) for o, n in meta.get(f"{kind}_chunks", [])]
+            extras[f"{kind}s"] = {str(k): int(c) for k, c in meta.get(f"{kind}s", {}).items()}
+    except (msgspec.DecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
         raise CorruptRecord(f"pack {path}: its index cannot be read ({exc}).", path=path) from exc
-    if meta.get("format") != PACK_FORMAT:
-        raise CorruptRecord(f"pack {path} has format {meta.get('format')!r}, not 1.", path=path)
-    return PackIndex(path, chunks, runs, st.st_mtime_ns)
+    if meta.get("format") not in (PACK_FORMAT, PACK_FORMAT_EXTRAS):
+        raise CorruptRecord(
+            f"pack {path} has format {meta.get('format')!r}, not 1 or 2: written by a newer "
+            "runrec? Upgrade runrec to read it.",
+            path=path,
+        )
+    return PackIndex(path, chunks, runs, st.st_mtime_ns, **extras)
 
 
 def read_chunk(index: PackIndex, n: int) -> dict[str, list[Entry]]:
@@ -169,6 +234,34 @@ def read_chunk(index: PackIndex, n: int) -> dict[str, list[Entry]]:
         ) from exc
 
 
+def read_blob_chunk(index: PackIndex, n: int) -> dict[str, bytes]:
+    """Blob chunk ``n`` of a pack: sha256 hex -> content (not verified here)."""
+    return _read_extra(index, index.blob_chunks, n, _blob_decoder, "blob chunk")
+
+
+def read_log_chunk(index: PackIndex, n: int) -> dict[str, list[Entry]]:
+    """Log chunk ``n`` of a pack: run id -> its log files as (name, bytes)."""
+    return _read_extra(index, index.log_chunks, n, _chunk_decoder, "log chunk")
+
+
+def _read_extra(
+    index: PackIndex, where: list[tuple[int, int]], n: int, decoder: Any, what: str
+) -> Any:
+    try:
+        off, length = where[n]
+    except IndexError:
+        raise CorruptRecord(f"pack {index.path}: no {what} {n}.", path=index.path) from None
+    with open(index.path, "rb") as f:
+        f.seek(off)
+        raw = f.read(length)
+    try:
+        return decoder.decode(codec.decompress(raw, index.path, codec.MAX_RECORD_BYTES))
+    except msgspec.DecodeError as exc:
+        raise CorruptRecord(
+            f"pack {index.path}: {what} {n} cannot be read ({exc}).", index.path
+        ) from exc
+
+
 def iter_pack(index: PackIndex) -> Iterator[tuple[str, list[Entry]]]:
     """Every run of a pack with its versions, reading each chunk once, in order."""
     for n in range(len(index.chunks)):
@@ -180,6 +273,9 @@ def rows_path(pack: str) -> str:
     return pack[: -len(".pack")] + ROWS_SUFFIX
 
 
+_listed: dict[str, tuple[list[str], list[str]]] = {}  # shard directory -> (names, pack paths)
+
+
 def list_packs(root: str, shard: str) -> list[str]:
     """The packs of one shard (paths), oldest first."""
     d = shard_dir(root, shard)
@@ -187,7 +283,16 @@ def list_packs(root: str, shard: str) -> list[str]:
         names = os.listdir(d)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [os.path.join(d, n) for n in sorted(names) if PACK_RE.match(n)]
+    # listed every time (a new pack must be seen at once); only the filtering is remembered:
+    # a shard of many launch packs is listed once per run read or written
+    last = _listed.get(d)
+    if last is not None and last[0] == names:
+        return list(last[1])
+    paths = [os.path.join(d, n) for n in sorted(names) if PACK_RE.match(n)]
+    if len(_listed) > 64:
+        _listed.clear()
+    _listed[d] = (names, paths)
+    return list(paths)
 
 
 def pack_shards(root: str) -> list[str]:
@@ -210,6 +315,8 @@ class PackCache:
         self.root = root
         self._indexes: dict[str, PackIndex] = {}
         self._chunks: OrderedDict[tuple[str, int], dict[str, list[Entry]]] = OrderedDict()
+        self._extras: OrderedDict[tuple[str, str, int], dict[str, Any]] = OrderedDict()
+        self._recent: OrderedDict[str, None] = OrderedDict()  # shards read lately, newest last
 
     def index(self, path: str) -> PackIndex:
         idx = self._indexes.get(path)
@@ -238,6 +345,7 @@ class PackCache:
         self, run_id: str, problems: list[tuple[str, str]] | None = None
     ) -> list[tuple[str, str, bytes]]:
         """(pack path, name, bytes) of every packed version of ``run_id``, in pack order."""
+        self._touch(run_id[: layout.SHARD_LEN])
         out = []
         for idx in self.shard_indexes(run_id[: layout.SHARD_LEN], problems):
             where = idx.runs.get(run_id)
@@ -265,6 +373,7 @@ class PackCache:
 
     def max_seq(self, run_id: str) -> int:
         """The highest seq of ``run_id`` in any pack (0: none); unreadable packs are skipped."""
+        self._touch(run_id[: layout.SHARD_LEN])
         top = 0
         for idx in self.shard_indexes(run_id[: layout.SHARD_LEN], []):
             where = idx.runs.get(run_id)
@@ -274,6 +383,63 @@ class PackCache:
 
     def run_ids(self, shard: str) -> set[str]:
         return {r for idx in self.shard_indexes(shard, []) for r in idx.runs}
+
+    def _touch(self, shard: str) -> None:
+        self._recent[shard] = None
+        self._recent.move_to_end(shard)
+        if len(self._recent) > 16:
+            self._recent.popitem(last=False)
+
+    def _extra(self, idx: PackIndex, kind: str, n: int) -> dict[str, Any]:
+        key = (idx.path, kind, n)
+        got = self._extras.get(key)
+        if got is None:
+            got = read_blob_chunk(idx, n) if kind == "blob" else read_log_chunk(idx, n)
+            self._extras[key] = got
+            if len(self._extras) > 8:
+                self._extras.popitem(last=False)
+        return got
+
+    def shard_blob(self, shard: str, hexd: str) -> tuple[str, bytes] | None:
+        """(pack path, content) of blob ``hexd`` from a readable pack of ``shard``; None when
+        none holds it. The content is not verified here (``Store.get_blob`` does)."""
+        for idx in self.shard_indexes(shard, []):
+            n = idx.blobs.get(hexd)
+            if n is None:
+                continue
+            try:
+                got = self._extra(idx, "blob", n).get(hexd)
+            except (CorruptRecord, OSError):
+                continue  # a damaged pack: fsck names it; another pack may hold the blob
+            if got is not None:
+                return idx.path, got
+        return None
+
+    def blob(self, hexd: str) -> tuple[str, bytes] | None:
+        """(pack path, content) of blob ``hexd`` from any pack; None when no pack holds it.
+        A blob is packed with the runs that name it, so the shards of the runs this cache read
+        lately are searched first, then every other shard (their indexes cached)."""
+        recent = list(reversed(self._recent))
+        for shard in recent + [s for s in pack_shards(self.root) if s not in self._recent]:
+            got = self.shard_blob(shard, hexd)
+            if got is not None:
+                return got
+        return None
+
+    def logs(self, run_id: str) -> dict[str, bytes]:
+        """The packed log files of ``run_id`` (name -> bytes); empty when none is packed."""
+        out: dict[str, bytes] = {}
+        for idx in self.shard_indexes(run_id[: layout.SHARD_LEN], []):
+            n = idx.logs.get(run_id)
+            if n is None:
+                continue
+            try:
+                chunk = self._extra(idx, "log", n)
+            except (CorruptRecord, OSError):
+                continue  # a damaged pack: fsck names it
+            for name, data in chunk.get(run_id, []):
+                out[name] = data  # packs in time order: the newest copy wins
+        return out
 
     def signatures(self, shard: str) -> dict[str, int]:
         """run id -> modification time (ns) of the newest pack holding it."""
@@ -297,6 +463,8 @@ class PackStats:
     deleted: int = 0  # loose files deleted (packed now, or found packed before)
     skipped: int = 0  # runs left loose: not finished, or unreadable
     seconds: float = 0.0
+    blobs: int = 0  # small blobs copied into a pack (store/pack_extras.py)
+    logs: int = 0  # runs whose log files went into a pack
 
 
 def _finished(root: str, run_id: str, loose: list[Entry], cache: PackCache) -> bool:
@@ -333,16 +501,24 @@ def _loose(d: str) -> list[Entry]:
     return out
 
 
-def pack_shard(root: str, shard: str, stats: PackStats, min_age_s: float = 0.0) -> None:
-    """Pack the loose versions of the finished runs of one shard (see the module docstring)."""
+def pack_shard(
+    root: str,
+    shard: str,
+    stats: PackStats,
+    min_age_s: float = 0.0,
+    log_quiet_s: float = pack_extras.LOG_QUIET_S,
+) -> None:
+    """Pack the loose versions of the finished runs of one shard (see the module docstring),
+    the small blobs they name and the logs of finished runs (``store/pack_extras.py``)."""
     runs_d = os.path.join(layout.runs_dir(root), shard)
     try:
         names = sorted(n for n in os.listdir(runs_d) if layout.RUN_ID_RE.match(n))
     except (FileNotFoundError, NotADirectoryError):
-        return
+        names = []  # every run packed: logs may still wait
     cache = PackCache(root)
     now = time.time()
     todo: dict[str, list[Entry]] = {}
+    stale: dict[str, list[Entry]] = {}  # runs whose loose versions are all packed already
     for rid in names:
         d = os.path.join(runs_d, rid)
         try:
@@ -364,26 +540,58 @@ def pack_shard(root: str, shard: str, stats: PackStats, min_age_s: float = 0.0) 
         if new:
             todo[rid] = new
         else:  # all packed already (a packer killed before it deleted them)
-            _delete(d, [n for n, _ in loose], stats)
-        if len(todo) >= MAX_PACK_RUNS:
-            _write_and_delete(root, shard, todo, stats)
-            todo = {}
-    if todo:
-        _write_and_delete(root, shard, todo, stats)
+            stale[rid] = loose
+        if len(todo) + len(stale) >= MAX_PACK_RUNS:
+            _write_and_delete(root, shard, todo, stale, stats, cache, log_quiet_s, last=False)
+            todo, stale = {}, {}
+    _write_and_delete(root, shard, todo, stale, stats, cache, log_quiet_s, last=True)
 
 
 def _write_and_delete(
-    root: str, shard: str, todo: dict[str, list[Entry]], stats: PackStats
+    root: str,
+    shard: str,
+    todo: dict[str, list[Entry]],
+    stale: dict[str, list[Entry]],
+    stats: PackStats,
+    cache: PackCache,
+    log_quiet_s: float,
+    *,
+    last: bool,
 ) -> None:
-    path = os.path.join(shard_dir(root, shard), f"{layout.new_id()}.pack")
-    data = encode_pack(todo)
-    # fsynced whatever the store's setting: the loose copies are deleted next
-    if not fs.create_atomic(path, data, fsync=True):
-        raise OSError(errno.EEXIST, "pack name taken", path)
-    stats.packs.append(path)
+    """Write one pack (the versions of ``todo``, the small blobs of ``todo`` and ``stale``,
+    logs), then delete what it holds loose: blobs and logs first, versions last (a packer
+    killed before the versions' turn leaves the run loose, so the next one finds it and deletes
+    the rest)."""
+
+    def finished_packed(rid: str) -> bool:
+        try:
+            return _finished(root, rid, [], cache)
+        except _UNREADABLE:
+            return False
+
+    ex = pack_extras.gather(
+        root,
+        shard,
+        {**stale, **todo},
+        cache,
+        log_quiet_s=log_quiet_s,
+        finished_packed=finished_packed if last else None,
+    )
+    if todo or ex.blobs or ex.logs:
+        path = os.path.join(shard_dir(root, shard), f"{layout.new_id()}.pack")
+        data = encode_pack(todo, ex.blobs, ex.logs)
+        # fsynced whatever the store's setting: the loose copies are deleted next
+        if not fs.create_atomic(path, data, fsync=True):
+            raise OSError(errno.EEXIST, "pack name taken", path)
+        stats.packs.append(path)
     stats.runs += len(todo)
+    stats.blobs += len(ex.blobs)
+    stats.logs += len(ex.logs)
+    stats.deleted += pack_extras.delete(ex)[0]
     for rid, entries in todo.items():
         stats.versions += len(entries)
+        _delete(os.path.join(layout.runs_dir(root), shard, rid), [n for n, _ in entries], stats)
+    for rid, entries in stale.items():
         _delete(os.path.join(layout.runs_dir(root), shard, rid), [n for n, _ in entries], stats)
 
 
@@ -402,15 +610,20 @@ def _delete(d: str, names: list[str], stats: PackStats) -> None:
         pass  # a new version (or a writer's temporary file) arrived: the directory stays
 
 
-def pack_store(root: str, min_age_s: float = 0.0) -> PackStats:
-    """Pack every shard of the store at ``root``; see ``pack_shard``."""
+def pack_store(
+    root: str, min_age_s: float = 0.0, log_quiet_s: float = pack_extras.LOG_QUIET_S
+) -> PackStats:
+    """Pack every shard of the store at ``root``; see ``pack_shard``. ``log_quiet_s``: logs
+    unchanged for this long may be packed (``store/pack_extras.py``)."""
     t0 = time.perf_counter()
     stats = PackStats()
-    try:
-        shards = sorted(n for n in os.listdir(layout.runs_dir(root)) if layout.SHARD_RE.match(n))
-    except FileNotFoundError:
-        shards = []
-    for shard in shards:
-        pack_shard(root, shard, stats, min_age_s)
+    shards: set[str] = set()
+    for top in (layout.runs_dir(root), os.path.join(root, "logs")):
+        try:
+            shards.update(n for n in os.listdir(top) if layout.SHARD_RE.match(n))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+    for shard in sorted(shards):
+        pack_shard(root, shard, stats, min_age_s, log_quiet_s)
     stats.seconds = time.perf_counter() - t0
     return stats

@@ -9,7 +9,7 @@ import secrets
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +31,10 @@ from runrec_cluster.store import codec, fs, layout, packs
 from runrec_cluster.store import policy as perms
 
 DEFAULT_STORE = "runrec-store"
+# versions written together (``Store.write_versions``: the launch of a map_array, its dispatch)
+# go into a pack from this many runs on; fewer stay loose: a pack per small call would leave
+# more files at rest than it saves (after `runrec pack`: at most 2 packs per 64 runs)
+BATCH_PACK_RUNS = 64
 
 
 def default_store_path(cwd: str | None = None) -> str:
@@ -160,19 +164,30 @@ class Store:
         return digest
 
     def get_blob(self, digest: str) -> bytes:
+        """The content of a blob, checked against its hash: the loose file first, then the
+        packs (a small blob is packed with the runs that name it, ``store/pack_extras.py``;
+        a loose file deleted between the two looks was packed before it was deleted)."""
         path = layout.blob_path(self.root, digest)
         try:
-            raw = fs.read_bytes(path)
+            data = codec.decompress(fs.read_bytes(path), path)
         except FileNotFoundError as exc:
-            raise CorruptRecord(
-                f"blob {digest} is missing from {self.root} (expected at {path}). "
-                "Run `runrec fsck`; the store may have been copied incompletely.",
-                path=path,
-            ) from exc
-        data = codec.decompress(raw, path)
+            got = self._packs.blob(layout.digest_hex(digest))
+            if got is None:
+                raise CorruptRecord(
+                    f"blob {digest} is missing from {self.root} (expected at {path}, or in a "
+                    "pack). Run `runrec fsck`; the store may have been copied incompletely.",
+                    path=path,
+                ) from exc
+            path, data = got
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise CorruptRecord(f"blob {path} does not match its hash {digest}.", path=path)
         return data
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the blob is in the store, loose or packed (not verified)."""
+        if os.path.exists(layout.blob_path(self.root, digest)):
+            return True
+        return self._packs.blob(layout.digest_hex(digest)) is not None
 
     def put_obj(self, obj: Any) -> str:
         """A msgpack blob (never a pickle)."""
@@ -204,18 +219,86 @@ class Store:
             codec.encode(version),
             fsync=self.fsync,
         )
-        self._journal(run_id, seq)
+        self._journal(f"{run_id} {seq}\n".encode())
         return version
 
-    def _journal(self, run_id: str, seq: int) -> None:
-        """Append ``<run_id> <seq>`` to this process's change journal (after the version is in
-        place), so the query index finds new versions without a stat per run. One file per
-        process and UTC hour: a file has one writer, so appends never interleave (also on NFS).
-        Best effort: a failure here loses nothing, the index's periodic full scan finds the
-        version anyway."""
+    def write_versions(
+        self,
+        items: Sequence[tuple[str, str, dict[str, Any]]],
+        *,
+        role: str = "submitter",
+        new_runs: bool = False,
+    ) -> list[RecordVersion]:
+        """Append one version to each of several runs (``(run_id, event, patch)``, one item per
+        run), written together: ``BATCH_PACK_RUNS`` or more go into one pack per shard
+        (``packs/<shard>/<id>.pack``, docs/store-layout.md *Launch packs*), linked into place
+        whole, so that readers see all of them or none, also after a ``kill -9``; fewer are
+        written loose, one by one (``write_version``). ``new_runs``: the run ids were just made
+        (``layout.new_id``) and have no version yet: each gets seq 1 without a look at the
+        store; otherwise each run's seq follows its highest, loose or packed."""
+        if len(items) < BATCH_PACK_RUNS:
+            return [self.write_version(r, e, p, role=role) for r, e, p in items]
+        ids = [layout.check_run_id(r) for r, _, _ in items]
+        if len(set(ids)) != len(ids):
+            raise ValueError("write_versions takes one version per run; a run id repeats")
+        tops = dict.fromkeys(ids, 0) if new_runs else self._top_seqs(ids)
+        who = Writer(host=self._host, pid=os.getpid(), role=role)
+        at = _now()
+        out = []
+        shards: dict[str, dict[str, list[packs.Entry]]] = {}
+        for run_id, event, patch in items:
+            seq = tops[run_id] + 1
+            v = RecordVersion(
+                schema_version=SCHEMA_VERSION,
+                run_id=run_id,
+                seq=seq,
+                written_at=at,
+                writer=who,
+                event=event,
+                patch=patch,
+            )
+            raw = codec.encode_raw(v)
+            if len(raw) > codec.MAX_RECORD_BYTES:
+                codec.encode(v)  # raises the StoreError that says what to do
+            name = layout.version_name(seq, secrets.token_hex(6))
+            shards.setdefault(run_id[: layout.SHARD_LEN], {})[run_id] = [(name, raw)]
+            out.append(v)
+        for shard, runs in sorted(shards.items()):
+            d = self.check_inside(packs.shard_dir(self.root, shard))
+            path = os.path.join(d, f"{layout.new_id()}.pack")
+            if not fs.create_atomic(path, packs.encode_pack(runs), fsync=self.fsync):
+                raise StoreError(f"cannot write {path}: a file of that name appeared meanwhile.")
+        self._journal("".join(f"{v.run_id} {v.seq}\n" for v in out).encode())
+        return out
+
+    def _top_seqs(self, run_ids: list[str]) -> dict[str, int]:
+        """run id -> its highest seq, loose or packed (``_next_seq``'s rule for many runs: the
+        packs of a shard are listed once)."""
+        out = {}
+        indexes: dict[str, list[packs.PackIndex]] = {}
+        for run_id in run_ids:
+            top = _loose_top(layout.run_dir(self.root, run_id))
+            if top == 0:
+                shard = run_id[: layout.SHARD_LEN]
+                if shard not in indexes:
+                    indexes[shard] = self._packs.shard_indexes(shard, [])
+                top = max(
+                    (i.runs[run_id][1] for i in indexes[shard] if run_id in i.runs), default=0
+                )
+            out[run_id] = top
+        return out
+
+    def _journal(self, lines: bytes) -> None:
+        """Append ``<run_id> <seq>`` lines to this process's change journal (after the versions
+        are in place), so the query index finds new versions without a stat per run. One file
+        per process and UTC hour: a file has one writer, so appends never interleave (also on
+        NFS). Best effort: a failure here loses nothing, the index's periodic full scan finds
+        the version anyway."""
         pid = os.getpid()
         hour = int(time.time() // 3600)
-        line = f"{run_id} {seq}\n".encode()  # one small write: whole or nothing, even under kill -9
+        # one write: whole, or (kill -9) cut short as the file's last, unterminated line, which
+        # readers leave alone; no later append can follow it, the file's one writer is gone
+        line = lines
         if self._jfd is not None and self._jpid == pid and self._jhour == hour:
             try:
                 os.write(self._jfd, line)  # the usual case: the file of this hour is open
@@ -260,15 +343,16 @@ class Store:
             names = []
         except OSError as exc:
             raise StoreError(fs.explain(exc, d, "list")) from exc
-        top = 0
-        for n in names:
-            m = layout.VERSION_RE.match(n)
-            if m:
-                top = max(top, int(m.group(1)))
+        top = _top_of(names)
         if top == 0:
             top = self._packs.max_seq(run_id)
         if not names:
-            fs.makedirs(d)
+            try:  # the usual case (a run's first loose version): its shard exists
+                fs.mkdir(d, exist_ok=True)
+            except FileNotFoundError:
+                fs.makedirs(d)
+            except OSError as exc:
+                raise StoreError(fs.explain(exc, d, "create the directory")) from exc
         return top + 1
 
     def version_files(self, run_id: str) -> list[str]:
@@ -349,7 +433,8 @@ class Store:
             loose = os.stat(layout.run_dir(self.root, run_id)).st_mtime_ns
         except FileNotFoundError:
             loose = 0
-        packed = self._packs.signatures(run_id[: layout.SHARD_LEN]).get(run_id, 0)
+        shard = self._packs.shard_indexes(run_id[: layout.SHARD_LEN], [])
+        packed = max((i.mtime_ns for i in shard if run_id in i.runs), default=0)
         top = max(loose, packed)
         return top or None
 
@@ -495,6 +580,17 @@ class Store:
     def log_dir(self, run_id: str) -> str:
         return self.check_inside(layout.log_dir(self.root, run_id))
 
+    def read_log(self, run_id: str, name: str, log_dir: str | None = None) -> bytes | None:
+        """A run's log file ``name`` (``stdout.txt``, ``stderr.txt``): the file in ``log_dir``
+        (default: the store's log directory of the run) first, then the packs (logs of small
+        finished runs are packed, ``store/pack_extras.py``); None when neither has it."""
+        d = log_dir or layout.log_dir(self.root, run_id)
+        try:
+            return fs.read_bytes(os.path.join(d, name))
+        except FileNotFoundError:
+            pass  # packed (and deleted after the pack landed), or never written
+        return self._packs.logs(run_id).get(name)
+
     def check_inside(self, path: str) -> str:
         """``path`` (a place in the store) if, symlinks resolved, it lies inside the store: a
         link planted in the store that points elsewhere is refused (``StoreError``), never
@@ -531,6 +627,26 @@ class Store:
         if len(self._inside_ok) > 4096:
             self._inside_ok.clear()
         self._inside_ok.add(d)
+
+
+def _top_of(names: list[str]) -> int:
+    """The highest seq among version file names (0: none)."""
+    top = 0
+    for n in names:
+        m = layout.VERSION_RE.match(n)
+        if m:
+            top = max(top, int(m.group(1)))
+    return top
+
+
+def _loose_top(d: str) -> int:
+    """The highest seq of the loose versions in run directory ``d`` (0: none, or no directory)."""
+    try:
+        return _top_of(os.listdir(d))
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise StoreError(fs.explain(exc, d, "list")) from exc
 
 
 def _close(fd: int) -> None:

@@ -131,7 +131,12 @@ class Job:
         try:
             return path.read_text(errors="replace")
         except OSError:
-            return None
+            pass
+        if path.parent == Path(self._log_dir):  # the store's logs of a finished run may be packed
+            data = self.handle.store.read_log(self.run_id, path.name)
+            if data is not None:
+                return data.decode(errors="replace")
+        return None
 
     def stdout(self) -> str | None:
         """The job's stdout log (None while it does not exist)."""

@@ -25,6 +25,7 @@ from helpers import run_cli
 from helpers import write_figures as _results
 
 import runrec_cluster as rr
+from runrec_cluster import fsck
 from runrec_cluster.record import ConfigEntry, Entrypoint, Execution, RunState, to_patch
 from runrec_cluster.store import layout
 
@@ -294,6 +295,10 @@ def test_1000_runs_completing_at_once_lose_nothing(tmp_path):
     assert out.returncode == 0, out.stderr
     states = Counter(r["state"] for r in json.loads(out.stdout))
 
+    # fsck after the burst and the packing: no problem (versions read from packs and loose)
+    check = fsck.check(store)
+    fsck_problems = [(f.kind, f.path, f.message) for f in check.problems]
+
     figures = dict(
         writers=WRITERS,
         alive_together_at_barrier=alive_at_go,
@@ -311,6 +316,9 @@ def test_1000_runs_completing_at_once_lose_nothing(tmp_path):
         total_seconds=round(time.monotonic() - t_start, 1),
         packer_rounds=packer_info["rounds"],
         runs_packed=packer_info["runs"],
+        fsck_problems=len(fsck_problems),
+        fsck_versions=check.counts.versions,
+        fsck_packs=check.counts.packs,
     )
     _results(
         "test_1000_runs_completing_at_once_lose_nothing",
@@ -321,6 +329,7 @@ def test_1000_runs_completing_at_once_lose_nothing(tmp_path):
     )
     assert lost == [], f"{len(lost)} lost updates, e.g. {lost[:5]}"
     assert torn == [], f"{len(torn)} torn files, e.g. {torn[:5]}"
+    assert fsck_problems == [], fsck_problems[:5]
     assert versions_total == RUNS * 5 + n_ann
     assert states == {"succeeded": RUNS}
     assert peak_writing >= WRITERS // 2  # most of them were mid-write at one instant

@@ -16,12 +16,16 @@ import signal
 import time
 from collections import Counter
 
+from helpers import write_figures
+
 from runrec_cluster import fsck
 from runrec_cluster.store import Store, layout, packs
 
 WRITERS = 6
 RUNS_PER_WRITER = 25
-KILL_TRIALS = int(os.environ.get("RUNREC_PACK_KILL_TRIALS", "50"))
+KILL_TRIALS = int(os.environ.get("RUNREC_PACK_KILL_TRIALS", "200"))
+TRIALS_PER_STORE = 25  # a fresh store every 25 kills: each check reads a small store whole
+RUNS_PER_TRIAL = 20
 
 
 def _child(fn, *args) -> int:
@@ -94,15 +98,19 @@ def _markers(store: Store, rid: str) -> Counter[str]:
 
 
 def _reader(root: str, ack_dir: str, stop: str) -> None:
-    """Read runs acked so far, over and over: every acked version must be there."""
+    """Read runs acked so far, over and over: every acked version must be there, every run
+    must load and be listed (a run is loose or packed, never neither)."""
     checks = 0
     while not os.path.exists(stop) or checks < 20:
         before = _acked(ack_dir)  # acks first, then the read: each of these was written already
         store = Store(root)
+        listed = set(store.run_ids())
+        assert set(before) <= listed, f"run_ids() missed {sorted(set(before) - listed)[:3]}"
         for rid, markers in before.items():
             got = _markers(store, rid)
             missing = markers - set(got)
             assert not missing, f"reader missed {sorted(missing)} of run {rid}"
+            assert store.load(rid).run_id == rid
             checks += 1
 
 
@@ -141,57 +149,93 @@ def test_packing_while_writers_write_and_readers_read_loses_nothing(tmp_path):
 
 
 def _finished_runs(store: Store, n: int, ack: int, tag: str) -> None:
+    """Finished runs with a small result blob and a log, as the local backend leaves them."""
     for i in range(n):
         rid = layout.new_id()
+        marker = f"{tag}-{i}"
+        blob = store.put_blob(f"result {marker}".encode())
         for event, patch in (
             ("launch", {"run_id": rid, "name": tag}),
-            ("end", {"state": "failed", "exit_code": 1}),
+            (
+                "end",
+                {"state": "failed", "exit_code": 1, "result": {"blob": blob, "format": "msgpack"}},
+            ),
         ):
-            marker = f"{tag}-{i}-{event}"
-            store.write_version(rid, event, {**patch, "tags": {"m": marker}})
-            _ack(ack, rid, marker)
+            store.write_version(rid, event, {**patch, "tags": {"m": f"{marker}-{event}"}})
+            _ack(ack, rid, f"{marker}-{event}")
+        d = layout.log_dir(store.root, rid)
+        os.makedirs(d)
+        with open(os.path.join(d, "stdout.txt"), "w") as f:
+            f.write(f"log {marker}\n")
+
+
+def _check_store(root: str, acked: dict[str, set[str]], trial: int) -> int:
+    """Every acked version exactly once, every result blob and log readable; fsck clean."""
+    fresh = Store(root)
+    for rid, markers in acked.items():
+        got = _markers(fresh, rid)
+        assert set(got) == markers and set(got.values()) == {1}, (trial, rid)
+        rec = fresh.load(rid)
+        launch = next(v for v in fresh.versions(rid) if v.event == "launch")
+        marker = launch.patch["tags"]["m"].rsplit("-", 1)[0]
+        if rec.result is not None:
+            assert fresh.get_blob(rec.result.blob) == f"result {marker}".encode(), (trial, rid)
+            assert fresh.read_log(rid, "stdout.txt") == f"log {marker}\n".encode(), (trial, rid)
+    rep = fsck.check(fresh)
+    assert not rep.problems, (trial, [(f.kind, f.path, f.message) for f in rep.problems])
+    temps = {f.path for f in rep.leftovers if f.kind == "temp_file"}
+    assert all(os.path.basename(p).startswith(layout.TMP_PREFIX) for p in temps)
+    return rep.counts.versions
 
 
 def test_packer_killed_at_random_instants_loses_nothing(tmp_path):
-    root = str(tmp_path / "store")
-    store = Store(root)
-    store.ensure_writable()
-    acks = tmp_path / "acks"
-    acks.mkdir()
-    ack = os.open(acks / "all", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    """KILL_TRIALS SIGKILLs of a packer (versions, small blobs, logs) at random instants of its
+    pack, in stores of TRIALS_PER_STORE kills each; after every kill every acked version is read
+    exactly once, every blob and log reads, fsck has no problem."""
     rng = random.Random(1718)
-    # how long one pack of a trial's worth of runs takes here, to aim the kills inside it
-    _finished_runs(store, 120, ack, "probe")
-    t0 = time.perf_counter()
-    packs.pack_store(root)
-    span = time.perf_counter() - t0
-    killed = 0
-    for trial in range(KILL_TRIALS):
-        _finished_runs(store, 120, ack, f"t{trial}")
-        for rid in rng.sample(sorted(_acked(str(acks))), 3):  # late versions of packed runs
-            marker = f"t{trial}-late-{rid}"
-            store.write_version(rid, "annotate", {"tags": {"m": marker}})
-            _ack(ack, rid, marker)
-        pid = _child(packs.pack_store, root)
-        time.sleep(rng.uniform(0, span * 1.3))
-        os.kill(pid, signal.SIGKILL)
-        killed += _wait(pid) == -signal.SIGKILL
-        fresh = Store(root)
-        for rid, markers in _acked(str(acks)).items():
-            got = _markers(fresh, rid)
-            assert set(got) == markers, (trial, rid)
-            assert set(got.values()) == {1}, (trial, rid)
-        rep = fsck.check(fresh)
-        assert not rep.problems, (trial, [(f.kind, f.path, f.message) for f in rep.problems])
-        temps = {f.path for f in rep.leftovers if f.kind == "temp_file"}
-        assert all(os.path.basename(p).startswith(layout.TMP_PREFIX) for p in temps)
+    killed = versions_checked = runs = 0
+    t_start = time.perf_counter()
+    for first in range(0, KILL_TRIALS, TRIALS_PER_STORE):
+        root = str(tmp_path / f"store{first}")
+        store = Store(root)
+        store.ensure_writable()
+        acks = tmp_path / f"acks{first}"
+        acks.mkdir()
+        ack = os.open(acks / "all", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # how long one pack of a trial's worth of runs takes here, to aim the kills inside it
+        _finished_runs(store, RUNS_PER_TRIAL, ack, f"probe{first}")
+        t0 = time.perf_counter()
+        packs.pack_store(root, log_quiet_s=0)
+        span = time.perf_counter() - t0
+        for trial in range(first, min(first + TRIALS_PER_STORE, KILL_TRIALS)):
+            _finished_runs(store, RUNS_PER_TRIAL, ack, f"t{trial}")
+            for rid in rng.sample(sorted(_acked(str(acks))), 3):  # late versions of packed runs
+                marker = f"t{trial}-late-{rid}"
+                store.write_version(rid, "annotate", {"tags": {"m": marker}})
+                _ack(ack, rid, marker)
+            pid = _child(packs.pack_store, root, 0.0, 0.0)
+            time.sleep(rng.uniform(0, span * 1.3))
+            os.kill(pid, signal.SIGKILL)
+            killed += _wait(pid) == -signal.SIGKILL
+            versions_checked += _check_store(root, _acked(str(acks)), trial)
+        # a last pack finishes what the kills left; everything still there exactly once
+        packs.pack_store(root, log_quiet_s=0)
+        empty = [d for d, ds, fs in os.walk(layout.runs_dir(root)) if not ds and not fs]
+        assert [d for d in empty if layout.RUN_ID_RE.match(os.path.basename(d))] == []
+        acked = _acked(str(acks))
+        versions_checked += _check_store(root, acked, -1)
+        runs += len(acked)
+        os.close(ack)
     assert killed >= KILL_TRIALS // 4  # most kills landed while it was still packing
-    # a last pack finishes what the kills left; everything still there exactly once
-    packs.pack_store(root)
-    empty = [d for d, ds, fs in os.walk(layout.runs_dir(root)) if not ds and not fs]
-    assert [d for d in empty if layout.RUN_ID_RE.match(os.path.basename(d))] == []
-    fresh = Store(root)
-    for rid, markers in _acked(str(acks)).items():
-        got = _markers(fresh, rid)
-        assert set(got) == markers and set(got.values()) == {1}
-    assert not fsck.check(fresh).problems
+    write_figures(
+        "test_packer_killed_at_random_instants_loses_nothing",
+        f"{KILL_TRIALS} packers (versions, small blobs, logs) SIGKILLed at a random instant of "
+        f"their pack, {TRIALS_PER_STORE} per store, {RUNS_PER_TRIAL} new finished runs and 3 late "
+        "versions of packed runs before each; after every kill every acked version read once, "
+        "every blob and log read back, fsck without problems",
+        trials=KILL_TRIALS,
+        killed_while_packing=killed,
+        runs=runs,
+        versions_checked=versions_checked,
+        seconds=round(time.perf_counter() - t_start, 1),
+    )

@@ -84,9 +84,14 @@ def launch(store: Store, backend: RayBackend, recs: list[RunRecord]) -> list[str
         JobSpec(r.run_id, r.entrypoint.kind if r.entrypoint else "function", "", "") for r in todo
     ]
     infos = backend.launch(specs)
-    for r, info in zip(todo, infos, strict=True):
-        own = {k: v for k, v in info.items() if k not in SUBMITTER_KEYS}
-        store.write_version(r.run_id, "dispatch", {"execution": {"scheduler": own}}, role="backend")
+    own = [{k: v for k, v in info.items() if k not in SUBMITTER_KEYS} for info in infos]
+    store.write_versions(  # one write for the whole call (a pack for many runs)
+        [
+            (r.run_id, "dispatch", {"execution": {"scheduler": o}})
+            for r, o in zip(todo, own, strict=True)
+        ],
+        role="backend",
+    )
     say(f"launched {len(todo)} Ray task(s) as Ray job {infos[0].get('ray_job_id')}")
     return [r.run_id for r in todo]
 

@@ -54,3 +54,19 @@ def test_pack_of_a_missing_store_is_a_clear_error(tmp_path):
     assert "no store at" in out.stderr and "Traceback" not in out.stderr
     out = run_cli("pack", "--min-age", "-1", "--store", str(tmp_path))
     assert out.returncode == 2
+
+
+def test_logs_of_a_packed_run_still_print(tmp_path):
+    root, ids = _store(tmp_path)
+    d = os.path.join(root, "logs", ids[0][:5], ids[0])
+    os.makedirs(d)
+    with open(os.path.join(d, "stdout.txt"), "w") as f:
+        f.write("hello from the job\n")
+    before = run_cli("logs", ids[0], "--store", root)
+    out = run_cli("pack", "--store", root, "--logs-min-age", "0", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["logs"] == 1
+    assert not os.path.exists(d)  # ground truth: the log directory is gone
+    after = run_cli("logs", ids[0], "--store", root)
+    assert after.returncode == 0 and after.stdout == before.stdout == "hello from the job\n"
+    assert "(packed)" in after.stderr
