@@ -7,17 +7,21 @@ SLURM_SCRIPTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=slurm/env
 . "$SLURM_SCRIPTS/env"
 
-STATE=$RUNREC_SLURM_STATE
-LOG_DIR=$STATE/log          # every daemon's log (NAME.log) and its stdout/stderr (NAME.out)
-PID_DIR=$STATE/pids         # our pid files, written from $! when a daemon starts
-RUN_DIR=$STATE/run          # pid files the Slurm daemons write themselves
-CTLD_SPOOL=$STATE/slurmctld # StateSaveLocation
-SLURMD_SPOOL=$STATE/slurmd  # SlurmdSpoolDir=$SLURMD_SPOOL/%n
-DB_DIR=$STATE/mariadb       # owned by mysql: data/, socket, pid file
-DB_DATA=$DB_DIR/data
-DB_SOCKET=$DB_DIR/mariadbd.sock
-DB_PASS_FILE=$STATE/slurmdb.pass
-MODE_FILE=$STATE/memory-mode
+# state_paths DIR: every path of a cluster's state folder (slurm/lib25.sh points them at 25.11's)
+state_paths() {
+    STATE=$1
+    LOG_DIR=$STATE/log          # every daemon's log (NAME.log) and its stdout/stderr (NAME.out)
+    PID_DIR=$STATE/pids         # our pid files, written from $! when a daemon starts
+    RUN_DIR=$STATE/run          # pid files the Slurm daemons write themselves
+    CTLD_SPOOL=$STATE/slurmctld # StateSaveLocation
+    SLURMD_SPOOL=$STATE/slurmd  # SlurmdSpoolDir=$SLURMD_SPOOL/%n
+    DB_DIR=$STATE/mariadb       # owned by mysql: data/, socket, pid file
+    DB_DATA=$DB_DIR/data
+    DB_SOCKET=$DB_DIR/mariadbd.sock
+    DB_PASS_FILE=$STATE/slurmdb.pass
+    MODE_FILE=$STATE/memory-mode
+}
+state_paths "$RUNREC_SLURM_STATE"
 SLURM_ETC=/etc/slurm
 NODES=(n1 n2)
 # Start order; stop in reverse.

@@ -13,19 +13,9 @@
 PREFIX=$RUNREC_SLURM25_PREFIX
 STAMP=$PREFIX/.runrec-build-stamp # holds the sha256 of the tarball the prefix was built from
 WHEEL_DIR=$RUNREC_SLURM25_WHEEL_CACHE/$RUNREC_SLURM25_SHA256
-STATE=$RUNREC_SLURM25_STATE
+state_paths "$RUNREC_SLURM25_STATE"
 ETC=$STATE/etc              # slurm.conf, slurmdbd.conf, cgroup.conf, gres.conf
 SLURM_CONF_FILE=$ETC/slurm.conf
-LOG_DIR=$STATE/log          # every daemon's log (NAME.log) and its stdout/stderr (NAME.out)
-PID_DIR=$STATE/pids         # our pid files, written from $! when a daemon starts
-RUN_DIR=$STATE/run          # pid files the Slurm daemons write themselves
-CTLD_SPOOL=$STATE/slurmctld # StateSaveLocation
-SLURMD_SPOOL=$STATE/slurmd  # SlurmdSpoolDir=$SLURMD_SPOOL/%n
-DB_DIR=$STATE/mariadb       # owned by mysql: data/, socket, pid file
-DB_DATA=$DB_DIR/data
-DB_SOCKET=$DB_DIR/mariadbd.sock
-DB_PASS_FILE=$STATE/slurmdb.pass
-MODE_FILE=$STATE/memory-mode
 NODES=(m1 m2)
 # Start order; stop in reverse. munged is the 22.05 cluster's (slurm/lib.sh state): never ours.
 DAEMONS=(mariadbd slurmdbd slurmctld slurmd-m1 slurmd-m2)

@@ -219,19 +219,7 @@ def read_index(path: str) -> PackIndex:
 
 def read_chunk(index: PackIndex, n: int) -> dict[str, list[Entry]]:
     """Chunk ``n`` of a pack: run id -> its versions."""
-    try:
-        off, length = index.chunks[n]
-    except IndexError:
-        raise CorruptRecord(f"pack {index.path}: no chunk {n}.", path=index.path) from None
-    with open(index.path, "rb") as f:
-        f.seek(off)
-        raw = f.read(length)
-    try:
-        return _chunk_decoder.decode(codec.decompress(raw, index.path, codec.MAX_RECORD_BYTES))
-    except msgspec.DecodeError as exc:
-        raise CorruptRecord(
-            f"pack {index.path}: chunk {n} cannot be read ({exc}).", index.path
-        ) from exc
+    return _read_extra(index, index.chunks, n, _chunk_decoder, "chunk")
 
 
 def read_blob_chunk(index: PackIndex, n: int) -> dict[str, bytes]:
@@ -247,6 +235,7 @@ def read_log_chunk(index: PackIndex, n: int) -> dict[str, list[Entry]]:
 def _read_extra(
     index: PackIndex, where: list[tuple[int, int]], n: int, decoder: Any, what: str
 ) -> Any:
+    """Frame ``n`` of ``where`` (the version, blob or log chunks), decompressed and decoded."""
     try:
         off, length = where[n]
     except IndexError:
