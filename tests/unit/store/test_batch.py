@@ -187,6 +187,28 @@ _SUBMIT = textwrap.dedent(
 
     ex = rr.Executor(backend="local", store=sys.argv[1], cwd=sys.argv[2])
     n = int(sys.argv[3])
+    # where the kill lands: "race" (the test kills from outside, at a random instant), or the
+    # process kills itself half-way through writing the pack / right before linking it
+    at = sys.argv[4]
+    if at != "race":
+        import signal
+        real_write, real_link = os.write, os.link
+
+        def die():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def write(fd, data):
+            if at == "mid-write" and len(data) > 2**20:
+                real_write(fd, data[: len(data) // 2])
+                die()
+            return real_write(fd, data)
+
+        def link(src, dst, *a, **k):
+            if at == "before-link" and os.sep + "packs" + os.sep in dst:
+                die()
+            return real_link(src, dst, *a, **k)
+
+        os.write, os.link = write, link
     # a large config of its own per run (incompressible): the pack takes a while to write
     calls = [(work, (), {"x": i, "blob": os.urandom(4000).hex()}) for i in range(n)]
     ex.prepare_calls(calls, sweep=True)
@@ -225,21 +247,26 @@ def test_kill_9_while_the_launch_pack_is_written_leaves_all_runs_or_none(tmp_pat
     work.mkdir()
     outcomes = []
     rng = random.Random(17)
-    for trial in range(4):
+    for trial, at in enumerate(("mid-write", "before-link", "race", "race", "race", "race")):
         root = str(tmp_path / f"s{trial}")
         Store(root).ensure_writable()
         env = dict(
             os.environ, PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])
         )
         proc = subprocess.Popen(
-            [sys.executable, "-c", _SUBMIT, root, str(work), str(n)],
+            [sys.executable, "-c", _SUBMIT, root, str(work), str(n), at],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
         )
-        killed = _kill_when_pack_is_being_written(
-            root, proc, 0.0 if trial % 2 == 0 else rng.uniform(0, 0.01)
-        )
+        if at == "race":
+            killed = _kill_when_pack_is_being_written(
+                root, proc, 0.0 if trial % 2 == 0 else rng.uniform(0, 0.01)
+            )
+        else:
+            proc.wait()
+            killed = proc.returncode == -signal.SIGKILL
+            assert killed, (at, proc.returncode)
         out, err = proc.communicate()
         if not killed:
             assert proc.returncode == 0, err.decode()
@@ -261,6 +288,9 @@ def test_kill_9_while_the_launch_pack_is_written_leaves_all_runs_or_none(tmp_pat
                 assert [v["event"] for v in raw_versions(root, rid)] == ["launch"]
         else:
             assert left, "no runs and no temporary pack: the kill came before the pack write"
-        outcomes.append((killed, len(raw), bool(left)))
-    # at least one kill landed inside the write (a temporary pack left, no run visible)
-    assert any(k and count == 0 and tmp for k, count, tmp in outcomes), outcomes
+        outcomes.append((at, killed, len(raw), bool(left)))
+    # the kills inside the write left a temporary pack and no run visible
+    assert [o for o in outcomes if o[0] != "race"] == [
+        ("mid-write", True, 0, True),
+        ("before-link", True, 0, True),
+    ], outcomes
