@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import zstandard
+from slurm_target import NODE_X, NODE_Y
 
 import runrec_cluster as rr
 
@@ -73,7 +74,7 @@ def test_secret_argument_reaches_the_slurm_job_but_not_the_store(
     nested = "Nested9Secret9"
     h = ex.submit(mod.connect, DSN, {"host": "db", "password": nested})
     got = h.result(timeout=180)
-    assert got["node"] in ("n1", "n2")
+    assert got["node"] in (NODE_X, NODE_Y)
     assert got["dsn_sha256"] == _sha(DSN) and got["password_sha256"] == _sha(nested)
     assert got["file_there"] is True  # the node read it from the shared directory
     rec = h.record()
@@ -115,7 +116,7 @@ def test_secret_command_line_item_reaches_the_slurm_job_but_not_the_store(
     rec = h.wait(timeout=180)
     assert rec.state == rr.RunState.SUCCEEDED, rec.failure
     got = json.loads(out.read_text())
-    assert got["node"] in ("n1", "n2")
+    assert got["node"] in (NODE_X, NODE_Y)
     assert got["argv_sha256"] == _sha(json.dumps(args))  # the command got the real values
     assert got["file_there"] is True  # the node read them from the shared directory
     assert rec.entrypoint.withheld == ["argv[4]", "argv[5]"] and rec.entrypoint.call_blob is None

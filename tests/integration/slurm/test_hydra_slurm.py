@@ -1,7 +1,7 @@
 """The Hydra launcher on the real Slurm cluster (slurm/up), with real hydra-core: a 2x2
 ``--multirun`` with ``hydra/launcher=runrec_slurm`` and hydra-submitit-launcher's parameter
 names is one Slurm array (one runrec sweep), the failing job recorded with its traceback, the
-parameters reaching Slurm (the constraint puts every job on n2, as sacct says), and a rerun of
+parameters reaching Slurm (the constraint puts every job on NODE_Y, as sacct says), and a rerun of
 one job by run id with the same composed config."""
 
 import subprocess
@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from helpers import wait_for
 from hydra_checks import check_grid, check_rerun, make_app, run_multirun
+from slurm_target import NODE_Y
 
 pytestmark = pytest.mark.usefixtures("slurm")
 
@@ -47,13 +48,13 @@ def test_multirun_on_slurm_is_one_array_and_reruns(tmp_path, store):
         timeout=180,
         every=2,
     )
-    assert {(p, n) for _, p, n, _ in rows} == {("debug", "n2")}, rows  # constraint=hwclass-y
+    assert {(p, n) for _, p, n, _ in rows} == {("debug", NODE_Y)}, rows  # constraint=hwclass-y
     assert sorted(s for *_, s in rows) == ["COMPLETED", "COMPLETED", "COMPLETED", "FAILED"], rows
     for r in recs:
         assert r.execution.options["slurm_partition"] == "debug"
         assert r.execution.options["slurm_constraint"] == "hwclass-y"
         assert r.execution.options["slurm_additional_parameters"] == {"comment": "hydra-test"}
         assert r.execution.resources.cpus == 1 and r.execution.resources.mem_gb == 0.5
-        assert r.node.scheduler_node == "n2"
+        assert r.node.scheduler_node == NODE_Y
     new = check_rerun(app, store, recs[0], "small", 0.2)
-    assert new.execution.backend == "slurm" and new.node.scheduler_node == "n2"
+    assert new.execution.backend == "slurm" and new.node.scheduler_node == NODE_Y

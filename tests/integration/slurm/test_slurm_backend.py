@@ -9,11 +9,14 @@ import time
 import jobfns
 import pytest
 from helpers import run_cli
+from slurm_target import API, NODE_X, NODE_Y
 
 import runrec_cluster as rr
 from runrec_cluster.errors import BackendError
 
 pytestmark = pytest.mark.usefixtures("slurm")
+# what the scheduler's verdicts were read through: the way the session asks Slurm (slurm_target)
+VIA = {"cli": "sacct", "pyslurm": "pyslurm"}[API]
 
 
 def slurm_ex(store, **kw):
@@ -50,7 +53,7 @@ def test_function_job(store, project, timeout_run):
     assert sch["batch_script"].startswith("sha256:") and b"#SBATCH" in store.get_blob(
         sch["batch_script"]
     )
-    assert rec.node.scheduler_node in ("n1", "n2") and rec.node.features
+    assert rec.node.scheduler_node in (NODE_X, NODE_Y) and rec.node.features
     assert rec.execution.resources.mem_gb == 0.5 and rec.state_source == "job"
 
 
@@ -90,7 +93,7 @@ def test_out_of_memory_is_the_schedulers_verdict(store, project):
     assert rec.state == rr.RunState.FAILED and rec.failure.cause.value == "out_of_memory", (
         rec.failure
     )
-    assert rec.failure.source == "scheduler"
+    assert rec.failure.source == "scheduler" and rec.failure.via == VIA
 
 
 def test_scancel_is_recorded_as_cancelled_by_whom(store, project):
@@ -102,6 +105,7 @@ def test_scancel_is_recorded_as_cancelled_by_whom(store, project):
     import pwd
 
     assert rec.failure.by == pwd.getpwuid(os.getuid()).pw_name
+    assert rec.failure.via == VIA
 
 
 def test_node_failure(store, project):
@@ -109,14 +113,17 @@ def test_node_failure(store, project):
         jobfns.sleep_then, 300
     )
     rec = wait_state(h, lambda r: r.state == rr.RunState.RUNNING)
-    assert rec.node.scheduler_node == "n2"
+    assert rec.node.scheduler_node == NODE_Y
     try:
         subprocess.run(
-            ["scontrol", "update", "nodename=n2", "state=down", "reason=runrec-test"], check=True
+            ["scontrol", "update", f"nodename={NODE_Y}", "state=down", "reason=runrec-test"],
+            check=True,
         )
         rec = h.wait(timeout=60)
     finally:
-        subprocess.run(["scontrol", "update", "nodename=n2", "state=resume"], capture_output=True)
+        subprocess.run(
+            ["scontrol", "update", f"nodename={NODE_Y}", "state=resume"], capture_output=True
+        )
     assert rec.state == rr.RunState.FAILED and rec.failure.cause.value == "node_failure"
 
 
@@ -135,11 +142,11 @@ def test_hardware_class_steers_and_is_checked(store, project):
     h = slurm_ex(store, hardware="cpu-y").submit(jobfns.add, 1)
     h.result(timeout=120)
     rec = h.record()
-    assert rec.node.scheduler_node == "n2" and rec.execution.hardware == "cpu-y"
+    assert rec.node.scheduler_node == NODE_Y and rec.execution.hardware == "cpu-y"
     assert rec.execution.hardware_match is True and rec.execution.hardware_mismatches == []
     g = slurm_ex(store, hardware="fakegpu").submit(jobfns.env_var, "CUDA_VISIBLE_DEVICES")
     assert g.result(timeout=120) == "0"
-    assert g.record().node.scheduler_node == "n1" and g.record().execution.hardware_match is True
+    assert g.record().node.scheduler_node == NODE_X and g.record().execution.hardware_match is True
     w = slurm_ex(store, hardware="wrong").submit(jobfns.add, 1)
     w.result(timeout=120)
     rec = w.record()
@@ -161,7 +168,7 @@ def test_two_node_job_records_both_nodes(store, project):
     res = h.result(timeout=120)
     rec = h.record()
     assert res["rank"] == 0, "the result comes from rank 0"
-    assert sorted(n.scheduler_node for n in rec.nodes) == ["n1", "n2"]
+    assert sorted(n.scheduler_node for n in rec.nodes) == [NODE_X, NODE_Y]
     assert sorted(n.rank for n in rec.nodes) == [0, 1]
     assert rec.metrics == {"rank0_only": 1.0}
 
@@ -197,6 +204,9 @@ def test_cli_submit_ls_and_reconcile(store, project):
         out = run_cli("reconcile", "--store", store.root)
         assert out.returncode == 0, out.stderr
         if "out_of_memory" in out.stdout:
+            break
+        done = store.load(run_id)  # the job (its end trap) may have recorded it first
+        if done.failure is not None and done.failure.cause.value == "out_of_memory":
             break
         time.sleep(2)
     rec = store.load(run_id)

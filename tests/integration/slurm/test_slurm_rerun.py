@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from helpers import git, run_cli
+from slurm_target import NODE_X, NODE_Y
 
 import runrec_cluster as rr
 
@@ -50,7 +51,7 @@ def slurm_ex(store, **kw):
 def test_same_run_on_another_hardware_class(store, gitproject):
     project, name, mod = gitproject
     orig_h = slurm_ex(store, hardware="fakegpu").submit(mod.where, 5)
-    assert orig_h.result(timeout=120) == {"value": 105, "node": "n1"}
+    assert orig_h.result(timeout=120) == {"value": 105, "node": NODE_X}
     orig = orig_h.record()
     # the tree moves on before the rerun
     git(project, "commit", "-qam", "second")
@@ -66,8 +67,8 @@ def test_same_run_on_another_hardware_class(store, gitproject):
     assert "materialized" in out.stderr
     new_id = out.stdout.split("submitted rerun ")[1].split()[0]
     rec = store.load(new_id)
-    assert rr.RunHandle(store, new_id).result() == {"value": 105, "node": "n2"}  # same code
-    assert rec.node.scheduler_node == "n2" and "hwclass-y" in rec.node.features
+    assert rr.RunHandle(store, new_id).result() == {"value": 105, "node": NODE_Y}  # same code
+    assert rec.node.scheduler_node == NODE_Y and "hwclass-y" in rec.node.features
     assert rec.execution.hardware == "cpu-y" and rec.execution.hardware_match is True
     assert rec.rerun.function_from == "name" and rec.rerun.code_from == "worktree"
     assert (rec.code.commit, rec.code.patch_blob) == (orig.code.commit, orig.code.patch_blob)
@@ -80,7 +81,7 @@ def test_same_run_on_another_hardware_class(store, gitproject):
     assert (ch["hardware"]["a"], ch["hardware"]["b"]) == ("fakegpu", "cpu-y")
     assert ch["hardware.expect"]["label"] == "intended"
     node = ch["node.scheduler_node"]
-    assert (node["a"], node["b"], node["label"]) == ("n1", "n2", "incidental")
+    assert (node["a"], node["b"], node["label"]) == (NODE_X, NODE_Y, "incidental")
     assert ch["node.features"]["label"] == "incidental"
     assert "metrics.value" not in ch and "result" in ch  # the node name is in the result
     out = run_cli("diff", orig.run_id, new_id, "--store", store.root)
@@ -88,7 +89,7 @@ def test_same_run_on_another_hardware_class(store, gitproject):
     row = next(ln for ln in out.stdout.splitlines() if ln.startswith("hardware ") and "cpu-y" in ln)
     assert "intended" in row
     row = next(ln for ln in out.stdout.splitlines() if "node.scheduler_node" in ln)
-    assert "n1" in row and "n2" in row and "incidental" in row
+    assert NODE_X in row and NODE_Y in row and "incidental" in row
 
 
 def test_sweep_rerun_as_an_array_on_another_class(store, project):
@@ -98,7 +99,7 @@ def test_sweep_rerun_as_an_array_on_another_class(store, project):
         jobfns.add, [{"a": i, "b": 1} for i in range(3)]
     )
     origs = [h.wait(timeout=120) for h in handles]
-    assert {r.node.scheduler_node for r in origs} == {"n1"}
+    assert {r.node.scheduler_node for r in origs} == {NODE_X}
     notes = []
     from runrec_cluster.rerun.core import rerun_sweep
 
@@ -108,7 +109,7 @@ def test_sweep_rerun_as_an_array_on_another_class(store, project):
     recs = [h.wait(timeout=120) for h in news]
     assert any("cannot be pinned" in n for n in notes)  # the project is no git repository
     assert [h.result() for h in news] == [10, 11, 12]
-    assert {r.node.scheduler_node for r in recs} == {"n2"}
+    assert {r.node.scheduler_node for r in recs} == {NODE_Y}
     assert all("array_job_id" in r.execution.scheduler for r in recs)
     assert [r.rerun_of for r in recs] == [o.run_id for o in origs]
     assert recs[0].rerun.code_from == "unpinned" and recs[0].warnings

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import submitit_checks
+from slurm_target import NODE_Y
 
 import runrec_cluster as rr
 from runrec_cluster.record import RunState
@@ -156,7 +157,7 @@ _CHECKPOINT_SCRIPT = textwrap.dedent(
             return {"start": start, "step": self.step, "attempts": self.attempts}
 
     executor = submitit.AutoExecutor(folder="log_ckpt")
-    executor.update_parameters(timeout_min=5, slurm_partition=sys.argv[1], slurm_nodelist="n2")
+    executor.update_parameters(timeout_min=5, slurm_partition=sys.argv[1], slurm_nodelist=sys.argv[3])
     job = executor.submit(Counter(), 30, sys.argv[2])
     print(json.dumps({"job_id": job.job_id, "run_id": job.run_id}), flush=True)
     print(json.dumps(job.result()), flush=True)
@@ -172,7 +173,7 @@ def test_checkpointable_preempted_resumes_as_attempt_2(where, tmp_path):
     env = dict(os.environ, RUNREC_STORE=str(store))
     env.pop("RUNREC_SUBMITIT_CLUSTER", None)
     p = subprocess.Popen(
-        [sys.executable, str(script), LOW_REQUEUE, str(marker)],
+        [sys.executable, str(script), LOW_REQUEUE, str(marker), NODE_Y],
         cwd=repo,
         env=env,
         stdout=subprocess.PIPE,
@@ -185,7 +186,7 @@ def test_checkpointable_preempted_resumes_as_attempt_2(where, tmp_path):
             assert time.monotonic() < deadline and p.poll() is None, "the job never reached step 3"
             time.sleep(0.2)
         subprocess.run(
-            ["sbatch", "--parsable", "-p", HIGH, "-w", "n2", "-c", "2", "--mem=100M"]
+            ["sbatch", "--parsable", "-p", HIGH, "-w", NODE_Y, "-c", "2", "--mem=100M"]
             + ["-J", "high", "-o", "/dev/null", "--wrap", "sleep 2"],
             check=True,
             capture_output=True,

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 import pytest
 from helpers import wait_for, write_figures
 from rawstore import raw_attempts, raw_verdict, raw_versions
+from slurm_target import NODE_X, NODE_Y
 
 import runrec_cluster as rr
 
@@ -92,7 +93,7 @@ _SUBMITTER = textwrap.dedent(
         return state["step"]
 
     store, tmp, how, cases = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
-    opts = dict(timeout_min=5, cpus=1, mem_gb=0.4, slurm_nodelist="n1")
+    opts = dict(timeout_min=5, cpus=1, mem_gb=0.4, slurm_nodelist=%(node_x)r)
     ids = {}
     for case in cases:
         kw, fn, args = dict(opts), ok, ()
@@ -106,7 +107,7 @@ _SUBMITTER = textwrap.dedent(
             fn = sleeper
         elif case.startswith("preempt"):
             requeue = case == "preempt_requeue"
-            kw.update(slurm_nodelist="n2",
+            kw.update(slurm_nodelist=%(node_y)r,
                       slurm_partition=%(low_requeue)r if requeue else %(low_cancel)r)
             fn = resumable if requeue else sleeper
             if requeue:
@@ -116,7 +117,7 @@ _SUBMITTER = textwrap.dedent(
     if how == "kill":
         time.sleep(600)  # the test kills it with kill -9 now
     """
-) % {"low_requeue": LOW_REQUEUE, "low_cancel": LOW_CANCEL}
+) % {"low_requeue": LOW_REQUEUE, "low_cancel": LOW_CANCEL, "node_x": NODE_X, "node_y": NODE_Y}
 
 
 def _submit(store, tmp, how, cases):
@@ -194,7 +195,7 @@ def runs(tmp_path_factory):
         wait_for(f"the {c} run to run", lambda c=c: _running(store, ids[c]), timeout=180)
     time.sleep(2)  # the checkpointed loop has taken a few steps
     high = subprocess.run(
-        ["sbatch", "--parsable", "-p", HIGH, "-w", "n2", "-c", "2", "--mem=100M", "-J", "high"]
+        ["sbatch", "--parsable", "-p", HIGH, "-w", NODE_Y, "-c", "2", "--mem=100M", "-J", "high"]
         + ["-o", "/dev/null", "--wrap", "sleep 2"],
         check=True,
         capture_output=True,
