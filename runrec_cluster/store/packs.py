@@ -296,6 +296,13 @@ def pack_shards(root: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Holders:
+    paths: tuple[str, ...]  # the shard's listing this was built from
+    runs: dict[str, list[PackIndex]]  # run id -> readable packs holding it, oldest first
+    bad: list[tuple[str, str]]  # (path, why) of the packs that could not be read
+
+
 class PackCache:
     """Pack indexes (a pack never changes: cached by path) and the last chunks decoded, so
     that reading the runs of a pack in run id order reads each chunk once."""
@@ -306,6 +313,10 @@ class PackCache:
         self._chunks: OrderedDict[tuple[str, int], dict[str, list[Entry]]] = OrderedDict()
         self._extras: OrderedDict[tuple[str, str, int], dict[str, Any]] = OrderedDict()
         self._recent: OrderedDict[str, None] = OrderedDict()  # shards read lately, newest last
+        # per shard, for the listing it was built from: run id -> the readable packs holding it,
+        # and the damaged packs; a run read is then one listdir and one lookup, however many
+        # (launch) packs its shard holds
+        self._holders: OrderedDict[str, _Holders] = OrderedDict()
 
     def index(self, path: str) -> PackIndex:
         idx = self._indexes.get(path)
@@ -330,16 +341,40 @@ class PackCache:
                 problems.append((path, str(exc)))
         return out
 
+    def run_packs(
+        self, run_id: str, problems: list[tuple[str, str]] | None = None
+    ) -> list[PackIndex]:
+        """The readable packs of ``run_id``'s shard that hold it, oldest first; the shard's
+        damaged packs go to ``problems`` (or raise), as ``shard_indexes``. The shard is listed
+        every time (a new pack is seen at once); the map is rebuilt when the listing changed."""
+        shard = run_id[: layout.SHARD_LEN]
+        paths = tuple(list_packs(self.root, shard))
+        got = self._holders.get(shard)
+        if got is None or got.paths != paths:
+            bad: list[tuple[str, str]] = []
+            runs: dict[str, list[PackIndex]] = {}
+            for idx in self.shard_indexes(shard, bad):
+                for r in idx.runs:
+                    runs.setdefault(r, []).append(idx)
+            got = _Holders(paths, runs, bad)
+            self._holders[shard] = got
+            if len(self._holders) > 16:
+                self._holders.popitem(last=False)
+        if got.bad:
+            if problems is None:
+                path, msg = got.bad[0]
+                raise CorruptRecord(f"{msg}. Run `runrec fsck`.", path=path)
+            problems.extend(got.bad)
+        return got.runs.get(run_id, [])
+
     def entries(
         self, run_id: str, problems: list[tuple[str, str]] | None = None
     ) -> list[tuple[str, str, bytes]]:
         """(pack path, name, bytes) of every packed version of ``run_id``, in pack order."""
         self._touch(run_id[: layout.SHARD_LEN])
         out = []
-        for idx in self.shard_indexes(run_id[: layout.SHARD_LEN], problems):
-            where = idx.runs.get(run_id)
-            if where is None:
-                continue
+        for idx in self.run_packs(run_id, problems):
+            where = idx.runs[run_id]
             try:
                 chunk = self._chunk(idx, where[0])
             except (CorruptRecord, OSError) as exc:
@@ -363,12 +398,7 @@ class PackCache:
     def max_seq(self, run_id: str) -> int:
         """The highest seq of ``run_id`` in any pack (0: none); unreadable packs are skipped."""
         self._touch(run_id[: layout.SHARD_LEN])
-        top = 0
-        for idx in self.shard_indexes(run_id[: layout.SHARD_LEN], []):
-            where = idx.runs.get(run_id)
-            if where is not None:
-                top = max(top, where[1])
-        return top
+        return max((idx.runs[run_id][1] for idx in self.run_packs(run_id, [])), default=0)
 
     def run_ids(self, shard: str) -> set[str]:
         return {r for idx in self.shard_indexes(shard, []) for r in idx.runs}
@@ -418,6 +448,7 @@ class PackCache:
     def logs(self, run_id: str) -> dict[str, bytes]:
         """The packed log files of ``run_id`` (name -> bytes); empty when none is packed."""
         out: dict[str, bytes] = {}
+        # not run_packs: a run's logs may be packed after its versions, in another pack
         for idx in self.shard_indexes(run_id[: layout.SHARD_LEN], []):
             n = idx.logs.get(run_id)
             if n is None:

@@ -433,8 +433,7 @@ class Store:
             loose = os.stat(layout.run_dir(self.root, run_id)).st_mtime_ns
         except FileNotFoundError:
             loose = 0
-        shard = self._packs.shard_indexes(run_id[: layout.SHARD_LEN], [])
-        packed = max((i.mtime_ns for i in shard if run_id in i.runs), default=0)
+        packed = max((i.mtime_ns for i in self._packs.run_packs(run_id, [])), default=0)
         top = max(loose, packed)
         return top or None
 
