@@ -5,8 +5,12 @@
 from __future__ import annotations
 
 import os
+import re
 
 from runrec_cluster.store import Store, layout
+
+# one journal line: ``<run id> <seq>`` (layout.RUN_ID_RE's alphabet)
+_LINE_RE = re.compile(rb"^([0-9a-hjkmnp-tv-z]{26}) ([0-9]+)$", re.MULTILINE)
 
 
 def scan_runs(store: Store) -> dict[str, int]:
@@ -73,14 +77,10 @@ def read_journal(
                 except OSError:
                     data = b""
                 done = data.rfind(b"\n") + 1
-                for line in data[:done].split(b"\n"):
-                    parts = line.split(b" ")
-                    if len(parts) != 2:
-                        continue
-                    rid = parts[0].decode("ascii", "replace")
-                    if not layout.RUN_ID_RE.match(rid) or not parts[1].isdigit():
-                        continue
-                    changed[rid] = max(changed.get(rid, 0), int(parts[1]))
+                for rid_b, seq_b in _LINE_RE.findall(data[:done]):  # other lines are skipped
+                    rid, seq = rid_b.decode("ascii"), int(seq_b)
+                    if changed.get(rid, 0) < seq:
+                        changed[rid] = seq
                 off += done
             new_pos[rel] = off
     return new_pos, changed

@@ -7,7 +7,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runrec_cluster.query.columns import TRUST_COLUMNS, query_libs
+from runrec_cluster.query.columns import TRUST_COLUMNS, lineage_part, query_libs
+from runrec_cluster.record import RunRecord
+
+
+def lineage_cell(rec: RunRecord) -> str | None:
+    """A run's ``_lineage`` cell (``columns.lineage_part``: what the lineage graph reads), or
+    None when the run has no inputs and no artifacts: then its run id, name and state, which
+    have their own columns, are all there is (``index_select``). Most runs: ~16 bytes a run
+    less in the index."""
+    if not rec.inputs and not rec.artifacts:
+        return None
+    return lineage_part(rec)
 
 
 def run_ids(table: Any) -> set[str]:
@@ -117,6 +128,11 @@ def rows_to_table(rows: list[dict[str, Any]]) -> Any:
     arrays, fields, jcols = [], [], []
     for name in names:
         vals = [r.get(name) for r in rows]
+        arr = _plain_array(vals)
+        if arr is not None:  # the usual case: one plain type, inferred by pyarrow (fast)
+            arrays.append(arr)
+            fields.append(pa.field(name, arr.type))
+            continue
         kind = _kind(vals)
         if kind == "json":
             arr = pa.array([_json(v) for v in vals], pa.string())
@@ -133,6 +149,28 @@ def rows_to_table(rows: list[dict[str, Any]]) -> Any:
         arrays.append(arr)
         fields.append(pa.field(name, arr.type, metadata={b"json": b"1"} if name in jcols else None))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _plain_array(vals: list[Any]) -> Any:
+    """``vals`` as an Arrow array when pyarrow infers one of the plain types ``_kind`` would
+    choose (null, bool, int64, float64, string) with the same values; None otherwise (mixed
+    types, lists, dicts, huge ints: ``_kind`` decides, slowly). pyarrow turns bools mixed with
+    floats into numbers, so a number column with a bool in it is left to ``_kind`` (JSON)."""
+    pa = query_libs().pa
+    try:
+        arr = pa.array(vals)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+        return None
+    t = arr.type
+    if pa.types.is_floating(t) or pa.types.is_integer(t):
+        if t != pa.float64() and t != pa.int64():
+            return None
+        if any(type(v) is bool for v in vals):
+            return None
+        return arr
+    if t == pa.string() or t == pa.bool_() or t == pa.null():
+        return arr
+    return None
 
 
 def json_columns(table: Any) -> set[str]:
@@ -184,6 +222,23 @@ def concat(a: Any, b: Any) -> Any:
     ta_ = pa.Table.from_arrays(cols_a, schema=schema)
     tb_ = pa.Table.from_arrays(cols_b, schema=schema)
     return pa.concat_tables([ta_, tb_])
+
+
+def concat_all(tables: list[Any]) -> Any:
+    """The rows of every table in order, as ``concat`` would give them, but tables of one
+    schema are put together at once (no column-by-column work per table)."""
+    pa = query_libs().pa
+    groups: list[list[Any]] = []
+    for t in tables:
+        if groups and groups[-1][0].schema.equals(t.schema, check_metadata=True):
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+    out = None
+    for g in groups:
+        part = g[0] if len(g) == 1 else pa.concat_tables(g)
+        out = part if out is None else concat(out, part)
+    return out
 
 
 def column_values(table: Any, name: str, jcols: set[str], trust: Any, n: int) -> Any:
