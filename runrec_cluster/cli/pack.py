@@ -59,6 +59,7 @@ def pack_cmd(store_path, min_age, logs_min_age, as_json):  # type: ignore[no-unt
             "skipped": st.skipped,
             "blobs": st.blobs,
             "logs": st.logs,
+            "journals": st.journals,
             "seconds": round(st.seconds, 3),
         }
         click.echo(json.dumps(doc, indent=2))
@@ -66,7 +67,8 @@ def pack_cmd(store_path, min_age, logs_min_age, as_json):  # type: ignore[no-unt
     click.echo(
         f"packed {st.versions} version(s) of {st.runs} finished run(s) into {len(st.packs)} "
         f"pack(s) with {st.blobs} small blob(s) and the logs of {st.logs} run(s); deleted "
-        f"{st.deleted} loose file(s); {st.skipped} run(s) left loose "
+        f"{st.deleted} loose file(s) and {st.journals} change-journal file(s) of past days; "
+        f"{st.skipped} run(s) left loose "
         f"(not finished, too recent or unreadable) in {st.seconds:.2f}s"
     )
     for p in st.packs:

@@ -485,6 +485,7 @@ class PackStats:
     seconds: float = 0.0
     blobs: int = 0  # small blobs copied into a pack (store/pack_extras.py)
     logs: int = 0  # runs whose log files went into a pack
+    journals: int = 0  # change-journal files of past hours deleted (``prune_changes``)
 
 
 def _finished(root: str, run_id: str, loose: list[Entry], cache: PackCache) -> bool:
@@ -539,6 +540,8 @@ def pack_shard(
     now = time.time()
     todo: dict[str, list[Entry]] = {}
     stale: dict[str, list[Entry]] = {}  # runs whose loose versions are all packed already
+    # their versions in packs already (a sweep's launch pack): read for the blobs they name
+    earlier: dict[str, list[Entry]] = {}
     for rid in names:
         d = os.path.join(runs_d, rid)
         try:
@@ -552,19 +555,22 @@ def pack_shard(
             if not loose or not _finished(root, rid, loose, cache):
                 stats.skipped += 1 if loose else 0
                 continue
-            packed = {n for _, n, _ in cache.entries(rid)}
+            in_packs = cache.entries(rid)
+            packed = {n for _, n, _ in in_packs}
         except _UNREADABLE:  # an unreadable run stays loose: fsck names it
             stats.skipped += 1
             continue
         new = [e for e in loose if e[0] not in packed]
+        if in_packs:
+            earlier[rid] = [(n, b) for _, n, b in in_packs]
         if new:
             todo[rid] = new
         else:  # all packed already (a packer killed before it deleted them)
             stale[rid] = loose
         if len(todo) + len(stale) >= MAX_PACK_RUNS:
-            _write_and_delete(root, shard, todo, stale, stats, cache, log_quiet_s, last=False)
-            todo, stale = {}, {}
-    _write_and_delete(root, shard, todo, stale, stats, cache, log_quiet_s, last=True)
+            _write_and_delete(root, shard, todo, stale, earlier, stats, cache, log_quiet_s, False)
+            todo, stale, earlier = {}, {}, {}
+    _write_and_delete(root, shard, todo, stale, earlier, stats, cache, log_quiet_s, True)
 
 
 def _write_and_delete(
@@ -572,10 +578,10 @@ def _write_and_delete(
     shard: str,
     todo: dict[str, list[Entry]],
     stale: dict[str, list[Entry]],
+    earlier: dict[str, list[Entry]],
     stats: PackStats,
     cache: PackCache,
     log_quiet_s: float,
-    *,
     last: bool,
 ) -> None:
     """Write one pack (the versions of ``todo``, the small blobs of ``todo`` and ``stale``,
@@ -592,7 +598,7 @@ def _write_and_delete(
     ex = pack_extras.gather(
         root,
         shard,
-        {**stale, **todo},
+        {r: [*stale.get(r, []), *todo.get(r, []), *earlier.get(r, [])] for r in {*stale, *todo}},
         cache,
         log_quiet_s=log_quiet_s,
         finished_packed=finished_packed if last else None,
@@ -645,5 +651,42 @@ def pack_store(
             pass
     for shard in sorted(shards):
         pack_shard(root, shard, stats, min_age_s, log_quiet_s)
+    stats.journals = prune_changes(root, time.time())
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+# change-journal hours kept: the index reads the last 3 hours (query/index.py JOURNAL_WINDOW_S)
+CHANGES_KEEP_S = 24 * 3600
+
+
+def prune_changes(root: str, now: float) -> int:
+    """Delete the change-journal buckets (``changes/<YYYYMMDDHH>/``, one file per writer
+    process) of hours older than ``CHANGES_KEEP_S``: derived data no index reads any more, and
+    otherwise an inode per job process for ever. A writer whose clock is that far behind sends
+    its lines to a deleted file; the index then sees those versions at its next full scan (as
+    when ``changes/`` is deleted by hand: docs/store-layout.md). Returns the files deleted."""
+    base = layout.changes_dir(root)
+    oldest = layout.change_bucket(now - CHANGES_KEEP_S)
+    try:
+        buckets = [b for b in os.listdir(base) if len(b) == 10 and b.isdigit() and b < oldest]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    n = 0
+    for b in sorted(buckets):
+        d = os.path.join(base, b)
+        try:
+            names = os.listdir(d)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            try:
+                os.unlink(os.path.join(d, name))
+                n += 1
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass  # a late writer's new file: the next pack takes it
+    return n

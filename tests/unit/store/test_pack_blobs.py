@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import msgspec
 import pytest
@@ -201,3 +202,45 @@ def test_submitit_job_reads_packed_logs(tmp_path):
     assert not os.path.exists(layout.log_dir(store.root, rid))
     assert Job(RunHandle(Store(store.root), rid), "local").stdout() == "printed by the job\n"
     assert Job(RunHandle(Store(store.root), rid), "local").stderr() == ""
+
+
+def test_pack_takes_the_blobs_a_launch_pack_names(tmp_path):
+    """A sweep's launch versions are packed at launch: the call blobs they name are packed
+    with the run's other versions when it is packed (not left loose for ever)."""
+    store = Store(tmp_path / "s")
+    store.ensure_writable()
+    calls = {}
+    items = []
+    for i in range(70):  # a launch pack (64 runs or more)
+        rid = layout.new_id()
+        calls[rid] = store.put_blob(f"call {i}".encode())
+        patch = {"entrypoint": {"call_blob": calls[rid]}, "state": "submitted"}
+        items.append((rid, "launch", patch))
+    store.write_versions(items, new_runs=True)
+    for rid in calls:
+        store.write_version(rid, "end", {"state": "succeeded"}, role="job")
+    loose = {rid: layout.blob_path(store.root, d) for rid, d in calls.items()}
+    assert all(os.path.exists(p) for p in loose.values())
+    st = packs.pack_store(store.root)
+    assert st.runs == 70 and st.blobs >= 70
+    assert not any(os.path.exists(p) for p in loose.values())  # ground truth: the files
+    fresh = Store(store.root)
+    for i, d in enumerate(calls.values()):
+        assert fresh.get_blob(d) == f"call {i}".encode()
+
+
+def test_pack_deletes_change_journals_of_past_days_only(tmp_path):
+    store = Store(tmp_path / "s")
+    store.ensure_writable()
+    base = layout.changes_dir(store.root)
+    now = time.time()
+    old = os.path.join(base, layout.change_bucket(now - packs.CHANGES_KEEP_S - 3600))
+    recent = os.path.join(base, layout.change_bucket(now - 3 * 3600))
+    for d in (old, recent):
+        os.makedirs(d, exist_ok=True)
+        for w in ("vm-1-a.log", "vm-2-b.log"):
+            with open(os.path.join(d, w), "w") as f:
+                f.write("01m959w76cbs1s4jm9dbs3mz72 1\n")
+    st = packs.pack_store(store.root)
+    assert st.journals == 2
+    assert not os.path.exists(old) and sorted(os.listdir(recent)) == ["vm-1-a.log", "vm-2-b.log"]
