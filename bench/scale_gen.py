@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench_query import run_values  # 50 config values, 20 metrics, 10 tags: the same runs
+
 SWEEP_SIZES = (100, 250, 500, 1000, 200, 750)  # tasks per map_array, cycling
 FAIL_EVERY = 20  # one task in 20 fails
 ANNOTATE_EVERY = 500  # one run in 500 gets a verdict
@@ -56,18 +58,6 @@ class GenStats:
     write_s: float = 0.0  # launch + job side + annotations, packing excluded
     pack_s: float = 0.0  # packs.pack_store + index_packs.write_rows
     notes: list[str] = field(default_factory=list)
-
-
-def run_values(k: int) -> tuple[dict[str, Any], dict[str, float], dict[str, str]]:
-    """50 config values, 20 metrics, 10 tags (bench_query.run_values' shape)."""
-    config: dict[str, Any] = {"lr": (0.01, 0.1, 0.001)[k % 3], "seed": k}
-    for i in range(48):
-        config[f"param_{i:02d}"] = (i * 10, 0.001 * (i + 1), f"value-{i}", bool(i % 2))[i % 4]
-    metrics = {"acc": (k % 100) / 100.0}
-    for i in range(19):
-        metrics[f"metric_{i:02d}"] = 1.0 / (i + k + 1)
-    tags = {f"tag_{i}": f"t{(k + i) % 7}" for i in range(10)}
-    return config, metrics, tags
 
 
 def _failure(k: int) -> BaseException:
