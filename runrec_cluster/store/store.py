@@ -272,23 +272,14 @@ class Store:
         return out
 
     def _top_seqs(self, run_ids: list[str]) -> dict[str, int]:
-        """run id -> its highest seq, loose or packed (``_next_seq``'s rule for many runs: the
-        packs of a shard are listed once)."""
+        """run id -> its highest seq, loose or packed (``_next_seq``'s rule for many runs)."""
         out = {}
-        indexes: dict[str, list[packs.PackIndex]] = {}
         for run_id in run_ids:
             top = _loose_top(layout.run_dir(self.root, run_id))
-            if top == 0:
-                shard = run_id[: layout.SHARD_LEN]
-                if shard not in indexes:
-                    indexes[shard] = self._packs.shard_indexes(shard, [])
-                top = max(
-                    (i.runs[run_id][1] for i in indexes[shard] if run_id in i.runs), default=0
-                )
-            out[run_id] = top
+            out[run_id] = top or self._packs.max_seq(run_id)
         return out
 
-    def _journal(self, lines: bytes) -> None:
+    def _journal(self, line: bytes) -> None:
         """Append ``<run_id> <seq>`` lines to this process's change journal (after the versions
         are in place), so the query index finds new versions without a stat per run. One file
         per process and UTC hour: a file has one writer, so appends never interleave (also on
@@ -298,7 +289,6 @@ class Store:
         hour = int(time.time() // 3600)
         # one write: whole, or (kill -9) cut short as the file's last, unterminated line, which
         # readers leave alone; no later append can follow it, the file's one writer is gone
-        line = lines
         if self._jfd is not None and self._jpid == pid and self._jhour == hour:
             try:
                 os.write(self._jfd, line)  # the usual case: the file of this hour is open
