@@ -157,7 +157,13 @@ def measure_queries(tmp: str, root: str, tag: str, r: dict[str, Any]) -> None:
 
 
 def bench(
-    tmp: str, n: int, pack_every: int, mlflow_n: int, fsck: bool, writer: str
+    tmp: str,
+    n: int,
+    pack_every: int,
+    mlflow_n: int,
+    fsck: bool,
+    writer: str,
+    build_only: bool = False,
 ) -> dict[str, Any]:
     repo = make_repo(tmp)
     root = os.path.join(tmp, "store")
@@ -211,6 +217,19 @@ def bench(
         r["pack_s"] += secs
         r["packs"] += packs_n
     r["packed"] = store_usage(root)
+    r["built_at_commit"] = commit()
+    if build_only:
+        return r
+    return measure_packed(tmp, r, fsck)
+
+
+def measure_packed(tmp: str, r: dict[str, Any], fsck: bool) -> dict[str, Any]:
+    """The packed store's queries, ``runrec show`` and ``fsck`` (phase 3 on a packed store)."""
+    root = os.path.join(tmp, "store")
+    for tag in ("packed",):  # a fresh index each time: the cold figures are cold
+        for d in (f"index-{tag}", f"index-cli-{tag}"):
+            shutil.rmtree(os.path.join(tmp, d), ignore_errors=True)
+    r["measured_at_commit"] = commit()
     measure_queries(tmp, root, "packed", r)
     rid = newest_run(root)
     r["show"] = cli(["show", "--store", root, rid])
@@ -218,6 +237,13 @@ def bench(
         r["fsck"] = cli(["fsck", "--store", root])
     r["disk_after"] = disk(tmp)
     return r
+
+
+def commit() -> str:
+    p = subprocess.run(
+        ["git", "-C", HERE, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return p.stdout.strip() or "unknown"
 
 
 def newest_run(root: str) -> str:
@@ -253,6 +279,13 @@ def report(r: dict[str, Any]) -> str:
         ],
         ["write (launch + job side), runs/s", f"{g['runs'] / g['write_s']:,.0f}"],
     ]
+    if r.get("built_at_commit") != r.get("measured_at_commit"):
+        rows.append(
+            [
+                "commits: store built / measured (--reuse)",
+                f"{r.get('built_at_commit')} / {r.get('measured_at_commit')}",
+            ]
+        )
     if "mlflow_write_s" in r:
         ml = r["mlflow_n"] / r["mlflow_write_s"]
         rows.append([f"MLflow sqlite, runs/s ({r['mlflow_n']:,} runs)", f"{ml:,.1f}"])
@@ -344,20 +377,50 @@ def main() -> int:
         default="full",
         help="full: scale_gen.generate (sweeps, job side...); simple: two versions a run",
     )
+    p.add_argument(
+        "--keep",
+        default=None,
+        help="build the store in this new directory and keep it (with build.json) for --reuse",
+    )
+    p.add_argument(
+        "--reuse",
+        default=None,
+        help="a directory --keep left: measure its packed store again (queries, ls, show, fsck) "
+        "with the code as it is now; the write and size figures are those of the build",
+    )
+    p.add_argument(
+        "--build-only", action="store_true", help="with --keep: build and pack, measure later"
+    )
     a = p.parse_args()
+    if a.reuse:
+        return reuse(a.reuse, a.out, not a.no_fsck)
     n = a.n or (1_200 if a.quick else 100_000)
     pack_every = a.pack_every if a.pack_every is not None else (0 if n <= 100_000 else 100_000)
     mlflow_n = a.mlflow_n or (100 if a.quick else 2_000)
     os.makedirs(a.out, exist_ok=True)
     base = os.environ.get("BENCH_TMP") or tempfile.gettempdir()
-    tmp = tempfile.mkdtemp(prefix="runrec-bench-scale-", dir=base)
+    if a.keep:
+        os.makedirs(a.keep)  # a new directory: never measured over an older store
+        tmp = os.path.abspath(a.keep)
+    else:
+        tmp = tempfile.mkdtemp(prefix="runrec-bench-scale-", dir=base)
     res: dict[str, Any] = {"machine": machine(), "load_before": loadavg(), "quick": a.quick}
     print(f"bench_scale: {n:,} runs in {tmp}; free {disk(tmp)}", flush=True)
     t0 = time.perf_counter()
     try:
-        res["scale"] = bench(tmp, n, pack_every, mlflow_n, not a.no_fsck, a.writer)
+        res["scale"] = bench(
+            tmp, n, pack_every, mlflow_n, not a.no_fsck, a.writer, bool(a.keep and a.build_only)
+        )
+        if a.keep and a.build_only:
+            res["seconds"] = time.perf_counter() - t0
+            print(f"bench_scale: built and kept in {tmp} ({res['seconds']:.0f} s); --reuse it")
+            return 0
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if a.keep:
+            with open(os.path.join(tmp, "build.json"), "w") as f:
+                json.dump(res, f, indent=1, default=str)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     res["load_after"] = loadavg()
     res["seconds"] = time.perf_counter() - t0
     md = report(res["scale"])
@@ -371,6 +434,27 @@ def main() -> int:
     print(
         f"bench_scale: {res['seconds']:.0f} s; load average {res['load_before']} -> {res['load_after']}"
     )
+    return 0
+
+
+def reuse(tmp: str, out: str, fsck: bool) -> int:
+    """``--reuse``: the packed measures again on the store ``--keep`` left in ``tmp``."""
+    with open(os.path.join(tmp, "build.json")) as f:
+        res = json.load(f)
+    res["load_before_reuse"] = loadavg()
+    t0 = time.perf_counter()
+    measure_packed(tmp, res["scale"], fsck)
+    res["reuse_seconds"] = time.perf_counter() - t0
+    res["load_after"] = loadavg()
+    md = report(res["scale"])
+    print(md + "\n", flush=True)
+    n = res["scale"]["n"]
+    name = f"scale-{n}" + ("-simple" if res["scale"].get("writer") == "simple" else "")
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
+        f.write(md + "\n")
+    print(f"bench_scale --reuse: {res['reuse_seconds']:.0f} s; load {res['load_after']}")
     return 0
 
 

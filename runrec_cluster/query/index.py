@@ -11,8 +11,10 @@ One row per run, plus ``_dir_mtime_ns``: the modification time of the run's dire
 was read. Every record version is a new file in that directory, so a new version changes it.
 The files are Arrow IPC with zstd-compressed column buffers (about 300 bytes a run of 50
 config values, 20 metrics and 10 tags, against ~1 KB uncompressed): a query reads and
-decompresses only the columns it names (``index_select.py``), an update only the run id, the
-state and ``_dir_mtime_ns`` of the base unless it folds a new base.
+decompresses only the columns it names (``index_select.py``; the base's run ids only when it
+asks for them: the delta's metadata lists the base rows it supersedes), an update that finds
+nothing new only the files' metadata and the journal, and one that finds something only the
+run id, the state and ``_dir_mtime_ns`` of the base unless it folds a new base.
 
 How an update finds what changed, without reading every record:
 
@@ -89,6 +91,7 @@ from runrec_cluster.query.index_table import (
     live_rows,
     rows_to_table,
     run_ids,
+    superseded_rows,
     without,
 )
 from runrec_cluster.record import fold
@@ -207,7 +210,11 @@ class Index:
         return (table if live is None else table.filter(live)), meta
 
     def load_parts(
-        self, columns: set[str] | None = None, *, whole_delta: bool = False
+        self,
+        columns: set[str] | None = None,
+        *,
+        whole_delta: bool = False,
+        delta_columns: set[str] | None = None,
     ) -> tuple[Any, dict[str, Any], Any, dict[str, Any] | None] | None:
         """(base table, base metadata, delta table or None, delta metadata or None), with only
         ``columns`` read (None: all; the delta too unless ``whole_delta``). A delta written
@@ -216,12 +223,36 @@ class Index:
         base = self._read(self.path, columns)
         if base is None:
             return None
-        delta = self._read(self.delta_path, None if whole_delta else columns)
+        delta_want = columns if columns is None else columns | (delta_columns or set())
+        delta = self._read(self.delta_path, None if whole_delta else delta_want)
         if delta is not None and delta[1].get("base_gen") != base[1].get("gen"):
             delta = None
         if delta is None:
             return base[0], base[1], None, None
         return base[0], base[1], delta[0], delta[1]
+
+    def heads(self) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+        """(base metadata, delta metadata or None) read from the files' schemas alone: no
+        column is read or decompressed. None when there is no usable index."""
+        base = self._head(self.path)
+        if base is None:
+            return None
+        delta = self._head(self.delta_path)
+        if delta is not None and delta.get("base_gen") != base.get("gen"):
+            delta = None
+        return base, delta
+
+    def _head(self, path: str) -> dict[str, Any] | None:
+        libs = query_libs()
+        try:
+            with libs.pa.memory_map(path, "r") as source:
+                raw = (libs.ipc.open_file(source).schema.metadata or {}).get(_META)
+            meta = json.loads(raw) if raw else {}
+        except (FileNotFoundError, OSError, libs.pa.ArrowInvalid, ValueError):
+            return None
+        if meta.get("format") != INDEX_FORMAT or meta.get("store") != self.store.root:
+            return None
+        return meta
 
     def _read(
         self, path: str, columns: set[str] | None = None
@@ -242,6 +273,8 @@ class Index:
             names = schema.names
             if columns is not None:  # the other columns are neither read nor decompressed
                 keep = [i for i, c in enumerate(names) if c in columns]
+                if not keep:  # none of them in this file: the run ids, for the row count
+                    keep = [names.index("run_id")] if "run_id" in names else [0]
                 opts = libs.ipc.IpcReadOptions(included_fields=keep)
                 reader = libs.ipc.open_file(source, options=opts)
             table = reader.read_all()
@@ -271,6 +304,9 @@ class Index:
         query_libs()  # the error naming the extra, before anything is read
         t0 = time.perf_counter()
         st = UpdateStats(self.path, rebuilt=rebuild)
+        if not (rebuild or full) and self._quiet(st):
+            st.seconds = time.perf_counter() - t0
+            return st  # nothing new, no full scan due: not one column of the index was read
         # the base's few columns an update needs (the rest only if it is folded anew)
         parts = None if rebuild else self.load_parts(UPDATE_COLUMNS, whole_delta=True)
         if parts is None:
@@ -318,6 +354,8 @@ class Index:
         }
         if delta is not None:  # base untouched; the delta names the base it belongs to
             st.runs = live_rows(base_t, delta)
+            # a query hides these base rows without reading the base's run ids
+            meta["superseded"] = superseded_rows(base_t, delta)
             meta["base_gen"] = base_meta.get("gen")
             meta["json_columns"] = sorted(json_columns(delta))
             meta["runs"] = st.runs  # counted once here, not at every update that finds nothing
@@ -340,6 +378,30 @@ class Index:
             st.packing = maybe_pack(self.store, self.dir, [table, base_t, delta])
         st.seconds = time.perf_counter() - t0
         return st
+
+    def _quiet(self, st: UpdateStats) -> bool:
+        """True when an update has nothing to do, found from the files' metadata and the
+        journal alone: no full scan due, no run pending, no journal line since the last
+        update. ``st.runs`` is then the index's row count (kept in the metadata)."""
+        heads = self.heads()
+        if heads is None:
+            return False
+        old_meta = heads[1] if heads[1] is not None else heads[0]
+        runs = old_meta.get("runs")
+        if (
+            not isinstance(runs, int)
+            or "journal" not in old_meta
+            or old_meta.get("pending")
+            or time.time() - float(old_meta.get("scan_time", 0)) > full_scan_seconds()
+        ):
+            return False
+        old_pos = _ints(old_meta, "journal")
+        since = layout.change_bucket(time.time() - JOURNAL_WINDOW_S)
+        positions, changed = read_journal(self.store.root, old_pos, since)
+        if changed or positions != old_pos:
+            return False
+        st.runs = runs
+        return True
 
     def _find_changes(
         self, parts: Any, old_meta: dict[str, Any], full: bool, st: UpdateStats
@@ -479,13 +541,25 @@ class Index:
         ``sort`` (column, descending); ``ExpressionError`` for an unknown name (``ColumnNames``).
         Only the columns the query names are read from the index file (``index_select.py``)."""
         want = needed_columns(expr, columns, sort)
-        parts = self.load_parts(want)
+        parts = self._select_parts(want)
         if parts is None:
             self.update()
-            parts = self.load_parts(want)
+            parts = self._select_parts(want)
         if parts is None:
             raise StoreError(f"the query index {self.path} cannot be read after writing it.")
         return select_rows(self.store, parts, expr, columns, as_arrow, sort)
+
+    def _select_parts(self, want: set[str] | None) -> Any:
+        """``load_parts`` for a query: the delta always with its run ids; the base's run ids
+        only when asked, or when a delta of an index written before the ``superseded`` list
+        (metadata) must hide base rows by run id."""
+        parts = self.load_parts(want, delta_columns={"run_id"})
+        if parts is None or want is None or "run_id" in want:
+            return parts
+        base, _, delta, delta_meta = parts
+        if delta is not None and delta.num_rows and "superseded" not in (delta_meta or {}):
+            return self.load_parts(want | {"run_id"})
+        return parts
 
 
 def _new_tables(

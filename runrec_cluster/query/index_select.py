@@ -42,13 +42,14 @@ NAMES_KEY = "_names"  # in a table's metadata as read: every column of the file 
 def needed_columns(
     expr: Expr | None, columns: list[str] | None, sort: tuple[str, bool] | None
 ) -> set[str] | None:
-    """The index columns a query reads (None: every column): the run id (base and delta are
-    matched by it), the expression's, the sort key, the asked columns, and the lineage column
-    when a trust flag is asked."""
+    """The index columns a query reads (None: every column): the expression's, the sort key,
+    the asked columns, and the lineage column when a trust flag is asked. The run id only
+    when one of those names it (``Index.select`` adds it where the base and the delta must be
+    matched by it), or when nothing else is read (the row count comes from a column)."""
     if columns is None:
         return None
     asked = [*(expr.columns if expr else ()), *(sort[:1] if sort else ()), *columns]
-    want = {"run_id", *asked}
+    want = set(asked) or {"run_id"}
     if any(c in TRUST_COLUMNS for c in asked):
         want |= TRUST_INPUTS
     return want
@@ -69,7 +70,8 @@ def select_rows(
     # base rows the delta supersedes; only the selected rows of each are put together
     base, base_meta, delta, _ = parts
     pieces = [base] if delta is None or not delta.num_rows else [base, delta]
-    live = live_mask(base, delta) if len(pieces) == 2 else None
+    superseded = (parts[3] or {}).get("superseded")
+    live = live_mask(base, delta, superseded) if len(pieces) == 2 else None
     n = sum(p.num_rows for p in pieces)
     present = set(base_meta.get(NAMES_KEY, base.column_names))
     present |= {c for p in pieces[1:] for c in p.column_names}

@@ -479,3 +479,44 @@ def test_new_runs_go_to_a_delta_file_folded_in_when_it_grows(store, monkeypatch)
     st = idx.update(full=True)
     assert st.removed == 1 and st.runs == 36 and not os.path.exists(delta)
     same_as_rebuild()
+
+
+def test_warm_queries_read_only_what_they_need(store, tmp_path, monkeypatch):
+    """An update that finds nothing new reads no column of the index (the files' metadata and
+    the journal only); a query that does not ask for run ids reads none of the base's, also
+    with a delta superseding base rows (their positions are in the delta's metadata). The
+    answers are those of an index rebuilt elsewhere from the records."""
+    from runrec_cluster.expr import parse
+
+    ids = [_write_run(store, i) for i in range(30)]
+    idx = Index(store)
+    idx.update()
+    store.write_version(ids[3], "annotate", {"metrics": {"acc": 0.77}})
+    store.write_version(ids[4], "annotate", {"metrics": {"acc": 0.01}})
+    new = _write_run(store, 60, lr=0.5, acc=0.78)
+    st = idx.update()
+    assert (st.read, st.runs) == (3, 31)
+    reads: list[tuple[str, frozenset[str] | None]] = []
+    real_read = Index._read
+
+    def spy(self, path, columns=None):
+        reads.append((os.path.basename(path), None if columns is None else frozenset(columns)))
+        return real_read(self, path, columns)
+
+    monkeypatch.setattr(Index, "_read", spy)
+    st = Index(store).update()
+    assert (reads, st.read, st.runs) == ([], 0, 31), "a quiet update reads no column"
+    q = Index(store).select(parse("metrics.acc > 0.02"), columns=["config.lr", "metrics.acc"])
+    base_reads = [cols for name, cols in reads if name == INDEX_FILE]
+    assert base_reads and all(c is not None and "run_id" not in c for c in base_reads)
+    truth = Index(store, tmp_path / "rebuilt")
+    truth.update(rebuild=True)
+    cols = ["run_id", "config.lr", "metrics.acc"]
+    want = truth.select(parse("metrics.acc > 0.02"), columns=cols)
+    # runs 3..29 match (acc i/100), less run 4 (now 0.01: its base row is hidden), plus the new
+    assert len(q) == len(want) == 27
+    assert new in set(want["run_id"]) and ids[4] not in set(want["run_id"])
+    assert 0.04 not in set(q["metrics.acc"]) and 0.77 in set(q["metrics.acc"])
+    assert sorted(zip(q["metrics.acc"], q["config.lr"], strict=True)) == sorted(
+        zip(want["metrics.acc"], want["config.lr"], strict=True)
+    )
