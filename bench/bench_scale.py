@@ -168,6 +168,7 @@ def bench(
     repo = make_repo(tmp)
     root = os.path.join(tmp, "store")
     r: dict[str, Any] = {"n": n, "pack_every": pack_every, "filter": FILTER, "writer": writer}
+    r["built_at_commit"] = commit()  # the code this process loaded
     r["disk_before"] = disk(tmp)
     loose_batches: list[dict[str, Any]] = []
 
@@ -217,7 +218,6 @@ def bench(
         r["pack_s"] += secs
         r["packs"] += packs_n
     r["packed"] = store_usage(root)
-    r["built_at_commit"] = commit()
     if build_only:
         return r
     return measure_packed(tmp, r, fsck)

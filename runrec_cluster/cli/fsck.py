@@ -105,7 +105,12 @@ def _print(report: FsckReport) -> None:
     echo(
         f"  checked {_plural(c.runs, 'run')} ({_plural(c.versions, 'version')}), "
         f"{_plural(c.blobs, 'blob')} ({_size(c.blob_bytes)}), "
-        f"{_plural(c.promotions, 'promoted version')}, {_plural(c.retirements, 'retirement')} "
+        + (
+            f"{_plural(c.packs, 'pack')} ({_plural(c.packed_blobs, 'packed blob')}), "
+            if c.packs
+            else ""
+        )
+        + f"{_plural(c.promotions, 'promoted version')}, {_plural(c.retirements, 'retirement')} "
         f"in {report.seconds:.2f}s"
     )
     for f in report.problems:

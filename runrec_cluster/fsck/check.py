@@ -316,9 +316,10 @@ class _Checker:
         return bool(new)
 
     def _runs_only_packed(self) -> None:
-        while self.packed:  # a late pack (_late_packs) may add runs
-            run_id = min(self.packed)
-            self._run(run_id, layout.run_dir(self.root, run_id))
+        while self.packed:  # a late pack (_late_packs) may add runs: another round
+            for run_id in sorted(self.packed):  # (one sort a round, not a min() a run)
+                if run_id in self.packed:
+                    self._run(run_id, layout.run_dir(self.root, run_id))
 
     def _run(self, run_id: str, d: str) -> None:
         """Check one run. A packer may pack it while it is read: when its loose files vanish
