@@ -97,18 +97,46 @@ def node_facts(
     )
 
 
-# what a node's record keeps per run; the rest (hardware, OS, drivers, packages) is the same
-# for every run on that node and goes into a shared context blob (record schema v2)
-_NODE_OWN = ("captured_at", "env_vars", "runtime", "determinism")
+# what a node's record keeps per run (True: the whole value; a dict: those keys of the value);
+# the rest (hardware, OS, drivers, packages, the libraries seen and how, the determinism
+# settings and their notes) is the same for every run of a sweep on that node and goes into a
+# shared context blob (record schema v2); a run whose share differs just names another blob
+_NODE_OWN: dict[str, Any] = {
+    "captured_at": True,
+    "env_vars": True,
+    "runtime": {"sampling": {"times": True, "pids": True, "gap": True}},
+    "determinism": {"captured_at": True},
+}
+
+
+def _split_own(
+    entry: dict[str, Any], own_keys: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(shared, own) parts of ``entry`` by ``own_keys`` (``_NODE_OWN``), such that
+    ``record.merge_context(shared, own)`` gives ``entry`` back."""
+    shared: dict[str, Any] = {}
+    own: dict[str, Any] = {}
+    for k, v in entry.items():
+        rule = own_keys.get(k)
+        if rule is True:
+            own[k] = v
+        elif isinstance(rule, dict) and isinstance(v, dict):
+            s, o = _split_own(v, rule)
+            if s or not o:  # (an empty dict stays, in the shared part)
+                shared[k] = s
+            if o:
+                own[k] = o
+        else:
+            shared[k] = v
+    return shared, own
 
 
 def node_patch(store: Store, node: NodeInfo) -> dict[str, Any]:
-    """The ``nodes`` part of a job's start version: the node's facts as a shared context blob
+    """The ``nodes`` part of a job's version: the node's facts as a shared context blob
     (``Store.put_context``; written once per node and environment, however many runs land
     there), and only the per-run fields inline. Readers merge them back (``Store.versions``)."""
     entry = to_patch(nodes=[node])["nodes"][0]
-    shared = {k: v for k, v in entry.items() if k not in _NODE_OWN}
-    own = {k: v for k, v in entry.items() if k in _NODE_OWN}
+    shared, own = _split_own(entry, _NODE_OWN)
     try:
         digest = store.put_context({"nodes": [shared]})
     except StoreError:

@@ -246,12 +246,15 @@ class Index:
         libs = query_libs()
         try:
             with libs.pa.memory_map(path, "r") as source:
-                raw = (libs.ipc.open_file(source).schema.metadata or {}).get(_META)
+                schema = libs.ipc.open_file(source).schema
+            raw = (schema.metadata or {}).get(_META)
             meta = json.loads(raw) if raw else {}
         except (FileNotFoundError, OSError, libs.pa.ArrowInvalid, ValueError):
             return None
         if meta.get("format") != INDEX_FORMAT or meta.get("store") != self.store.root:
             return None
+        if schema.names and not STORED_COLUMNS <= set(schema.names):
+            return None  # written before a column was added: rebuilt (as ``_read`` says)
         return meta
 
     def _read(

@@ -96,6 +96,42 @@ def test_sweep_of_8(ex, store):
         fresh.load(recs[0].run_id)
 
 
+def test_job_versions_name_one_node_context_and_keep_only_their_own_facts(ex, store, tmp_path):
+    """The job side of a sweep stores the node's facts shared by its runs (hardware, how the
+    libraries were sampled, the determinism variables and notes) once per node, as context
+    blobs its versions name; inline stay only each run's own (sampling times and pids, capture
+    times, variables). A reader sees the whole facts: the pids are the jobs' own (each job
+    writes its pid to a file: the ground truth)."""
+    from runrec_cluster.record import CONTEXT_KEY
+    from runrec_cluster.store import codec
+
+    paths = [str(tmp_path / f"pid{i}") for i in range(4)]
+    hs = ex.map_array(jobfns.write_pid_and_sleep, [{"path": p, "seconds": 0} for p in paths])
+    for h in hs:
+        h.wait(timeout=120)
+    job = [
+        codec.decode(open(f, "rb").read())
+        for h in hs
+        for f in store.version_files(h.run_id)
+        if codec.decode(open(f, "rb").read())["writer"]["role"] == "job"
+    ]
+    assert {v["event"] for v in job} >= {"start", "end"}
+    contexts = {v["patch"][CONTEXT_KEY] for v in job if "nodes" in v["patch"]}
+    assert 1 <= len(contexts) <= 2, contexts  # the start's and the end's share, for 4 runs
+    for v in job:
+        for own in v["patch"].get("nodes", []):
+            assert set(own) <= {"captured_at", "env_vars", "runtime", "determinism"}, own
+            assert set(own.get("runtime", {}).get("sampling", {})) <= {"times", "pids", "gap"}
+            assert set(own.get("determinism", {})) <= {"captured_at"}
+    for h, p in zip(hs, paths, strict=True):
+        node = h.record().nodes[0]
+        with open(p) as f:
+            pid = int(f.read())
+        assert pid in node.runtime.sampling.pids and node.runtime.sampling.method
+        assert node.runtime.sampling.times and node.determinism.env_source
+        assert "PYTHONHASHSEED" in node.determinism.env and node.cpu_count == os.cpu_count()
+
+
 def test_command_job_records_exit_code(ex, store, tmp_path):
     script = tmp_path / "t.py"
     script.write_text(
