@@ -692,10 +692,14 @@ def fold(versions: list[RecordVersion]) -> RunRecord:
         ) from exc
 
 
+# values to_builtins returns as they are: skipped (a patch is built for every version written)
+_AS_IS = frozenset({str, int, float, bool, datetime})
+
+
 def to_patch(**fields: Any) -> dict[str, Any]:
     """Builtins for a patch: Structs and enums become plain msgpack-friendly values."""
     return {
-        k: msgspec.to_builtins(v, builtin_types=(datetime,))
+        k: v if type(v) in _AS_IS else msgspec.to_builtins(v, builtin_types=(datetime,))
         for k, v in fields.items()
         if v is not None
     }

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from runrec_cluster.capture.redact import active_rules, redact_value
+from runrec_cluster.capture.redact import Rules, active_rules, redact_value
 from runrec_cluster.errors import ConfigError
 from runrec_cluster.record import ConfigEntry
 
@@ -59,13 +59,33 @@ def plain(key: str, value: Any, rules: Any = None) -> Any:
     return redact_value(key, out, rules)
 
 
-def entries(values: Mapping[str, Any], source: str) -> dict[str, ConfigEntry]:
-    rules = active_rules()  # once for all the values
+_INT_MIN, _INT_END = -(2**63), 2**64  # the ints msgpack stores
+
+
+def entries(
+    values: Mapping[str, Any], source: str, rules: Rules | None = None
+) -> dict[str, ConfigEntry]:
+    """``{key: ConfigEntry(value=plain(key, value), source=source)}``. ``rules``: the
+    redaction rules, when the caller has them already (else looked up once for all)."""
+    r = rules or active_rules()
+    kinds = r.kinds
     out = {}
     for k, v in values.items():
         if not isinstance(k, str):
             raise ConfigError(f"config key {k!r} is not a string; use string keys.")
-        out[k] = ConfigEntry(value=plain(k, v, rules), source=source)
+        t = type(v)
+        # what plain() does, inline for the common values: a number, boolean or None under a
+        # name that is no secret is stored as it is; a string under such a name is redacted
+        # text (remembered per text: Rules.text); anything else goes through plain()
+        if kinds[k] is not None:
+            value = plain(k, v, r)
+        elif v is None or t is bool or t is float or (t is int and _INT_MIN <= v < _INT_END):
+            value = v
+        elif t is str and v.isascii():  # ASCII: no lone surrogate, storable as it is
+            value = r.text(v)
+        else:
+            value = plain(k, v, r)
+        out[k] = ConfigEntry(value=value, source=source)
     return out
 
 
@@ -83,12 +103,13 @@ def function_config(
         raise ConfigError(
             f"the arguments do not match {name}{sig}: {exc}. Fix the call to submit()/map_array()."
         ) from None
+    rules = active_rules()  # once for every parameter
     out: dict[str, ConfigEntry] = {}
     for pname, param in sig.parameters.items():
         if pname in bound.arguments:
             value = bound.arguments[pname]
             if param.kind is inspect.Parameter.VAR_KEYWORD:
-                out.update(entries(value, "given"))
+                out.update(entries(value, "given", rules))
             else:
                 out.update(
                     entries(
@@ -98,10 +119,11 @@ def function_config(
                             else value
                         },
                         "given",
+                        rules,
                     )
                 )
         elif param.default is not inspect.Parameter.empty:
-            out.update(entries({pname: param.default}, "default"))
+            out.update(entries({pname: param.default}, "default", rules))
     return out
 
 

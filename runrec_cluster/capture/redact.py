@@ -44,8 +44,8 @@ import functools
 import os
 import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -186,6 +186,22 @@ _NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
 # -- configurable rules -----------------------------------------------------------------------
 
 
+class _Kinds(dict[str, "str | None"]):
+    """name -> its kind under one set of rules, computed at the first lookup of a name (at
+    most ``_MEMO_MAX`` names, then forgotten all at once)."""
+
+    def __init__(self, compute: Callable[[str], str | None]) -> None:
+        super().__init__()
+        self._compute = compute
+
+    def __missing__(self, name: str) -> str | None:
+        got = self._compute(name)
+        if len(self) >= _MEMO_MAX:
+            self.clear()
+        self[name] = got
+        return got
+
+
 @dataclass(frozen=True)
 class Rules:
     """The rules beyond the built-in ones: from ``[tool.runrec.redact]`` and the environment."""
@@ -194,19 +210,35 @@ class Rules:
     secret_values: tuple[re.Pattern[str], ...] = ()
     not_secret: tuple[str, ...] = ()  # lowercased globs
     sources: tuple[str, ...] = ()
+    # caches (equality, hash and repr ignore them): the rules never change, so what they say
+    # about a name or a text never does either. ``kinds[name]`` is ``kind(name)``, for loops
+    # over many names (config.entries): a dict lookup, computed and remembered when missing
+    kinds: _Kinds = field(init=False, repr=False, compare=False)
+    _texts: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kinds", _Kinds(self._kind))  # frozen: set once, here
 
     def kind(self, name: str) -> str | None:
         """``"strong"`` (any value is secret), ``"weak"`` (string values are) or None;
         remembered per name (a sweep asks about the same few config keys thousands of times)."""
-        memo = self.__dict__.get("_memo")
-        if memo is None:
-            memo = {}
-            object.__setattr__(self, "_memo", memo)  # a cache, not a field: frozen stays frozen
-        if name not in memo:
-            if len(memo) > 8192:
+        return self.kinds[name]
+
+    def text(self, text: str) -> str:
+        """``redact_text(text, self)``: credential shapes, secret ``name=value`` pairs and URL
+        credentials replaced. Remembered per text up to ``_TEXT_MEMO_LEN`` characters (a
+        sweep's string config values repeat from run to run; the result depends only on the
+        text and these rules)."""
+        if type(text) is not str or len(text) > _TEXT_MEMO_LEN:  # a str subclass: as it is
+            return _redact_text(text, self, urls=True)
+        memo = self._texts
+        got = memo.get(text)
+        if got is None:
+            got = _redact_text(text, self, urls=True)
+            if len(memo) >= _MEMO_MAX:
                 memo.clear()
-            memo[name] = self._kind(name)
-        return memo[name]
+            memo[text] = got
+        return got
 
     def _kind(self, name: str) -> str | None:
         if any(rx.search(name) for rx in self.secret_names):
@@ -216,6 +248,9 @@ class Rules:
             return None
         return _builtin_kind(name)
 
+
+_MEMO_MAX = 8192  # names, and texts, remembered per Rules (then forgotten all at once)
+_TEXT_MEMO_LEN = 256  # longer texts (tracebacks, command lines) are not remembered
 
 BUILTIN = Rules()
 
@@ -249,6 +284,7 @@ def load_rules(start: str | None = None, environ: Mapping[str, str] | None = Non
 
 
 _cache: dict[Any, tuple[Any, Rules, float]] = {}
+_REDACT_VARS = tuple(settings.REDACT_VARS.values())
 RECHECK_S = 1.0  # how often the config files are looked for again (a sweep redacts thousands
 # of values in a second; a file edited between two submissions is seen by the second)
 
@@ -256,8 +292,8 @@ RECHECK_S = 1.0  # how often the config files are looked for again (a sweep reda
 def active_rules() -> Rules:
     """``load_rules()`` for the current directory and environment, read again when a config
     file appears, changes or goes."""
-    env = os.environ
-    key = (os.getcwd(), *(env.get(v) for v in settings.REDACT_VARS.values()))
+    get = os.environ.get
+    key = (os.getcwd(), *[get(v) for v in _REDACT_VARS])
     now = time.monotonic()
     hit = _cache.get(key)
     if hit is not None and now - hit[2] < RECHECK_S:
@@ -323,7 +359,7 @@ def _hides(kind: str | None, value: Any) -> bool:
 def redact_text(text: str, rules: Rules | None = None) -> str:
     """Replace credential-shaped substrings, secret ``name=value`` pairs and URL credentials in
     free text."""
-    return _redact_text(text, rules or active_rules(), urls=True)
+    return (rules or active_rules()).text(text)
 
 
 def _redact_text(text: str, r: Rules, *, urls: bool) -> str:
@@ -390,6 +426,8 @@ def redact_value(name: str, value: Any, rules: Rules | None = None) -> Any:
     t = type(value)
     if t is int or t is float or t is bool or value is None:  # the common case, first
         return REDACTED if _hides(r.kind(name), value) else value
+    if t is str:  # the next most common: remembered per text (Rules.text)
+        return REDACTED if _hides(r.kind(name), value) else r.text(value)
     if not isinstance(value, (dict, list, tuple)) and _hides(r.kind(name), value):
         return REDACTED
     if isinstance(value, str):
@@ -412,7 +450,7 @@ def flags(name: str, value: Any, rules: Rules | None = None) -> bool:
         return _hides(r.kind(name), value)
     if _hides(r.kind(name), value):
         return True
-    return isinstance(value, str) and _redact_text(value, r, urls=True) != value
+    return isinstance(value, str) and r.text(value) != value
 
 
 def redact_argv(argv: list[str], rules: Rules | None = None) -> list[str]:

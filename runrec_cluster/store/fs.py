@@ -121,7 +121,6 @@ def _open_excl(tmp: str, mode: int, pol: perms.Policy) -> int:
 
 
 def _finish(tmp: str, fd: int, path: str, data: bytes, fsync: bool, *, replace: bool) -> bool:
-    directory = os.path.dirname(path)
     created = True
     try:
         try:
@@ -138,7 +137,7 @@ def _finish(tmp: str, fd: int, path: str, data: bytes, fsync: bool, *, replace: 
         else:
             created = _link_new(tmp, path)
         if fsync and created:
-            _fsync_dir(directory)
+            _fsync_dir(os.path.dirname(path))
     except OSError as exc:
         _unlink(tmp)
         raise StoreError(explain(exc, path, "write")) from exc

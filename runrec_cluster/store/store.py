@@ -202,8 +202,8 @@ class Store:
         self, run_id: str, event: str, patch: dict[str, Any], *, role: str = "submitter"
     ) -> RecordVersion:
         """Append one immutable version to a run. Never overwrites anything."""
-        d = self.check_inside(layout.run_dir(self.root, run_id))
-        seq = self._next_seq(d, run_id)
+        d = layout.run_dir(self.root, run_id)
+        seq = self._next_seq(d, run_id)  # also checks that d is no link out (check_inside)
         version = RecordVersion(
             schema_version=SCHEMA_VERSION,
             run_id=run_id,
@@ -324,19 +324,46 @@ class Store:
             pass
 
     def _next_seq(self, d: str, run_id: str) -> int:
-        """One more than the highest seq of the run. Loose versions first: a packer deletes the
-        loose copies in ascending seq, so those left are the newest; only when none is left are
-        the packs asked (after the listing: a version deleted meanwhile is packed by then)."""
-        try:
-            names = os.listdir(d)
-        except FileNotFoundError:
-            names = []
-        except OSError as exc:
-            raise StoreError(fs.explain(exc, d, "list")) from exc
+        """One more than the highest seq of the run, whose directory ``d`` is then in place
+        (checked to be no link out of the store, ``check_inside``). Loose versions first: a
+        packer deletes the loose copies in ascending seq, so those left are the newest; only
+        when none is left are the packs asked (after the listing: a version deleted meanwhile
+        is packed by then).
+
+        A run directory this Store has not seen yet is made first, under a checked parent: when
+        the ``mkdir`` succeeds the run had no loose version at that instant, the listing is
+        known (empty) and no ``lstat`` is needed (what ``mkdir`` made is no link). The usual
+        case: a run's first loose version (after its launch pack, or a new run), one system
+        call instead of three. A directory that exists is checked and listed as before."""
+        names: list[str] | None = None
+        made = False
+        if d not in self._inside_ok:
+            parent = os.path.dirname(d)
+            if parent not in self._inside_ok:
+                self.check_inside(parent)  # a planted shard link is refused before the mkdir
+            try:
+                fs.mkdir(d)
+                made = True
+                names = []
+                self._remember_inside(d)
+            except FileExistsError:
+                self.check_inside(d)
+            except FileNotFoundError:  # a new shard: made with its parents, then listed
+                fs.makedirs(d)
+                self.check_inside(d)
+            except OSError as exc:
+                raise StoreError(fs.explain(exc, d, "create the directory")) from exc
+        if names is None:
+            try:
+                names = os.listdir(d)
+            except FileNotFoundError:
+                names = []
+            except OSError as exc:
+                raise StoreError(fs.explain(exc, d, "list")) from exc
         top = _top_of(names)
         if top == 0:
             top = self._packs.max_seq(run_id)
-        if not names:
+        if not names and not made:
             try:  # the usual case (a run's first loose version): its shard exists
                 fs.mkdir(d, exist_ok=True)
             except FileNotFoundError:
