@@ -20,7 +20,7 @@ from rich.console import Console
 from runrec_cluster.api import refresh, refresh_many
 from runrec_cluster.capture.hardware import flagged, mismatch_warning
 from runrec_cluster.errors import ExpressionError, RunrecError, StoreError
-from runrec_cluster.record import SCHEMA_VERSION, RunRecord
+from runrec_cluster.record import SCHEMA_VERSION, RunRecord, fold
 from runrec_cluster.store import ReadProblem, Store, layout
 from runrec_cluster.views.show import escape
 
@@ -204,13 +204,43 @@ def load_all(store: Store, warn_problems: bool = True, check: bool = True) -> li
     problems: list[ReadProblem] = []
     out = store.load_all(problems)
     if warn_problems:
-        for p in problems:
-            if p.path == layout.run_dir(store.root, p.run_id):  # versions that do not fold
-                warn(p.message)
-            else:
-                warn(f"skipped unreadable record file {p.path}: {p.message}")
+        _warn_read(store, problems)
     if not check:
         return out
+    return _refreshed(store, out, problems)
+
+
+def load_some(store: Store, run_ids: list[str]) -> list[RunRecord]:
+    """``load_all`` for the runs ``run_ids`` only (those that are in the store and fold), in
+    that order: the same warnings, the same check of runs that are not terminal."""
+    problems: list[ReadProblem] = []
+    out: list[RunRecord] = []
+    for run_id in run_ids:
+        probs: list[ReadProblem] = []
+        vs = store.versions(run_id, probs)
+        problems += [ReadProblem(p.path, p.message, run_id) for p in probs]
+        if not vs:
+            continue
+        try:
+            out.append(fold(vs))
+        except Exception as exc:  # a version that decodes but does not fold, as in load_all
+            msg = f"run {run_id} does not fold into a record ({exc}); see `runrec fsck`"
+            problems.append(ReadProblem(layout.run_dir(store.root, run_id), msg, run_id))
+    _warn_read(store, problems)
+    return _refreshed(store, out, problems)
+
+
+def _warn_read(store: Store, problems: list[ReadProblem]) -> None:
+    for p in problems:
+        if p.path == layout.run_dir(store.root, p.run_id):  # versions that do not fold
+            warn(p.message)
+        else:
+            warn(f"skipped unreadable record file {p.path}: {p.message}")
+
+
+def _refreshed(store: Store, out: list[RunRecord], problems: list[ReadProblem]) -> list[RunRecord]:
+    """``out`` with the runs that are not terminal checked with their backend (the job may be
+    gone), except runs with a read problem."""
     damaged = {p.run_id for p in problems}  # never infer a verdict from a partial history
     try:
         fresh = {

@@ -89,17 +89,20 @@ def ls_select(
     columns: str | None,
     sort: str | None,
     universe: list[RunRecord] | None = None,
+    names: ColumnNames | None = None,
 ) -> tuple[list[RunRecord], list[dict[str, Any]] | None, list[str] | None]:
     """(records, rows, columns) after ``--where`` and ``--sort``; rows only when needed.
     ``universe``: every run of the store (default ``recs``), whose names are the known columns:
-    an unknown name is an ``ExpressionError``, as in ``rr.query``."""
+    an unknown name is an ``ExpressionError``, as in ``rr.query``; or ``names``, the known
+    columns (the index's: ``query.newest.index_names``)."""
     expr = parse(where) if where else None
     cols = parse_columns(columns)
     if expr is None and cols is None and not sort:
         return recs, None, None
-    every = recs if universe is None else universe
-    fixed = set(flat_row(every[0])) if every else set()  # a fixed column flat_row adds too
-    names = ColumnNames(present_columns(every) | fixed, has_runs=bool(every))
+    if names is None:
+        every = recs if universe is None else universe
+        fixed = set(flat_row(every[0])) if every else set()  # a fixed column flat_row adds too
+        names = ColumnNames(present_columns(every) | fixed, has_runs=bool(every))
     names.check(expr, cols, parse_sort(sort)[0] if sort else None)
     pk = package_reader(store)
     wants_pk = any(

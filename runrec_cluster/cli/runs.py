@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 from rich.table import Table
@@ -19,6 +21,7 @@ from runrec_cluster.cli._common import (
     fmt_time,
     load_all,
     load_one,
+    load_some,
     open_store,
     query_options,
     state_text,
@@ -26,10 +29,17 @@ from runrec_cluster.cli._common import (
     warn,
 )
 from runrec_cluster.cli._table import ls_row, ls_select, print_negatives, print_rows, print_runs
+from runrec_cluster.errors import ConfigError, StoreError
+from runrec_cluster.expr import parse
 from runrec_cluster.lineage.annotate import negatives
-from runrec_cluster.lineage.trust import trust_for
+from runrec_cluster.lineage.trust import Trust, trust_for
+from runrec_cluster.query.ancestry import trust_of
+from runrec_cluster.query.columns import ColumnNames, parse_columns, query_libs
+from runrec_cluster.query.index import Index
+from runrec_cluster.query.newest import LIGHT_COLUMNS, Listing, index_names
 from runrec_cluster.record import RunRecord, RunState, needs_verdict
 from runrec_cluster.rerun import order_with_reruns
+from runrec_cluster.store import Store
 from runrec_cluster.store.codec import strict_document
 from runrec_cluster.store.promoted import list_promotions
 from runrec_cluster.views.export import export_json
@@ -41,6 +51,10 @@ from runrec_cluster.views.show import render
 # ---------------------------------------------------------------------------------------------
 # ls
 # ---------------------------------------------------------------------------------------------
+
+# True: ``ls --limit``, ``show`` and ``export --format openlineage`` read every run of the store,
+# as before they read the index and the runs' ancestry (the tests compare both outputs)
+READ_EVERY_RUN = False
 
 
 def _strict_json(obj: object, indent: int = 1) -> str:
@@ -104,19 +118,17 @@ def ls_cmd(
     """List runs, newest last. Runs built on something retired are marked SUSPECT."""
     _check_states(states)
     store = open_store(store_path)
-    recs = load_all(store)
-    every = recs  # the known columns are those of every run, not only of the ones listed
-    problems: list[str] = []
-    trust = trust_for(store, recs, problems)  # None (nothing read) when nothing was retired
-    for p in problems:
-        warn(p)
-    ordered = order_with_reruns(_filter(recs, states, name, sweep))  # a rerun after its original
-    recs = [r for r, _ in ordered]
-    depth = {r.run_id: d for r, d in ordered}
-    if negative:
-        keep = {n.record.run_id for n in negatives(recs)}
-        recs = [r for r in recs if r.run_id in keep]
-    recs, rows, cols = ls_select(store, recs, trust, where, columns, sort, universe=every)
+    opts = _LsOptions(states, name, sweep, negative, where, columns, sort)
+    found = _newest(store, limit, opts) if limit and not sort and not READ_EVERY_RUN else None
+    if found is None:  # every run read (no --limit, --sort, or no usable index)
+        recs = load_all(store)
+        problems: list[str] = []
+        trust = trust_for(store, recs, problems)  # None (nothing read) when nothing was retired
+        for p in problems:
+            warn(p)
+        # the known columns are those of every run, not only of the ones listed
+        found = _listing(store, recs, trust, opts, universe=recs), trust
+    (recs, rows, cols, depth), trust = found
     if limit:
         recs, rows = recs[-limit:], (rows[-limit:] if rows is not None else None)
     if cols and not negative:
@@ -134,6 +146,108 @@ def ls_cmd(
     print_runs(recs, trust, depth)
 
 
+@dataclass(frozen=True)
+class _LsOptions:
+    states: tuple[str, ...]
+    name: str | None
+    sweep: str | None
+    negative: bool
+    where: str | None
+    columns: str | None
+    sort: str | None
+
+
+_Listed = tuple[list[RunRecord], list[dict[str, Any]] | None, list[str] | None, dict[str, int]]
+
+
+def _listing(
+    store: Store,
+    recs: list[RunRecord],
+    trust: Trust | None,
+    o: _LsOptions,
+    universe: list[RunRecord] | None = None,
+    names: ColumnNames | None = None,
+) -> _Listed:
+    """(records, rows, columns, depth): what ``ls`` prints of ``recs``, before ``--limit``."""
+    ordered = order_with_reruns(_filter(recs, o.states, o.name, o.sweep))  # reruns after originals
+    recs = [r for r, _ in ordered]
+    depth = {r.run_id: d for r, d in ordered}
+    if o.negative:
+        keep = {n.record.run_id for n in negatives(recs)}
+        recs = [r for r in recs if r.run_id in keep]
+    recs, rows, cols = ls_select(
+        store, recs, trust, o.where, o.columns, o.sort, universe=universe, names=names
+    )
+    return recs, rows, cols, depth
+
+
+def _newest(store: Store, limit: int, o: _LsOptions) -> tuple[_Listed, Trust | None] | None:
+    """``ls --limit`` (without ``--sort``) from the index: the runs of the newest families of
+    the listing (``query.newest``) are read and refreshed, not every run; the rows are those
+    the whole store gives. None when the index cannot be used (no query extra, no readable
+    index, a rerun cycle): then every run is read."""
+    try:
+        query_libs()
+    except ConfigError:
+        return None
+    idx = Index(store)
+    try:
+        # (what the update finds unreadable is not warned about here: it tells only once, when
+        # it first reads a run; the runs read below are warned about as load_all words it)
+        idx.update()
+        light = idx.select(None, LIGHT_COLUMNS, as_arrow=True)
+        names = index_names(idx)
+        expr = parse(o.where) if o.where else None
+        cols = parse_columns(o.columns)
+        names.check(expr, cols, None)
+        passing = None  # the runs --where and --negative keep, as the index tells
+        if expr is not None:
+            passing = _ids(idx.select(expr, ["run_id"], as_arrow=True))
+        if o.negative:
+            neg = _ids(idx.select(parse("negative"), ["run_id"], as_arrow=True))
+            passing = neg if passing is None else _both(passing, neg)
+    except (StoreError, OSError):  # the index is derived: without it, every run is read
+        return None
+    listing = Listing(light, o.name, o.sweep, passing)
+    if listing.cyclic():
+        return None
+    loaded: dict[str, RunRecord] = {}
+    tried: set[str] = set()  # each run read (and warned about) once
+
+    def load(ids: list[str]) -> None:
+        new = [i for i in dict.fromkeys(ids) if i not in tried]
+        tried.update(new)
+        loaded.update((r.run_id, r) for r in load_some(store, new))
+
+    if o.states:  # whether a stale run is listed depends on its state now
+        stale = listing.stale()
+        load(stale)
+        listing.set_states(o.states, {r: loaded[r].state.value for r in stale if r in loaded})
+    ids = listing.more(limit)
+    while True:
+        load(ids)
+        recs = [loaded[i] for i in dict.fromkeys(ids) if i in loaded]
+        problems: list[str] = []
+        trust = trust_of(store, recs, problems, idx, index_updated=True)
+        out = _listing(store, recs, trust, o, names=names)
+        if len(out[0]) >= limit or listing.done:
+            break
+        ids += listing.more(limit - len(out[0]))  # the index said more would pass than did
+    for p in problems:
+        warn(p)
+    return out, trust
+
+
+def _ids(table: Any) -> Any:
+    """The run ids of an Arrow table, as one Arrow array."""
+    return table.column("run_id").combine_chunks()
+
+
+def _both(a: Any, b: Any) -> Any:
+    """The run ids in both Arrow arrays."""
+    return a.filter(query_libs().pc.is_in(a, value_set=b))
+
+
 # ---------------------------------------------------------------------------------------------
 # show / export / schema / history / logs
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +260,7 @@ def show_cmd(store_path, run):  # type: ignore[no-untyped-def]
     """Show one run in readable sections (RUN: id or unique prefix)."""
     store = open_store(store_path)
     rec = load_one(store, run)
-    trust = trust_for(store)
+    trust = trust_for(store) if READ_EVERY_RUN else trust_of(store, [rec])
     promoted = [
         e.promotion
         for e in list_promotions(store)
@@ -182,7 +296,8 @@ def export_cmd(store_path, run, fmt, namespace, output):  # type: ignore[no-unty
     store = open_store(store_path)
     rec = load_one(store, run)
     if fmt == "openlineage":
-        events = run_events(store, rec, namespace=namespace, trust=trust_for(store))
+        trust = trust_for(store) if READ_EVERY_RUN else trust_of(store, [rec])
+        events = run_events(store, rec, namespace=namespace, trust=trust)
         text = "\n".join(
             json.dumps(e, ensure_ascii=False, sort_keys=True, allow_nan=False) for e in events
         )
