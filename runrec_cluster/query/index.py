@@ -276,10 +276,11 @@ class Index:
             names = schema.names
             if columns is not None:  # the other columns are neither read nor decompressed
                 keep = [i for i, c in enumerate(names) if c in columns]
-                if not keep:  # none of them in this file: the run ids, for the row count
-                    keep = [names.index("run_id")] if "run_id" in names else [0]
-                opts = libs.ipc.IpcReadOptions(included_fields=keep)
-                reader = libs.ipc.open_file(source, options=opts)
+                if not keep and names:  # none of them in this file: one, for the row count
+                    keep = [names.index("run_id") if "run_id" in names else 0]
+                if keep:  # (an empty list would read every column)
+                    opts = libs.ipc.IpcReadOptions(included_fields=keep)
+                    reader = libs.ipc.open_file(source, options=opts)
             table = reader.read_all()
         except (pa.ArrowInvalid, OSError, ValueError):
             return None  # a damaged index is rebuilt, never trusted

@@ -262,25 +262,36 @@ def rows_path(pack: str) -> str:
     return pack[: -len(".pack")] + ROWS_SUFFIX
 
 
-_listed: dict[str, tuple[list[str], list[str]]] = {}  # shard directory -> (names, pack paths)
+# shard directory -> (its mtime when listed, the time the listing began, pack paths)
+_listed: dict[str, tuple[int, int, list[str]]] = {}
+# a listing is reused while the directory's mtime is unchanged, if it began at least this long
+# after that mtime: a pack linked later falls in a later time tick of even a coarse clock (NFS:
+# a second or more), so it changes the mtime; the same rule as the index's (index.SLACK_NS),
+# with room for the file server's clock being a few seconds behind this host's
+LISTING_SLACK_NS = 5_000_000_000
 
 
 def list_packs(root: str, shard: str) -> list[str]:
-    """The packs of one shard (paths), oldest first."""
+    """The packs of one shard (paths), oldest first. A new pack is seen at once: the shard
+    directory is stat'ed every time and listed again when its mtime changed (or is recent);
+    a shard of thousands of launch packs is not listed once per run read or written."""
     d = shard_dir(root, shard)
+    began = time.time_ns()
+    try:
+        mtime = os.stat(d).st_mtime_ns
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    last = _listed.get(d)
+    if last is not None and last[0] == mtime and last[1] - mtime > LISTING_SLACK_NS:
+        return list(last[2])
     try:
         names = os.listdir(d)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    # listed every time (a new pack must be seen at once); only the filtering is remembered:
-    # a shard of many launch packs is listed once per run read or written
-    last = _listed.get(d)
-    if last is not None and last[0] == names:
-        return list(last[1])
     paths = [os.path.join(d, n) for n in sorted(names) if PACK_RE.match(n)]
     if len(_listed) > 64:
         _listed.clear()
-    _listed[d] = (names, paths)
+    _listed[d] = (mtime, began, paths)
     return list(paths)
 
 

@@ -289,3 +289,27 @@ def test_a_warm_index_takes_just_packed_runs_from_their_kept_rows(tmp_path):
     os.makedirs(d)
     st = Index(Store(store.root), index_dir=tmp_path / "c").update(rebuild=True)
     assert st.runs == 6 and st.read == 1
+
+
+def test_a_shard_listing_is_reused_only_while_its_directory_is_unchanged(tmp_path, monkeypatch):
+    """``list_packs`` lists a shard of many launch packs again only when its directory's
+    mtime moved (or is too recent to trust): a pack linked later is seen at once."""
+    root = str(tmp_path)
+    shard = "01abc"
+    d = packs.shard_dir(root, shard)
+    os.makedirs(d)
+    first = os.path.join(d, "01abc" + "0" * 21 + ".pack")
+    open(first, "wb").close()
+    calls = []
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p: calls.append(p) or real(p))
+    assert packs.list_packs(root, shard) == [first]
+    assert packs.list_packs(root, shard) == [first] and len(calls) == 2, "recent: listed again"
+    old = os.stat(d).st_mtime_ns - 60 * 10**9  # as if the last change were a minute old
+    os.utime(d, ns=(old, old))
+    packs.list_packs(root, shard)
+    n = len(calls)
+    assert packs.list_packs(root, shard) == [first] and len(calls) == n, "old, unchanged: reused"
+    second = os.path.join(d, "01abc" + "1" * 21 + ".pack")
+    open(second, "wb").close()  # a new pack moves the directory's mtime
+    assert packs.list_packs(root, shard) == [first, second] and len(calls) == n + 1
