@@ -119,7 +119,33 @@ def write_mlflow(client: Any, exp: str, n: int, start: int = 0) -> None:
         client.set_terminated(r.info.run_id)
 
 
-WRITERS = ("default", "fsync", "loose", "mlflow_sqlite", "mlflow_file")
+def write_floor(root: str, n: int, start: int = 0) -> None:
+    """The bare system calls of what a job's loose end version costs, and nothing else (no
+    encoding, no launch, no capture): a new run directory in a shard directory, a file made
+    with O_EXCL, written (530 bytes, about an end version of these runs) and closed, linked
+    to its name and unlinked (``store/fs.py``, a name is never replaced), and a line appended to
+    an open journal file. An upper bound for any store writing one file a run into a
+    directory of its own."""
+    payload = os.urandom(530)
+    shard = os.path.join(root, "shard")
+    os.makedirs(shard, exist_ok=True)
+    jfd = os.open(os.path.join(root, "journal.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        for k in range(start, start + n):
+            d = os.path.join(shard, f"run{k:09d}")
+            os.mkdir(d)
+            tmp, final = os.path.join(d, ".tmp-v2"), os.path.join(d, "v000002-job.msgpack.zst")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            os.write(fd, payload)
+            os.close(fd)
+            os.link(tmp, final)
+            os.unlink(tmp)
+            os.write(jfd, f"run{k:09d} 2\n".encode())
+    finally:
+        os.close(jfd)
+
+
+WRITERS = ("default", "fsync", "loose", "floor", "mlflow_sqlite", "mlflow_file")
 
 
 def bench_write_query(
@@ -156,7 +182,14 @@ def bench_write_query(
         "mlflow_sqlite": mlflow_client(f"sqlite:///{os.path.join(tmp, 'mlflow.db')}"),
         "mlflow_file": mlflow_client("file://" + os.path.join(tmp, "mlruns")),
     }
-    total = {"default": n, "fsync": n, "loose": n, "mlflow_sqlite": mlflow_n, "mlflow_file": file_n}
+    total = {
+        "default": n,
+        "fsync": n,
+        "loose": n,
+        "floor": n,
+        "mlflow_sqlite": mlflow_n,
+        "mlflow_file": file_n,
+    }
     written = dict.fromkeys(WRITERS, 0)
     for rep in range(reps):
         order = list(WRITERS[rep % len(WRITERS) :] + WRITERS[: rep % len(WRITERS)])
@@ -166,6 +199,9 @@ def bench_write_query(
             if who in clients:
                 c, e = clients[who]
                 dt = clock(lambda c=c, e=e, per=per, w=w: write_mlflow(c, e, per, w))
+            elif who == "floor":
+                root = os.path.join(tmp, "floor")
+                dt = clock(lambda per=per, w=w, root=root: write_floor(root, per, w))
             else:
                 b = 1 if who == "loose" else BATCH
                 dt = clock(lambda who=who, per=per, w=w, b=b: write_ours(stores[who], per, w, b))
@@ -254,6 +290,12 @@ def report_write_query(r: dict[str, Any]) -> str:
                     "runrec, one run per call (launch loose too: a single submit)",
                     m["write_loose_runs_per_s"],
                     ratio(m["write_loose_runs_per_s"], base),
+                ],
+                [
+                    "floor: the bare system calls of one loose version a run in a new "
+                    "directory (`write_floor`; nothing else)",
+                    m["write_floor_runs_per_s"],
+                    ratio(m["write_floor_runs_per_s"], base),
                 ],
                 ["MLflow sqlite, log_batch", base, "1.0x"],
                 [
