@@ -356,12 +356,16 @@ class PackCache:
         self, run_id: str, problems: list[tuple[str, str]] | None = None
     ) -> list[PackIndex]:
         """The readable packs of ``run_id``'s shard that hold it, oldest first; the shard's
-        damaged packs go to ``problems`` (or raise), as ``shard_indexes``. The shard is listed
-        every time (a new pack is seen at once); the map is rebuilt when the listing changed."""
+        damaged packs go to ``problems`` (or raise), as ``shard_indexes``. The shard's listing
+        is checked every time (a new pack is seen at once, ``list_packs``); the map gains the
+        new packs of a listing that only grew, and is rebuilt when a pack went away."""
         shard = run_id[: layout.SHARD_LEN]
         paths = tuple(list_packs(self.root, shard))
         got = self._holders.get(shard)
-        if got is None or got.paths != paths:
+        if got is not None and got.paths != paths and set(got.paths) <= set(paths):
+            got = self._add_packs(got, paths)  # only new packs (a sweep's launch pack)
+            self._holders[shard] = got
+        elif got is None or got.paths != paths:  # first read, or packs gone (merged, repaired)
             bad: list[tuple[str, str]] = []
             runs: dict[str, list[PackIndex]] = {}
             for idx in self.shard_indexes(shard, bad):
@@ -377,6 +381,30 @@ class PackCache:
                 raise CorruptRecord(f"{msg}. Run `runrec fsck`.", path=path)
             problems.extend(got.bad)
         return got.runs.get(run_id, [])
+
+    def _add_packs(self, got: _Holders, paths: tuple[str, ...]) -> _Holders:
+        """``got`` (the run -> packs map of an earlier listing) with the packs of ``paths``
+        it lacks added: a shard that gains a launch pack a sweep is not re-read whole. The
+        lists a run already had are replaced, never changed (a caller may hold one)."""
+        runs = got.runs
+        bad = list(got.bad)
+        known = set(got.paths)
+        for path in paths:
+            if path in known:
+                continue
+            try:
+                idx = self.index(path)
+            except FileNotFoundError:
+                continue  # removed since the listing (as ``shard_indexes``)
+            except (CorruptRecord, OSError) as exc:
+                bad.append((path, str(exc)))
+                continue
+            for r in idx.runs:
+                held = [*runs.get(r, ()), idx]
+                if len(held) > 1 and held[-2].path > path:  # a pack named out of order
+                    held.sort(key=lambda i: i.path)
+                runs[r] = held
+        return _Holders(paths, runs, bad)
 
     def entries(
         self, run_id: str, problems: list[tuple[str, str]] | None = None

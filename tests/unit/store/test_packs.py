@@ -313,3 +313,40 @@ def test_a_shard_listing_is_reused_only_while_its_directory_is_unchanged(tmp_pat
     second = os.path.join(d, "01abc" + "1" * 21 + ".pack")
     open(second, "wb").close()  # a new pack moves the directory's mtime
     assert packs.list_packs(root, shard) == [first, second] and len(calls) == n + 1
+
+
+def test_the_run_to_packs_map_gains_new_packs_and_matches_a_fresh_read(tmp_path):
+    """A reader that has mapped a shard's runs to their packs adds the packs that appear
+    later (a sweep's launch pack each) instead of re-reading the shard; what it answers is what
+    a fresh reader answers, also for a run in two packs (launch pack, then `runrec pack`)."""
+    store = Store(str(tmp_path / "s"))
+    store.ensure_writable()
+
+    def sweep(n: int) -> list[str]:
+        ids = [layout.new_id() for _ in range(n)]
+        store.write_versions(
+            [(r, "launch", {"run_id": r, "name": "s", "state": "submitted"}) for r in ids],
+            new_runs=True,
+        )
+        return ids
+
+    first = sweep(70)
+    cache = packs.PackCache(store.root)
+    assert len(cache.run_packs(first[0])) == 1  # the map is built
+    second = sweep(80)
+    for rid in first[:3]:
+        store.write_version(rid, "end", {"state": "succeeded", "exit_code": 0}, role="job")
+    packs.pack_store(store.root)  # a third pack: first[:3]'s end versions
+    third = sweep(65)
+
+    def no_rebuild(*a, **k):
+        raise AssertionError("the shard was read whole again")
+
+    cache.shard_indexes = no_rebuild  # type: ignore[method-assign]
+    fresh = packs.PackCache(store.root)
+    for rid in [*first, *second, *third]:
+        assert [i.path for i in cache.run_packs(rid)] == [i.path for i in fresh.run_packs(rid)]
+    assert len(cache.run_packs(first[0])) == 2 and len(cache.run_packs(first[5])) == 1
+    reader = Store(store.root)
+    assert reader.load(first[0]).state.value == "succeeded"
+    assert [reader.load(r).state.value for r in (second[0], third[-1])] == ["submitted"] * 2
