@@ -392,12 +392,7 @@ class Index:
             return False
         old_meta = heads[1] if heads[1] is not None else heads[0]
         runs = old_meta.get("runs")
-        if (
-            not isinstance(runs, int)
-            or "journal" not in old_meta
-            or old_meta.get("pending")
-            or time.time() - float(old_meta.get("scan_time", 0)) > full_scan_seconds()
-        ):
+        if not isinstance(runs, int) or old_meta.get("pending") or _full_due(old_meta, time.time()):
             return False
         old_pos = _ints(old_meta, "journal")
         since = layout.change_bucket(time.time() - JOURNAL_WINDOW_S)
@@ -415,12 +410,7 @@ class Index:
         scan_time = time.time()
         since = layout.change_bucket(scan_time - JOURNAL_WINDOW_S)
         last_scan = float(old_meta.get("scan_time", 0))
-        full = (
-            full
-            or parts is None
-            or "journal" not in old_meta
-            or scan_time - last_scan > full_scan_seconds()
-        )
+        full = full or parts is None or _full_due(old_meta, scan_time)
         old_hot, pending = _ints(old_meta, "hot"), _ints(old_meta, "pending")
         old_pos = _ints(old_meta, "journal")
         # the journal is read BEFORE a directory scan: a line appended after this is read next
@@ -560,10 +550,16 @@ class Index:
         parts = self.load_parts(want, delta_columns={"run_id"})
         if parts is None or want is None or "run_id" in want:
             return parts
-        base, _, delta, delta_meta = parts
+        _, _, delta, delta_meta = parts
         if delta is not None and delta.num_rows and "superseded" not in (delta_meta or {}):
             return self.load_parts(want | {"run_id"})
         return parts
+
+
+def _full_due(meta: dict[str, Any], now: float) -> bool:
+    """Whether an update must make a full scan, by the index's metadata: none was made since
+    the journal was kept, or the last is older than ``full_scan_seconds()``."""
+    return "journal" not in meta or now - float(meta.get("scan_time", 0)) > full_scan_seconds()
 
 
 def _new_tables(

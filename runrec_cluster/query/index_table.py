@@ -36,31 +36,32 @@ def without(table: Any, ids: set[str]) -> Any:
     return table.filter(pc.invert(pc.is_in(table.column("run_id"), value_set=drop)))
 
 
+def _superseded(base: Any, delta: Any) -> Any:
+    """A numpy mask of the base rows whose run is in the delta (none when the base has no run
+    ids read)."""
+    np, pc = query_libs().np, query_libs().pc
+    if not base.num_rows or not delta.num_rows or "run_id" not in base.column_names:
+        return np.zeros(base.num_rows, bool)
+    hit = pc.is_in(base.column("run_id"), value_set=delta.column("run_id").combine_chunks())
+    return hit.to_numpy(zero_copy_only=False)
+
+
 def superseded_rows(base: Any, delta: Any) -> list[int]:
     """The positions of the base rows whose run is in the delta (kept in the delta's metadata:
     a query then needs no run id of the base to hide them)."""
-    np, pc = query_libs().np, query_libs().pc
-    if not base.num_rows or not delta.num_rows:
-        return []
-    hit = pc.is_in(base.column("run_id"), value_set=delta.column("run_id").combine_chunks())
-    return [int(i) for i in np.flatnonzero(hit.to_numpy(zero_copy_only=False))]
+    return [int(i) for i in query_libs().np.flatnonzero(_superseded(base, delta))]
 
 
 def live_mask(base: Any, delta: Any, superseded: list[int] | None = None) -> Any:
     """True for the rows that count in base-then-delta order: a base row whose run is in the
     delta is superseded. ``superseded``: those base rows' positions, when known (the delta's
     metadata); otherwise found from the run ids."""
-    np, pc = query_libs().np, query_libs().pc
-    if superseded is not None:
-        keep = np.ones(base.num_rows, bool)
-        keep[np.asarray(superseded, dtype=np.int64)] = False
-        return np.concatenate([keep, np.ones(delta.num_rows, bool)])
-    if base.num_rows and "run_id" in base.column_names:
-        hit = pc.is_in(
-            base.column("run_id"), value_set=delta.column("run_id").combine_chunks()
-        ).to_numpy(zero_copy_only=False)
+    np = query_libs().np
+    if superseded is None:
+        hit = _superseded(base, delta)
     else:
         hit = np.zeros(base.num_rows, bool)
+        hit[np.asarray(superseded, dtype=np.int64)] = True
     return np.concatenate([np.logical_not(hit), np.ones(delta.num_rows, bool)])
 
 

@@ -342,15 +342,23 @@ class PackCache:
         """The readable packs of a shard; a damaged one goes to ``problems`` (or raises)."""
         out = []
         for path in list_packs(self.root, shard):
-            try:
-                out.append(self.index(path))
-            except FileNotFoundError:
-                continue  # removed by hand (or quarantined by fsck --repair)
-            except (CorruptRecord, OSError) as exc:
-                if problems is None:
-                    raise CorruptRecord(f"{exc}. Run `runrec fsck`.", path=path) from exc
-                problems.append((path, str(exc)))
+            idx = self._readable(path, problems)
+            if idx is not None:
+                out.append(idx)
         return out
+
+    def _readable(self, path: str, problems: list[tuple[str, str]] | None) -> PackIndex | None:
+        """The index of the pack at ``path``; None when it is gone (removed by hand, or
+        quarantined by fsck --repair) or damaged (then in ``problems``, or raised)."""
+        try:
+            return self.index(path)
+        except FileNotFoundError:
+            return None
+        except (CorruptRecord, OSError) as exc:
+            if problems is None:
+                raise CorruptRecord(f"{exc}. Run `runrec fsck`.", path=path) from exc
+            problems.append((path, str(exc)))
+            return None
 
     def run_packs(
         self, run_id: str, problems: list[tuple[str, str]] | None = None
@@ -390,14 +398,8 @@ class PackCache:
         bad = list(got.bad)
         known = set(got.paths)
         for path in paths:
-            if path in known:
-                continue
-            try:
-                idx = self.index(path)
-            except FileNotFoundError:
-                continue  # removed since the listing (as ``shard_indexes``)
-            except (CorruptRecord, OSError) as exc:
-                bad.append((path, str(exc)))
+            idx = None if path in known else self._readable(path, bad)
+            if idx is None:
                 continue
             for r in idx.runs:
                 held = [*runs.get(r, ()), idx]
