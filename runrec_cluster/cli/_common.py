@@ -20,7 +20,7 @@ from rich.console import Console
 from runrec_cluster.api import refresh, refresh_many
 from runrec_cluster.capture.hardware import flagged, mismatch_warning
 from runrec_cluster.errors import ExpressionError, RunrecError, StoreError
-from runrec_cluster.record import SCHEMA_VERSION, RunRecord, fold
+from runrec_cluster.record import SCHEMA_VERSION, RunRecord
 from runrec_cluster.store import ReadProblem, Store, layout
 from runrec_cluster.views.show import escape
 
@@ -214,18 +214,7 @@ def load_some(store: Store, run_ids: list[str]) -> list[RunRecord]:
     """``load_all`` for the runs ``run_ids`` only (those that are in the store and fold), in
     that order: the same warnings, the same check of runs that are not terminal."""
     problems: list[ReadProblem] = []
-    out: list[RunRecord] = []
-    for run_id in run_ids:
-        probs: list[ReadProblem] = []
-        vs = store.versions(run_id, probs)
-        problems += [ReadProblem(p.path, p.message, run_id) for p in probs]
-        if not vs:
-            continue
-        try:
-            out.append(fold(vs))
-        except Exception as exc:  # a version that decodes but does not fold, as in load_all
-            msg = f"run {run_id} does not fold into a record ({exc}); see `runrec fsck`"
-            problems.append(ReadProblem(layout.run_dir(store.root, run_id), msg, run_id))
+    out = store.load_runs(run_ids, problems)
     _warn_read(store, problems)
     return _refreshed(store, out, problems)
 

@@ -35,7 +35,7 @@ from runrec_cluster.lineage.refs import artifact_node, promoted_node
 from runrec_cluster.lineage.trust import Trust
 from runrec_cluster.query.columns import LINEAGE_COLUMN, query_libs
 from runrec_cluster.query.index import Index
-from runrec_cluster.record import ArtifactRef, InputRef, RunRecord, fold
+from runrec_cluster.record import ArtifactRef, InputRef, RunRecord
 from runrec_cluster.store import Store
 from runrec_cluster.store.promoted import list_promotions
 
@@ -54,15 +54,10 @@ def read_run(store: Store, run_id: str) -> RunRecord | None:
     """The record of ``run_id`` read as ``Store.load_all`` reads it (read-only; unreadable
     versions skipped), or None when the run is not in the store or does not fold."""
     try:
-        vs = store.versions(run_id, [])
+        recs = store.load_runs([run_id])
     except RunrecError:
         return None
-    if not vs:
-        return None
-    try:
-        return fold(vs)
-    except Exception:  # a version that decodes but does not fold: load_all leaves it out too
-        return None
+    return recs[0] if recs else None
 
 
 class LineageCells:

@@ -9,7 +9,7 @@ import secrets
 import socket
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -527,8 +527,15 @@ class Store:
         id order. Unreadable files and runs whose versions do not fold are left out and
         reported in ``problems`` (path, message); a run with any problem is also named in
         ``problems`` so callers can avoid inferring a verdict from a partial history."""
+        return self.load_runs(self.run_ids(), problems)
+
+    def load_runs(
+        self, run_ids: Iterable[str], problems: list[ReadProblem] | None = None
+    ) -> list[RunRecord]:
+        """``load_all`` for the full run ids ``run_ids`` only, in that order: runs that are not
+        in the store are left out; problems are reported as ``load_all`` reports them."""
         out: list[RunRecord] = []
-        for run_id in self.run_ids():
+        for run_id in run_ids:
             probs: list[ReadProblem] = []
             vs = self.versions(run_id, probs)
             if problems is not None:

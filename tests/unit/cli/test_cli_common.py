@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from runrec_cluster.cli import cli
-from runrec_cluster.cli._common import key_values, load_all, query_options, short_ids
+from runrec_cluster.cli._common import key_values, load_all, load_some, query_options, short_ids
 from runrec_cluster.record import ConfigEntry, to_patch
 from runrec_cluster.store import layout
 
@@ -42,6 +42,31 @@ def test_load_all_warns_once_per_problem_and_keeps_the_readable_runs(store, caps
     assert f"warning: run {no_fold} does not fold into a record (" in err
     assert err.count("warning:") == 2
     load_all(store, warn_problems=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_load_some_reads_the_runs_asked_for_in_that_order_as_load_all_does(store, capsys):
+    """``load_some`` (ls --limit, show: ``Store.load_runs``) gives the same records, warnings
+    and left-out runs as ``load_all`` for the runs it is asked for, in the order asked."""
+    a = _write(store, "a", {"state": "succeeded", "state_source": "job"})
+    b = _write(store, "b", {"state": "failed", "state_source": "job"})
+    damaged = _write(store, "damaged")
+    first = next(iter(store.version_files(damaged)))
+    garbage = os.path.join(os.path.dirname(first), "v009001-000000000000.msgpack.zst")
+    with open(garbage, "wb") as f:
+        f.write(b"not zstd")
+    no_fold = _write(store, "no-fold", {"metrics": "not a mapping"})
+    whole = {r.run_id: r for r in load_all(store)}
+    capsys.readouterr()
+    absent = layout.new_id()  # a well-formed id of no run in the store
+    recs = load_some(store, [b, absent, no_fold, damaged, a])
+    assert [r.run_id for r in recs] == [b, damaged, a]
+    assert recs == [whole[b], whole[damaged], whole[a]]
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"warning: skipped unreadable record file {garbage}:" in err
+    assert f"warning: run {no_fold} does not fold into a record (" in err
+    assert err.count("warning:") == 2
+    assert load_some(store, [a]) == [whole[a]]
     assert capsys.readouterr().err == ""
 
 
