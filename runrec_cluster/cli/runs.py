@@ -302,7 +302,7 @@ def export_cmd(store_path, run, fmt, namespace, output):  # type: ignore[no-unty
             json.dumps(e, ensure_ascii=False, sort_keys=True, allow_nan=False) for e in events
         )
     else:
-        text = _strict_json(export_json(store, rec), indent=2)
+        text = _strict_json(export_json(store, rec, every_run=READ_EVERY_RUN), indent=2)
     if output:
         with open(output, "w", encoding="utf-8") as f:
             f.write(text + "\n")

@@ -16,6 +16,7 @@ from typing import Any
 
 from runrec_cluster.lineage import Trust, list_promotions, trust_for
 from runrec_cluster.lineage.refs import artifact_node, dataset_node, promoted_node, run_node
+from runrec_cluster.query.ancestry import trust_of
 from runrec_cluster.record import InputRef, RunRecord
 from runrec_cluster.store import Store
 from runrec_cluster.store.codec import strict_document, to_json_builtins
@@ -57,14 +58,20 @@ def _flags(trust: Trust | None, node_id: str) -> list[dict[str, Any]]:
     return [f.to_json() for f in trust.of(node_id)] if trust is not None else []
 
 
-def trust_section(store: Store, rec: RunRecord) -> dict[str, Any]:
+def trust_section(store: Store, rec: RunRecord, *, every_run: bool = False) -> dict[str, Any]:
     """What the store says about trusting the run, as of now: ``run`` (flags on the run:
     ``retired`` or ``suspect``, each naming its retirement id), ``inputs`` and ``artifacts``
     (flags per input index / artifact name, only those with flags), ``promotions`` (every
     promoted version of its artifacts, with that version's own flags), ``annotations`` and
-    ``problems`` (records that could not be read while computing this)."""
+    ``problems`` (records that could not be read while computing this). The flags come from
+    the run's ancestry only (``query.ancestry.trust_of``: the same flags as the whole store's
+    graph, every path into these nodes passing through the run's ancestors); ``every_run``:
+    from the graph of every run instead."""
     problems: list[str] = []
-    trust = trust_for(store, None, problems)
+    if every_run:
+        trust = trust_for(store, None, problems)
+    else:
+        trust = trust_of(store, [rec], problems)
     inputs = {}
     for i, inp in enumerate(rec.inputs):
         fl = _flags(trust, _input_node(inp))
@@ -94,9 +101,9 @@ def trust_section(store: Store, rec: RunRecord) -> dict[str, Any]:
     }
 
 
-def export_json(store: Store, rec: RunRecord) -> dict[str, Any]:
+def export_json(store: Store, rec: RunRecord, *, every_run: bool = False) -> dict[str, Any]:
     """The export document (docs/export.md): strict JSON builtins, ready for ``json.dumps``
-    with ``allow_nan=False``."""
+    with ``allow_nan=False``. ``every_run``: trust from every run's graph (``trust_section``)."""
     doc: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION}
     doc["record"] = to_json_builtins(rec)
     inl: dict[str, Any] = {}
@@ -132,5 +139,5 @@ def export_json(store: Store, rec: RunRecord) -> dict[str, Any]:
         }
         for v in sorted(store.versions(rec.run_id), key=lambda v: (v.seq, v.written_at))
     ]
-    doc["trust"] = trust_section(store, rec)
+    doc["trust"] = trust_section(store, rec, every_run=every_run)
     return strict_document(doc)

@@ -327,6 +327,29 @@ def test_openlineage_export_flags_are_the_same(world, monkeypatch, who):
     assert code == 0 and ('"trust"' in out) == (who != "OLD")
 
 
+@pytest.mark.parametrize("who", ["A", "B", "C", "G", "RETIRED", "OLD"])
+def test_json_export_trust_is_the_same(world, monkeypatch, who):
+    """``export --format json``'s trust section (flags on the run, its inputs, its artifacts,
+    its promoted versions) from the run's ancestry equals the one from every run."""
+    import json
+
+    store, _, ids = world
+    code, out, _, _ = _same(world, monkeypatch, "export", ids[who])
+    assert code == 0
+    trust = json.loads(out)["trust"]
+    if who in ("A", "B", "C", "G"):  # built on the retired dataset
+        assert [f["kind"] for f in trust["run"]] == ["suspect"], trust
+    if who == "A":  # it read the retired dataset itself: the input is retired
+        assert any(f["kind"] == "retired" for v in trust["inputs"].values() for f in v["flags"])
+    if who == "B":  # its promoted version is suspect too
+        assert [p["name"] for p in trust["promotions"]] == ["best-model"], trust
+        assert [f["kind"] for f in trust["promotions"][0]["flags"]] == ["suspect"], trust
+    if who == "RETIRED":
+        assert [f["kind"] for f in trust["run"]] == ["retired"], trust
+    if who == "OLD":
+        assert trust["run"] == [] and trust["inputs"] == {} and trust["artifacts"] == {}
+
+
 @pytest.fixture(scope="module")
 def ghost_world(world, tmp_path_factory):
     """The world with run A's model retired and then run A deleted by hand: the retired
