@@ -16,7 +16,8 @@ it costs at that size.
    rows), loose too where the store was measured loose; the index's bytes per run; a warm
    query (index present and current: a second ``rr.query`` in a new process, the change
    check included; the interpreter's start and imports timed apart); ``runrec table --where``
-   cold and warm, ``runrec ls --limit 50``, ``runrec show <id>``, ``runrec fsck``.
+   cold and warm, ``runrec ls --limit 50``, ``runrec show <id>``, ``runrec export <id>``,
+   ``runrec fsck``.
 
 Prints Markdown tables and writes ``scale.json`` / ``scale.md`` (``scale-<n>`` for --n).
 
@@ -233,6 +234,7 @@ def measure_packed(tmp: str, r: dict[str, Any], fsck: bool) -> dict[str, Any]:
     measure_queries(tmp, root, "packed", r)
     rid = newest_run(root)
     r["show"] = cli(["show", "--store", root, rid])
+    r["export"] = cli(["export", "--store", root, rid])  # json, with its trust section
     if fsck:
         r["fsck"] = cli(["fsck", "--store", root])
     r["disk_after"] = disk(tmp)
@@ -342,6 +344,10 @@ def report(r: dict[str, Any]) -> str:
             c = r[f"{key}_{tag}"]
             rows.append([f"{label} ({tag}), s", f"{c['wall_s']:.2f}" + _rc(c)])
     rows.append(["runrec show <newest>, s", f"{r['show']['wall_s']:.2f}" + _rc(r["show"])])
+    if "export" in r:
+        rows.append(
+            ["runrec export <newest>, s", f"{r['export']['wall_s']:.2f}" + _rc(r["export"])]
+        )
     if "fsck" in r:
         rows.append(["runrec fsck, s", f"{r['fsck']['wall_s']:.1f}" + _rc(r["fsck"])])
     what = "full generator" if r.get("writer", "full") == "full" else "two versions a run"
