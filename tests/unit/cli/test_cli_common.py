@@ -27,20 +27,30 @@ def _write(store, name, end=None):  # type: ignore[no-untyped-def]
     return rid
 
 
-def test_load_all_warns_once_per_problem_and_keeps_the_readable_runs(store, capsys):
-    good = _write(store, "good", {"state": "succeeded", "state_source": "job"})
+def _damage(store):  # type: ignore[no-untyped-def]
+    """A run with an unreadable version file beside its launch, and a run that does not fold:
+    (the damaged run, the unreadable file, the run that does not fold)."""
     damaged = _write(store, "damaged")
     first = next(iter(store.version_files(damaged)))
     garbage = os.path.join(os.path.dirname(first), "v009001-000000000000.msgpack.zst")
     with open(garbage, "wb") as f:
         f.write(b"not zstd")
-    no_fold = _write(store, "no-fold", {"metrics": "not a mapping"})
-    recs = load_all(store)
-    assert [r.run_id for r in recs] == sorted([good, damaged])
+    return damaged, garbage, _write(store, "no-fold", {"metrics": "not a mapping"})
+
+
+def _warned_once_each(capsys, garbage, no_fold):  # type: ignore[no-untyped-def]
     err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
     assert f"warning: skipped unreadable record file {garbage}:" in err
     assert f"warning: run {no_fold} does not fold into a record (" in err
     assert err.count("warning:") == 2
+
+
+def test_load_all_warns_once_per_problem_and_keeps_the_readable_runs(store, capsys):
+    good = _write(store, "good", {"state": "succeeded", "state_source": "job"})
+    damaged, garbage, no_fold = _damage(store)
+    recs = load_all(store)
+    assert [r.run_id for r in recs] == sorted([good, damaged])
+    _warned_once_each(capsys, garbage, no_fold)
     load_all(store, warn_problems=False)
     assert capsys.readouterr().err == ""
 
@@ -50,22 +60,14 @@ def test_load_some_reads_the_runs_asked_for_in_that_order_as_load_all_does(store
     and left-out runs as ``load_all`` for the runs it is asked for, in the order asked."""
     a = _write(store, "a", {"state": "succeeded", "state_source": "job"})
     b = _write(store, "b", {"state": "failed", "state_source": "job"})
-    damaged = _write(store, "damaged")
-    first = next(iter(store.version_files(damaged)))
-    garbage = os.path.join(os.path.dirname(first), "v009001-000000000000.msgpack.zst")
-    with open(garbage, "wb") as f:
-        f.write(b"not zstd")
-    no_fold = _write(store, "no-fold", {"metrics": "not a mapping"})
+    damaged, garbage, no_fold = _damage(store)
     whole = {r.run_id: r for r in load_all(store)}
     capsys.readouterr()
     absent = layout.new_id()  # a well-formed id of no run in the store
     recs = load_some(store, [b, absent, no_fold, damaged, a])
     assert [r.run_id for r in recs] == [b, damaged, a]
     assert recs == [whole[b], whole[damaged], whole[a]]
-    err = " ".join(capsys.readouterr().err.split())
-    assert f"warning: skipped unreadable record file {garbage}:" in err
-    assert f"warning: run {no_fold} does not fold into a record (" in err
-    assert err.count("warning:") == 2
+    _warned_once_each(capsys, garbage, no_fold)
     assert load_some(store, [a]) == [whole[a]]
     assert capsys.readouterr().err == ""
 
