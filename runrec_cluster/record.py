@@ -55,6 +55,10 @@ class RunState(str, enum.Enum):
         return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
 
 
+# the values of the terminal states, for state text read from a stored patch or an index column
+TERMINAL_STATES = frozenset(s.value for s in RunState if s.is_terminal())
+
+
 class FailureCause(str, enum.Enum):
     """Why a run did not succeed, from what was recorded (the job, the backend, the scheduler)."""
 

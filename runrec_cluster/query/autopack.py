@@ -16,14 +16,13 @@ import sys
 import time
 from typing import Any
 
-from runrec_cluster.record import RunState
+from runrec_cluster.record import TERMINAL_STATES
 from runrec_cluster.store import Store, layout
 
 AUTO_PACK_RUNS = 10_000  # loose finished runs that start a background pack ($RUNREC_AUTO_PACK)
 AUTO_PACK_MIN_AGE_S = 600.0  # only runs unchanged this long ($RUNREC_AUTO_PACK_MIN_AGE_S)
 AUTO_PACK_EVERY_S = 3600.0  # at most one start per index directory and hour
 STAMP = "autopack.stamp"
-_TERMINAL = frozenset(s.value for s in RunState if s.is_terminal())
 _started: list[subprocess.Popen[bytes]] = []  # reaped at the next call (no zombies left)
 
 
@@ -52,7 +51,7 @@ def loose_finished(store: Store, tables: list[Any], at_least: float = 0) -> int:
         if t is None or not t.num_rows or "state" not in t.column_names:
             continue
         ids, states = t.column("run_id").to_pylist(), t.column("state").to_pylist()
-        done.update(r for r, s in zip(ids, states, strict=True) if s in _TERMINAL)
+        done.update(r for r, s in zip(ids, states, strict=True) if s in TERMINAL_STATES)
     return sum(1 for r in loose if r in done)
 
 

@@ -23,10 +23,9 @@ from runrec_cluster.query.columns import ColumnNames, query_libs
 from runrec_cluster.query.index import Index
 from runrec_cluster.query.index_select import NAMES_KEY
 from runrec_cluster.query.index_table import live_rows
-from runrec_cluster.record import FailureCause, RunState
+from runrec_cluster.record import TERMINAL_STATES, FailureCause
 
 LIGHT_COLUMNS = ["run_id", "created_at", "rerun_of", "state", "cause", "name", "sweep_id"]
-TERMINAL = frozenset(s.value for s in RunState if s.is_terminal())
 FIRST_K = 1024  # the newest rows sorted at first; 8 times more each time a walk needs more
 
 
@@ -44,12 +43,6 @@ def index_names(index: Index) -> ColumnNames:
     if delta_meta is not None:
         present |= set(delta_meta.get(NAMES_KEY, delta.column_names))
     return ColumnNames(present, has_runs=live_rows(base, delta) > 0)
-
-
-def is_stale(state: str | None, cause: str | None) -> bool:
-    """A run whose record a backend may still change (``record.needs_verdict`` as far as the
-    index tells: not terminal, or ended killed)."""
-    return state not in TERMINAL or cause == FailureCause.KILLED.value
 
 
 class Listing:
@@ -78,7 +71,7 @@ class Listing:
             mask = hit if mask is None else pc.and_(mask, hit)
         t = light if mask is None else light.filter(mask)
         st, cause = t.column("state"), t.column("cause")
-        terminal = pc.fill_null(pc.is_in(st, value_set=pa.array(sorted(TERMINAL))), False)
+        terminal = pc.fill_null(pc.is_in(st, value_set=pa.array(sorted(TERMINAL_STATES))), False)
         killed = pc.fill_null(pc.equal(cause, FailureCause.KILLED.value), False)
         stale = pc.or_(pc.invert(terminal), killed)
         if passing is None:
@@ -137,7 +130,8 @@ class Listing:
         return False
 
     def stale(self) -> list[str]:
-        """The runs whose state a backend may still change (``is_stale``)."""
+        """The runs whose state a backend may still change (``record.needs_verdict`` as far as the
+        index tells: not terminal, or ended killed)."""
         t = self.table
         return t.filter(t.column("_stale")).column("run_id").to_pylist()
 

@@ -63,7 +63,12 @@ from typing import Any
 import msgspec
 
 from runrec_cluster.errors import CorruptRecord
-from runrec_cluster.record import CONTEXT_KEY, RecordVersion, RunState, fold_patches
+from runrec_cluster.record import (
+    CONTEXT_KEY,
+    TERMINAL_STATES,
+    RecordVersion,
+    fold_patches,
+)
 from runrec_cluster.store import codec, fs, layout, pack_extras
 
 PACKS_DIR = "packs"
@@ -84,7 +89,6 @@ _blob_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
 EXTRA_CHUNK_BYTES = 1 << 20  # content per blob or log chunk: random access decodes about this
 _index_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
-_TERMINAL = frozenset(s.value for s in RunState if s.is_terminal())
 Entry = tuple[str, bytes]  # (loose file name, msgpack bytes of the version)
 
 
@@ -543,7 +547,7 @@ def _finished(root: str, run_id: str, loose: list[Entry], cache: PackCache) -> b
     # facts...) not read, no Struct built; a run that does not fold stays loose (fsck names it)
     ordered = sorted(vs.values(), key=lambda v: (v.seq, v.written_at, v.writer.host, v.writer.pid))
     state = fold_patches([{k: x for k, x in v.patch.items() if k != CONTEXT_KEY} for v in ordered])
-    return state.get("state") in _TERMINAL
+    return state.get("state") in TERMINAL_STATES
 
 
 # what reading or folding a damaged run can raise
