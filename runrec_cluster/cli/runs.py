@@ -253,6 +253,12 @@ def _both(a: Any, b: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+def _trust_of_run(store: Store, rec: RunRecord) -> Trust | None:
+    """The trust flags ``show`` and ``export`` give one run: from its ancestry, or from every
+    run's graph (``READ_EVERY_RUN``)."""
+    return trust_for(store) if READ_EVERY_RUN else trust_of(store, [rec])
+
+
 @cli.command("show")
 @store_option
 @click.argument("run")
@@ -260,7 +266,7 @@ def show_cmd(store_path, run):  # type: ignore[no-untyped-def]
     """Show one run in readable sections (RUN: id or unique prefix)."""
     store = open_store(store_path)
     rec = load_one(store, run)
-    trust = trust_for(store) if READ_EVERY_RUN else trust_of(store, [rec])
+    trust = _trust_of_run(store, rec)
     promoted = [
         e.promotion
         for e in list_promotions(store)
@@ -296,7 +302,7 @@ def export_cmd(store_path, run, fmt, namespace, output):  # type: ignore[no-unty
     store = open_store(store_path)
     rec = load_one(store, run)
     if fmt == "openlineage":
-        trust = trust_for(store) if READ_EVERY_RUN else trust_of(store, [rec])
+        trust = _trust_of_run(store, rec)
         events = run_events(store, rec, namespace=namespace, trust=trust)
         text = "\n".join(
             json.dumps(e, ensure_ascii=False, sort_keys=True, allow_nan=False) for e in events
