@@ -186,19 +186,19 @@ _NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
 # -- configurable rules -----------------------------------------------------------------------
 
 
-class _Kinds(dict[str, "str | None"]):
-    """name -> its kind under one set of rules, computed at the first lookup of a name (at
-    most ``_MEMO_MAX`` names, then forgotten all at once)."""
+class _Memo(dict[str, Any]):
+    """key -> ``compute(key)``, computed at the first lookup of a key (at most ``_MEMO_MAX``
+    keys, then forgotten all at once)."""
 
-    def __init__(self, compute: Callable[[str], str | None]) -> None:
+    def __init__(self, compute: Callable[[str], Any]) -> None:
         super().__init__()
         self._compute = compute
 
-    def __missing__(self, name: str) -> str | None:
-        got = self._compute(name)
+    def __missing__(self, key: str) -> Any:
+        got = self._compute(key)
         if len(self) >= _MEMO_MAX:
             self.clear()
-        self[name] = got
+        self[key] = got
         return got
 
 
@@ -213,11 +213,12 @@ class Rules:
     # caches (equality, hash and repr ignore them): the rules never change, so what they say
     # about a name or a text never does either. ``kinds[name]`` is ``kind(name)``, for loops
     # over many names (config.entries): a dict lookup, computed and remembered when missing
-    kinds: _Kinds = field(init=False, repr=False, compare=False)
-    _texts: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    kinds: _Memo = field(init=False, repr=False, compare=False)
+    _texts: _Memo = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kinds", _Kinds(self._kind))  # frozen: set once, here
+    def __post_init__(self) -> None:  # frozen: the caches are set once, here
+        object.__setattr__(self, "kinds", _Memo(self._kind))
+        object.__setattr__(self, "_texts", _Memo(lambda t: _redact_text(t, self, urls=True)))
 
     def kind(self, name: str) -> str | None:
         """``"strong"`` (any value is secret), ``"weak"`` (string values are) or None;
@@ -231,14 +232,7 @@ class Rules:
         text and these rules)."""
         if type(text) is not str or len(text) > _TEXT_MEMO_LEN:  # a str subclass: as it is
             return _redact_text(text, self, urls=True)
-        memo = self._texts
-        got = memo.get(text)
-        if got is None:
-            got = _redact_text(text, self, urls=True)
-            if len(memo) >= _MEMO_MAX:
-                memo.clear()
-            memo[text] = got
-        return got
+        return self._texts[text]
 
     def _kind(self, name: str) -> str | None:
         if any(rx.search(name) for rx in self.secret_names):
