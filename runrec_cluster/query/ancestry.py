@@ -35,6 +35,7 @@ from runrec_cluster.lineage.refs import artifact_node, promoted_node
 from runrec_cluster.lineage.trust import Trust
 from runrec_cluster.query.columns import LINEAGE_COLUMN, query_libs
 from runrec_cluster.query.index import Index
+from runrec_cluster.query.index_table import live_mask
 from runrec_cluster.record import ArtifactRef, InputRef, RunRecord
 from runrec_cluster.store import Store
 from runrec_cluster.store.promoted import list_promotions
@@ -78,7 +79,7 @@ class LineageCells:
             parts = self.index.load_parts({"run_id", LINEAGE_COLUMN})
             if parts is None:
                 raise StoreError(f"the query index {self.index.path} cannot be read.")
-            pa, pc = query_libs().pa, query_libs().pc
+            pa = query_libs().pa
             base, _, delta, _ = parts
             pieces = []
             for p in [base] if delta is None or not delta.num_rows else [base, delta]:
@@ -89,13 +90,10 @@ class LineageCells:
                 )
                 ids = p.column("run_id").cast(pa.string())
                 pieces.append(pa.table({"run_id": ids, LINEAGE_COLUMN: lin}))
+            table = pa.concat_tables(pieces)
             if len(pieces) == 2:  # base rows whose run is in the delta are superseded
-                hit = pc.is_in(
-                    pieces[0].column("run_id"),
-                    value_set=pieces[1].column("run_id").combine_chunks(),
-                )
-                pieces[0] = pieces[0].filter(pc.invert(hit))
-            self._table = pa.concat_tables(pieces)
+                table = table.filter(pa.array(live_mask(pieces[0], pieces[1])))
+            self._table = table
         return self._table
 
     def cells(self, mask: Any) -> list[_Cell]:
